@@ -1,0 +1,73 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
+"""Compiled frame helpers (``descartes_fast._speedups._frames_c``).
+
+Behaviour is defined by ``descartes_fast/_frames_py.py``; this twin avoids Python-level
+loops and copies (``memchr`` on the frame's buffer for PUB frames).
+"""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memchr
+
+from descartes_fast import _frames_py as P
+from descartes_fast.errors import FrameError
+
+__all__ = ["split_request", "build_reply", "pub_frame", "parse_pub_frame", "log_topic",
+           "status_topic", "HEARTBEAT_TOPIC"]
+
+HEARTBEAT_TOPIC = P.HEARTBEAT_TOPIC
+log_topic = P.log_topic
+status_topic = P.status_topic
+
+cdef extern from "Python.h":
+    bint PyBytes_CheckExact(object o)
+
+
+cdef inline Py_ssize_t _len(object frame) except -1:
+    if PyBytes_CheckExact(frame):
+        return PyBytes_GET_SIZE(frame)
+    return len(frame)
+
+
+def split_request(frames):
+    """Split a ROUTER message into ``(envelope, payload)``; see the pure twin."""
+    cdef Py_ssize_t n = len(frames)
+    cdef Py_ssize_t i
+    if n < 2:
+        raise FrameError(f"expected a routing id and a payload, got {n} frame(s)")
+    for i in range(1, n):
+        if _len(frames[i]) == 0:
+            if i + 1 == n:
+                raise FrameError("no payload after the empty delimiter frame")
+            return list(frames[:i + 1]), frames[i + 1]
+    return [frames[0]], frames[1]
+
+
+def build_reply(envelope, payload):
+    """The frames of a reply: the request's envelope, then the payload."""
+    cdef list out = list(envelope)
+    out.append(payload)
+    return out
+
+
+def pub_frame(topic, payload):
+    """One PUB frame: ``topic + b"\\x00" + payload``."""
+    return b"".join((P._topic_bytes(topic), b"\x00", payload))
+
+
+def parse_pub_frame(frame):
+    """Split a PUB frame at its first NUL into ``(topic, payload view)`` without copying the payload."""
+    cdef Py_buffer buf
+    cdef const char* at
+    cdef Py_ssize_t pos
+    view = memoryview(frame).cast("B")
+    PyObject_GetBuffer(view, &buf, PyBUF_SIMPLE)
+    try:
+        at = <const char*>memchr(buf.buf, 0, buf.len)
+        if at == NULL:
+            raise FrameError("PUB frame has no topic separator (NUL byte)")
+        pos = at - <const char*>buf.buf
+        topic = PyBytes_FromStringAndSize(<const char*>buf.buf, pos)
+    finally:
+        PyBuffer_Release(&buf)
+    return topic, view[pos + 1:]
