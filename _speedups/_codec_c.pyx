@@ -14,7 +14,7 @@ Error texts come from the pure twin's helpers, so the two twins cannot drift the
 from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
-from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong, PyLong_AsLongLongAndOverflow
+from cpython.long cimport PyLong_FromLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong, PyLong_AsLongLongAndOverflow
 from cpython.float cimport PyFloat_FromDouble, PyFloat_AS_DOUBLE
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.string cimport memcpy, memcmp
@@ -77,6 +77,107 @@ cdef extern from *:
         if (p == NULL && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) PyErr_Clear();
         return p;
     }
+    /* -- output buffer: grows by doubling; every writer returns 0 or -1 (MemoryError) -- */
+    typedef struct { char *buf; Py_ssize_t len; Py_ssize_t cap; } df_out;
+
+    static int df_grow(df_out *o, Py_ssize_t n) {
+        Py_ssize_t cap = o->cap ? o->cap * 2 : 256;
+        while (cap < o->len + n) cap *= 2;
+        char *nb = (char *)realloc(o->buf, (size_t)cap);
+        if (nb == NULL) { PyErr_NoMemory(); return -1; }
+        o->buf = nb;
+        o->cap = cap;
+        return 0;
+    }
+    static inline int df_reserve(df_out *o, Py_ssize_t n) {
+        return (o->len + n <= o->cap) ? 0 : df_grow(o, n);
+    }
+    static inline void df_put_be(df_out *o, unsigned long long v, int width) {
+        for (int k = width - 1; k >= 0; k--) o->buf[o->len++] = (char)((v >> (8 * k)) & 0xff);
+    }
+    static inline int df_w_head(df_out *o, unsigned char code, unsigned long long v, int width) {
+        if (df_reserve(o, 1 + width) < 0) return -1;
+        o->buf[o->len++] = (char)code;
+        df_put_be(o, v, width);
+        return 0;
+    }
+    static inline int df_w_uint(df_out *o, unsigned long long u) {
+        if (u < 0x80) return df_w_head(o, (unsigned char)u, 0, 0);
+        if (u <= 0xff) return df_w_head(o, 0xcc, u, 1);
+        if (u <= 0xffff) return df_w_head(o, 0xcd, u, 2);
+        if (u <= 0xffffffffULL) return df_w_head(o, 0xce, u, 4);
+        return df_w_head(o, 0xcf, u, 8);
+    }
+    static inline int df_w_int(df_out *o, long long i) {
+        if (i >= 0) return df_w_uint(o, (unsigned long long)i);
+        if (i >= -32) return df_w_head(o, (unsigned char)(i & 0xff), 0, 0);
+        if (i >= -128) return df_w_head(o, 0xd0, (unsigned long long)i, 1);
+        if (i >= -32768) return df_w_head(o, 0xd1, (unsigned long long)i, 2);
+        if (i >= -2147483648LL) return df_w_head(o, 0xd2, (unsigned long long)i, 4);
+        return df_w_head(o, 0xd3, (unsigned long long)i, 8);
+    }
+    /* header of a str (fix 0xa0/32), array (0x90/16) or map (0x80/16) */
+    static inline int df_w_len(df_out *o, Py_ssize_t n, unsigned char fix, Py_ssize_t fix_max,
+                               unsigned char c8, unsigned char c16, unsigned char c32) {
+        if (n < fix_max) return df_w_head(o, fix | (unsigned char)n, 0, 0);
+        if (c8 && n <= 0xff) return df_w_head(o, c8, (unsigned long long)n, 1);
+        if (n <= 0xffff) return df_w_head(o, c16, (unsigned long long)n, 2);
+        return df_w_head(o, c32, (unsigned long long)n, 4);
+    }
+    static inline int df_w_raw(df_out *o, const char *p, Py_ssize_t n) {
+        if (df_reserve(o, n) < 0) return -1;
+        memcpy(o->buf + o->len, p, (size_t)n);
+        o->len += n;
+        return 0;
+    }
+    static inline int df_w_str(df_out *o, const char *p, Py_ssize_t n) {
+        if (n < 32) {
+            if (df_reserve(o, 1 + n) < 0) return -1;
+            o->buf[o->len++] = (char)(0xa0 | n);
+            memcpy(o->buf + o->len, p, (size_t)n);
+            o->len += n;
+            return 0;
+        }
+        if (df_w_len(o, n, 0xa0, 32, 0xd9, 0xda, 0xdb) < 0) return -1;
+        return df_w_raw(o, p, n);
+    }
+    static inline int df_w_array(df_out *o, Py_ssize_t n) { return df_w_len(o, n, 0x90, 16, 0, 0xdc, 0xdd); }
+    static inline int df_w_map(df_out *o, Py_ssize_t n) { return df_w_len(o, n, 0x80, 16, 0, 0xde, 0xdf); }
+    /* 0 written, -1 error set, 1 not encodable as UTF-8 (lone surrogates; no error set) */
+    static inline int df_w_pystr(df_out *o, PyObject *s) {
+        Py_ssize_t n;
+        const char *p;
+        if (PyUnicode_IS_COMPACT_ASCII(s)) {
+            p = (const char *)PyUnicode_DATA(s);
+            n = PyUnicode_GET_LENGTH(s);
+        } else {
+            p = PyUnicode_AsUTF8AndSize(s, &n);
+            if (p == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+                PyErr_Clear();
+                return 1;
+            }
+        }
+        return df_w_str(o, p, n);
+    }
+    /* A str from UTF-8 bytes, ASCII built directly; NULL with no error set if not UTF-8. */
+    static PyObject *df_str(const char *p, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            unsigned long long w;
+            memcpy(&w, p + i, 8);
+            if (w & 0x8080808080808080ULL) goto utf8;
+        }
+        for (; i < n; i++) if ((unsigned char)p[i] & 0x80) goto utf8;
+        {
+            PyObject *s = PyUnicode_New(n, 127);
+            if (s != NULL) memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
+            return s;
+        }
+    utf8:
+        return df_utf8(p, n);
+    }
+
     /* 0 and *out set, or 1 when out of range (no exception), or -1 on another error. */
     static int df_as_u64(PyObject *v, unsigned long long *out) {
         if (_PyLong_Sign(v) < 0) return 1;
@@ -96,6 +197,7 @@ cdef extern from *:
     int df_long_to_be16(object v, unsigned char* out) except -1
     object df_long_from_be16(const unsigned char* p)
     PyObject* df_utf8(const char* p, Py_ssize_t n)
+    PyObject* df_str(const char* p, Py_ssize_t n)
     const char* df_as_utf8(object s, Py_ssize_t* n)
     int df_as_u64(object v, unsigned long long* out) except -1
     bint PyUnicode_Check(object o)
@@ -190,6 +292,10 @@ cdef list _tags = []            # per message struct: tag bytes (or None)
 cdef dict _index_of = {}        # class -> struct index
 cdef list _msg_of_variant = []  # Rust variant index -> struct index
 cdef list _msg_structs = []     # struct indices that are messages
+cdef int _msg_idx[MAX_STRUCTS]  # the same, for the C-level class scan in encode
+cdef const char* _tag_ptr[MAX_STRUCTS]  # per struct: wire tag (messages only)
+cdef Py_ssize_t _tag_len[MAX_STRUCTS]
+cdef int _n_messages = 0
 
 cdef object _UUID = _uuid_mod.UUID
 cdef object _SAFE_UNKNOWN = _uuid_mod.SafeUUID.unknown
@@ -258,6 +364,12 @@ cdef void _init_tables() except *:
         if spec.tag is not None:
             _msg_structs.append(i)
     _n_structs = len(L.STRUCTS)
+    global _n_messages
+    for i in _msg_structs:
+        _msg_idx[_n_messages] = i
+        _n_messages += 1
+        _tag_ptr[i] = PyBytes_AS_STRING(_tags[i])
+        _tag_len[i] = PyBytes_GET_SIZE(_tags[i])
     for spec in L.RUST_VARIANTS:
         _msg_of_variant.append(spec.index)
     _n_rust_variants = len(_msg_of_variant)
@@ -293,115 +405,36 @@ cdef inline object _spec(TypeC* t):
 
 # -- encoding -------------------------------------------------------------------------
 
-cdef struct Out:
-    char* buf
-    Py_ssize_t len
-    Py_ssize_t cap
+cdef extern from *:
+    ctypedef struct df_out:
+        char* buf
+        Py_ssize_t len
+        Py_ssize_t cap
+    int df_w_head(df_out* o, unsigned char code, unsigned long long v, int width) except -1
+    int df_w_uint(df_out* o, unsigned long long u) except -1
+    int df_w_int(df_out* o, long long i) except -1
+    int df_w_str(df_out* o, const char* p, Py_ssize_t n) except -1
+    int df_w_raw(df_out* o, const char* p, Py_ssize_t n) except -1
+    int df_w_array(df_out* o, Py_ssize_t n) except -1
+    int df_w_map(df_out* o, Py_ssize_t n) except -1
+    int df_w_pystr(df_out* o, object s) except -1
+    int df_reserve(df_out* o, Py_ssize_t n) except -1
+    bint Py_IS_TYPE(object o, PyObject* t)
 
+ctypedef df_out Out
+
+# One scratch buffer reused by every encode (the result is copied out once); a nested
+# call (only possible from a finalizer run by the GC) gets a buffer of its own.
 cdef char* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 cdef bint _scratch_busy = False
 DEF SCRATCH_KEEP = 1 << 20
 
 
-cdef int _grow(Out* o, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap = o.cap * 2 if o.cap else 256
-    while cap < o.len + n:
-        cap *= 2
-    cdef char* nb = <char*>realloc(o.buf, cap)
-    if nb == NULL:
-        raise MemoryError()
-    o.buf = nb
-    o.cap = cap
-    return 0
-
-
-cdef inline int _reserve(Out* o, Py_ssize_t n) except -1:
-    if o.len + n > o.cap:
-        _grow(o, n)
-    return 0
-
-
-cdef inline void _put_be(Out* o, unsigned long long v, int width) noexcept:
-    cdef int k
-    for k in range(width - 1, -1, -1):
-        o.buf[o.len] = <char>((v >> (8 * k)) & 0xff)
-        o.len += 1
-
-
-cdef inline int _w_head(Out* o, unsigned char code, unsigned long long v, int width) except -1:
-    _reserve(o, 1 + width)
-    o.buf[o.len] = <char>code
-    o.len += 1
-    _put_be(o, v, width)
-    return 0
-
-
-cdef inline int _w_uint(Out* o, unsigned long long u) except -1:
-    if u < 0x80:
-        return _w_head(o, <unsigned char>u, 0, 0)
-    if u <= 0xff:
-        return _w_head(o, 0xcc, u, 1)
-    if u <= 0xffff:
-        return _w_head(o, 0xcd, u, 2)
-    if u <= 0xffffffffULL:
-        return _w_head(o, 0xce, u, 4)
-    return _w_head(o, 0xcf, u, 8)
-
-
-cdef inline int _w_int(Out* o, long long i) except -1:
-    if i >= 0:
-        return _w_uint(o, <unsigned long long>i)
-    if i >= -32:
-        return _w_head(o, <unsigned char>(i & 0xff), 0, 0)
-    if i >= -128:
-        return _w_head(o, 0xd0, <unsigned long long>i, 1)
-    if i >= -32768:
-        return _w_head(o, 0xd1, <unsigned long long>i, 2)
-    if i >= -2147483648LL:
-        return _w_head(o, 0xd2, <unsigned long long>i, 4)
-    return _w_head(o, 0xd3, <unsigned long long>i, 8)
-
-
-cdef inline int _w_len(Out* o, Py_ssize_t n, unsigned char fix, int fix_max,
-                       unsigned char c8, unsigned char c16, unsigned char c32) except -1:
-    if n < fix_max:
-        return _w_head(o, fix | <unsigned char>n, 0, 0)
-    if c8 and n <= 0xff:
-        return _w_head(o, c8, n, 1)
-    if n <= 0xffff:
-        return _w_head(o, c16, n, 2)
-    return _w_head(o, c32, n, 4)
-
-
-cdef inline int _w_raw(Out* o, const char* p, Py_ssize_t n) except -1:
-    _reserve(o, n)
-    memcpy(o.buf + o.len, p, n)
-    o.len += n
-    return 0
-
-
-cdef inline int _w_str(Out* o, const char* p, Py_ssize_t n) except -1:
-    _w_len(o, n, 0xa0, 32, 0xd9, 0xda, 0xdb)
-    return _w_raw(o, p, n)
-
-
-cdef inline int _w_array(Out* o, Py_ssize_t n) except -1:
-    return _w_len(o, n, 0x90, 16, 0, 0xdc, 0xdd)
-
-
-cdef inline int _w_map(Out* o, Py_ssize_t n) except -1:
-    return _w_len(o, n, 0x80, 16, 0, 0xde, 0xdf)
-
-
 cdef int _w_pystr(Out* o, object v) except -1:
-    cdef Py_ssize_t n
-    cdef const char* p = df_as_utf8(v, &n)
-    if p == NULL:
-        if PyErr_Occurred() != NULL:
-            return -1
+    if df_w_pystr(o, v) == 1:
         raise EncodeError("str is not encodable as UTF-8")
-    return _w_str(o, p, n)
+    return 0
 
 
 cdef int _enc_fields(Out* o, object obj, int sidx, int depth) except -1:
@@ -417,8 +450,8 @@ cdef int _enc_fields(Out* o, object obj, int sidx, int depth) except -1:
                 raise EncodeError("field is not set")
             if <object>v is None:
                 if not f.optional:
-                    raise EncodeError(f"expected {_spec(&f.type).expected}, got NoneType")
-                _w_head(o, 0xc0, 0, 0)
+                    _type_error(None, &f.type)
+                df_w_head(o, 0xc0, 0, 0)
             else:
                 _enc(o, <object>v, &f.type, depth + 1)
     except EncodeError as exc:
@@ -436,11 +469,46 @@ cdef inline bint _is_int(object v):
 
 
 cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
+    """The frequent kinds; the others and every error go to _enc_other."""
+    cdef int k = t.kind
+    cdef int j
+    cdef EnumC* e
+    cdef unsigned char raw16[16]
+    cdef PyObject* as_int
+    if k == K_STR:
+        if PyUnicode_Check(v):
+            if df_w_pystr(o, v) == 0:
+                return 0
+    elif k == K_ENUM:
+        e = &_enums[t.sub]
+        for j in range(e.n):
+            if <PyObject*>v == e.members[j]:
+                return df_w_str(o, e.vals[j], e.lens[j])
+    elif k == K_STRUCT:
+        if Py_IS_TYPE(v, _structs[t.sub].cls):
+            _check_depth(depth, EncodeError)
+            df_w_array(o, _structs[t.sub].nfields)
+            return _enc_fields(o, v, t.sub, depth)
+    elif k == K_UUID:
+        if _uuid_fast and Py_IS_TYPE(v, <PyObject*>_UUID):
+            as_int = df_get_slot(v, _uuid_int_off)
+            if as_int != NULL:
+                df_long_to_be16(<object>as_int, raw16)
+                df_w_head(o, 0xc4, 16, 1)
+                return df_w_raw(o, <const char*>raw16, 16)
+    elif k == K_BOOL:
+        if v is True:
+            return df_w_head(o, 0xc3, 0, 0)
+        if v is False:
+            return df_w_head(o, 0xc2, 0, 0)
+    return _enc_other(o, v, t, depth)
+
+
+cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
     cdef int k = t.kind
     cdef int overflow, j
     cdef long long i
     cdef unsigned long long u
-    cdef unsigned char raw16[16]
     cdef Py_ssize_t n
     cdef const char* p
     cdef EnumC* e
@@ -448,31 +516,22 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
     if k == K_STR:
         if PyUnicode_Check(v):
             return _w_pystr(o, v)
-    elif k == K_BOOL:
-        if v is True:
-            return _w_head(o, 0xc3, 0, 0)
-        if v is False:
-            return _w_head(o, 0xc2, 0, 0)
     elif k == K_U64:
         if _is_int(v):
             if df_as_u64(v, &u) != 0:
                 raise EncodeError(f"integer {int(v)} out of range for u64")
-            return _w_uint(o, u)
+            return df_w_uint(o, u)
     elif k == K_I64:
         if _is_int(v):
             i = PyLong_AsLongLongAndOverflow(v, &overflow)
             if overflow:
                 raise EncodeError(f"integer {int(v)} out of range for i64")
-            return _w_int(o, i)
+            return df_w_int(o, i)
     elif k == K_UUID:
         if isinstance(v, _UUID):
-            if _uuid_fast and df_get_slot(v, _uuid_int_off) != NULL:
-                df_long_to_be16(<object>df_get_slot(v, _uuid_int_off), raw16)
-                _w_head(o, 0xc4, 16, 1)
-                return _w_raw(o, <const char*>raw16, 16)
             b = v.bytes
-            _w_head(o, 0xc4, 16, 1)
-            return _w_raw(o, PyBytes_AS_STRING(b), 16)
+            df_w_head(o, 0xc4, 16, 1)
+            return df_w_raw(o, PyBytes_AS_STRING(b), 16)
     elif k == K_TIME:
         if _is_int(v):
             return _enc_time(o, v)
@@ -486,12 +545,12 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
             else:
                 for j in range(e.n):
                     if e.lens[j] == n and memcmp(e.vals[j], p, n) == 0:
-                        return _w_str(o, p, n)
+                        return df_w_str(o, p, n)
             raise EncodeError(f"{str.__str__(v)!r} is not a {_spec(t).expected} value")
     elif k == K_STRUCT:
         if PyObject_TypeCheck(v, <object>_structs[t.sub].cls):
             _check_depth(depth, EncodeError)
-            _w_array(o, _structs[t.sub].nfields)
+            df_w_array(o, _structs[t.sub].nfields)
             return _enc_fields(o, v, t.sub, depth)
     elif k == K_BYTES:
         if PyBytes_Check(v) or PyByteArray_Check(v) or PyMemoryView_Check(v):
@@ -509,14 +568,14 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
         if PyList_Check(v) or PyTuple_Check(v):
             _check_depth(depth, EncodeError)
             n = len(v)
-            _w_array(o, n)
+            df_w_array(o, n)
             for j in range(n):
                 _enc_item(o, v[j], t.elem, depth + 1, j)
             return 0
     elif k == K_MAP:
         if PyDict_Check(v):
             _check_depth(depth, EncodeError)
-            _w_map(o, len(v))
+            df_w_map(o, len(v))
             for key, val in v.items():
                 if not PyUnicode_Check(key):
                     raise EncodeError(f"expected str map key, got {type(key).__name__}")
@@ -530,8 +589,8 @@ cdef int _enc_item(Out* o, object v, TypeC* t, int depth, object where) except -
     try:
         if v is None:
             if t.kind == K_JSON:
-                return _w_head(o, 0xc0, 0, 0)
-            raise EncodeError(f"expected {_spec(t).expected}, got NoneType")
+                return df_w_head(o, 0xc0, 0, 0)
+            return _type_error(None, t)
         return _enc(o, v, t, depth)
     except EncodeError as exc:
         exc.add_context(f"[{where!r}]")
@@ -541,8 +600,8 @@ cdef int _enc_item(Out* o, object v, TypeC* t, int depth, object where) except -
 cdef int _enc_byte_array(Out* o, const unsigned char* p, Py_ssize_t n) except -1:
     cdef Py_ssize_t j
     cdef unsigned char c
-    _w_array(o, n)
-    _reserve(o, 2 * n)
+    df_w_array(o, n)
+    df_reserve(o, 2 * n)
     for j in range(n):
         c = p[j]
         if c >= 0x80:
@@ -558,15 +617,16 @@ cdef int _enc_time(Out* o, object v) except -1:
     cdef long long ns = PyLong_AsLongLongAndOverflow(v, &overflow)
     if overflow < 0 or (overflow == 0 and ns < 0):
         raise EncodeError(f"timestamp {int(v)} is before 1970")
-    _w_array(o, 2)
     if overflow == 0:
-        _w_uint(o, <unsigned long long>(ns // NANOS))
-        return _w_uint(o, <unsigned long long>(ns % NANOS))
+        df_w_array(o, 2)
+        df_w_uint(o, <unsigned long long>(ns // NANOS))
+        return df_w_uint(o, <unsigned long long>(ns % NANOS))
     secs, nanos = divmod(int(v), NANOS)
     if secs > P.I64_MAX:
         raise EncodeError(f"timestamp {int(v)} out of range")
-    _w_uint(o, <unsigned long long>secs)
-    return _w_uint(o, <unsigned long long>nanos)
+    df_w_array(o, 2)
+    df_w_uint(o, <unsigned long long>secs)
+    return df_w_uint(o, <unsigned long long>nanos)
 
 
 cdef int _enc_json(Out* o, object v, int depth) except -1:
@@ -577,36 +637,36 @@ cdef int _enc_json(Out* o, object v, int depth) except -1:
     cdef unsigned long long bits
     cdef Py_ssize_t j, n
     if v is None:
-        return _w_head(o, 0xc0, 0, 0)
+        return df_w_head(o, 0xc0, 0, 0)
     if v is True:
-        return _w_head(o, 0xc3, 0, 0)
+        return df_w_head(o, 0xc3, 0, 0)
     if v is False:
-        return _w_head(o, 0xc2, 0, 0)
+        return df_w_head(o, 0xc2, 0, 0)
     if PyLong_Check(v):
         i = PyLong_AsLongLongAndOverflow(v, &overflow)
         if overflow == 0:
-            return _w_int(o, i)
+            return df_w_int(o, i)
         if overflow > 0 and df_as_u64(v, &u) == 0:
-            return _w_uint(o, u)
+            return df_w_uint(o, u)
         raise EncodeError(f"integer {int(v)} out of range for a JSON number")
     if PyFloat_Check(v):
         d = PyFloat_AS_DOUBLE(v)
         if not isfinite(d):
             raise EncodeError(f"JSON numbers cannot be {float(v)!r}")
         memcpy(&bits, &d, 8)
-        return _w_head(o, 0xcb, bits, 8)
+        return df_w_head(o, 0xcb, bits, 8)
     if PyUnicode_Check(v):
         return _w_pystr(o, v)
     if PyList_Check(v) or PyTuple_Check(v):
         _check_depth(depth, EncodeError)
         n = len(v)
-        _w_array(o, n)
+        df_w_array(o, n)
         for j in range(n):
             _enc_json(o, v[j], depth + 1)
         return 0
     if PyDict_Check(v):
         _check_depth(depth, EncodeError)
-        _w_map(o, len(v))
+        df_w_map(o, len(v))
         for key, val in v.items():
             if not PyUnicode_Check(key):
                 raise EncodeError(f"expected str map key, got {type(key).__name__}")
@@ -623,13 +683,16 @@ cdef inline int _check_depth(int depth, object error) except -1:
 
 
 cdef int _message_index(object msg) except -2:
-    idx = _index_of.get(type(msg))
-    if idx is not None and _tags[idx] is not None:
-        return idx
+    tp = type(msg)
+    cdef PyObject* cls = <PyObject*>tp
+    cdef int j
+    for j in range(_n_messages):
+        if _structs[_msg_idx[j]].cls == cls:
+            return _msg_idx[j]
     for base in type(msg).__mro__[1:]:
-        idx = _index_of.get(base)
-        if idx is not None and _tags[idx] is not None:
-            return idx
+        for j in range(_n_messages):
+            if _structs[_msg_idx[j]].cls == <PyObject*>base:
+                return _msg_idx[j]
     raise EncodeError(f"expected a message, got {type(msg).__name__}")
 
 
@@ -649,8 +712,8 @@ def encode(msg):
         o.buf = NULL
         o.cap = 0
     try:
-        _w_array(&o, _structs[sidx].nfields + 1)
-        _w_str(&o, PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag))
+        df_w_array(&o, _structs[sidx].nfields + 1)
+        df_w_str(&o, PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag))
         try:
             _enc_fields(&o, msg, sidx, 1)
         except EncodeError as exc:
@@ -797,12 +860,12 @@ cdef object _wrong(object expected, int t):
 
 
 cdef object _str_from(const unsigned char* p, Py_ssize_t n):
-    cdef PyObject* s = df_utf8(<const char*>p, n)
+    cdef PyObject* s = df_str(<const char*>p, n)
     if s == NULL:
         if PyErr_Occurred() != NULL:
             raise MemoryError()
         raise InvalidValueError("invalid UTF-8 in str")
-    cdef object out = <object>s  # the cast adds a reference: give df_utf8's back
+    cdef object out = <object>s  # the cast adds a reference: give df_str's back
     Py_DECREF(out)
     return out
 
@@ -860,12 +923,12 @@ cdef int _tag(Rd* r) except -1:
     cdef Head h
     cdef int t = _head(r, &h)
     cdef const unsigned char* p
-    cdef bytes tag
+    cdef int j, sidx
     if t == T_STR or t == T_BIN:
         p = _need(r, h.n)
-        for sidx in _msg_structs:
-            tag = _tags[sidx]
-            if PyBytes_GET_SIZE(tag) == h.n and memcmp(PyBytes_AS_STRING(tag), p, h.n) == 0:
+        for j in range(_n_messages):
+            sidx = _msg_idx[j]
+            if _tag_len[sidx] == h.n and memcmp(_tag_ptr[sidx], p, h.n) == 0:
                 return sidx
         raise UnknownMessageTypeError(
             f"unknown message type {P._shown(PyBytes_FromStringAndSize(<const char*>p, h.n))}")
@@ -967,18 +1030,56 @@ cdef inline object _field(Rd* r, FieldC* f, int depth):
 
 
 cdef object _value(Rd* r, TypeC* t, int depth):
+    """The common encodings of the frequent kinds; everything else goes to _value_other."""
+    cdef int k = t.kind
+    cdef unsigned char b
+    cdef Py_ssize_t n
+    if r.p < r.end:
+        b = r.p[0]
+        if k == K_STR:
+            if (b & 0xe0) == 0xa0:
+                n = b & 0x1f
+                r.p += 1
+                return _str_from(_need(r, n), n)
+            if b == 0xd9 and r.end - r.p >= 2:
+                n = r.p[1]
+                r.p += 2
+                return _str_from(_need(r, n), n)
+        elif k == K_ENUM:
+            if (b & 0xe0) == 0xa0:
+                n = b & 0x1f
+                r.p += 1
+                return _enum(t, _need(r, n), n)
+        elif k == K_STRUCT:
+            if (b & 0xf0) == 0x90:
+                r.p += 1
+                return _struct_array(r, t.sub, b & 0x0f, depth)
+        elif k == K_UUID:
+            if b == 0xc4 and r.end - r.p >= 18 and r.p[1] == 16:
+                r.p += 2
+                return _make_uuid(_need(r, 16))
+        elif k == K_U64:
+            if b < 0x80 or 0xcc <= b <= 0xcf:
+                return PyLong_FromUnsignedLongLong(_uint(r, 64))
+        elif k == K_BOOL:
+            if b == 0xc2 or b == 0xc3:
+                r.p += 1
+                return b == 0xc3
+        elif k == K_TIME:
+            if b == 0x92:
+                _check_depth(depth, NestingTooDeepError)
+                r.p += 1
+                return _time_array(r)
+    return _value_other(r, t, depth)
+
+
+cdef object _value_other(Rd* r, TypeC* t, int depth):
     cdef int k = t.kind
     cdef Head h
     cdef int typ
     cdef const unsigned char* p
-    cdef Py_ssize_t j
     if k == K_JSON:
         return _json(r, depth)
-    # fast path: short str
-    if k == K_STR and r.p < r.end and (r.p[0] & 0xe0) == 0xa0:
-        j = r.p[0] & 0x1f
-        r.p += 1
-        return _str_from(_need(r, j), j)
     typ = _head(r, &h)
     if k == K_STR:
         if typ == T_STR or typ == T_BIN:
@@ -1077,6 +1178,18 @@ cdef object _enum_map(Rd* r, TypeC* t, Py_ssize_t count):
 
 cdef unsigned long long _uint(Rd* r, int bits) except? 0xffffffffffffffffULL:
     cdef Head h
+    cdef unsigned char b
+    cdef int width
+    if r.p < r.end:  # fast path: positive fixint, uint8/16/32 (u64 only if bits == 64)
+        b = r.p[0]
+        if b < 0x80:
+            r.p += 1
+            return b
+        if 0xcc <= b <= 0xce or (b == 0xcf and bits == 64):
+            width = 1 << (b - 0xcc)
+            if r.end - r.p > width and (bits == 64 or width * 8 <= bits):
+                r.p += 1 + width
+                return _be(r.p - width, width)
     cdef int t = _head(r, &h)
     if t != T_INT:
         _wrong(f"u{bits}", t)
