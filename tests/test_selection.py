@@ -1,0 +1,103 @@
+"""Which twin the package uses, how the environment chooses it, and what the build lists."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import descartes_fast
+from descartes_fast import _impl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+                          capture_output=True, text=True, env=environ, cwd=ROOT)
+
+
+@pytest.mark.c_extension
+def test_compiled_twin_really_loaded() -> None:
+    if os.environ.get("DESCARTES_FAST_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes", "on"):
+        pytest.skip("pure build requested")
+    assert descartes_fast.IMPLEMENTATION == "cython"
+    from descartes_fast import codec, frames
+    assert codec.encode.__module__ == "descartes_fast._speedups._codec_c"
+    assert frames.split_request.__module__ == "descartes_fast._speedups._frames_c"
+
+
+@pytest.mark.parametrize("value,expected", [("1", "python"), ("yes", "python"), ("0", "cython"),
+                                            ("", "cython"), ("off", "cython")])
+def test_no_extensions_flag(value, expected) -> None:
+    proc = run("import descartes_fast as d; print(d.IMPLEMENTATION)", DESCARTES_FAST_NO_EXTENSIONS=value)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+def test_flags_are_parsed_strictly() -> None:
+    proc = run("import descartes_fast", DESCARTES_FAST_NO_EXTENSIONS="maybe")
+    assert proc.returncode != 0 and "use 1/0, true/false" in proc.stderr
+    proc = run("import descartes_fast", DESCARTES_FAST_NO_EXTENSIONS="1", DESCARTES_FAST_REQUIRE_EXTENSIONS="1")
+    assert proc.returncode != 0 and "both set" in proc.stderr
+
+
+def _setup_namespace(upto: str) -> dict:
+    """Run setup.py up to *upto* (its helpers and tables, without calling setup())."""
+    namespace: dict = {}
+    source = (ROOT / "setup.py").read_text()
+    exec(compile(source.split(upto)[0], "setup.py", "exec"), namespace)
+    return namespace
+
+
+def test_setup_parses_flags_like_the_package(monkeypatch) -> None:
+    flag = _setup_namespace("NO_EXT =")["_flag"]
+    for value in ("1", "TRUE", " yes ", "on", "0", "", "False", "no", "off"):
+        monkeypatch.setenv("X_FLAG", value)
+        assert flag("X_FLAG") == _impl.env_flag("X_FLAG"), value
+
+
+def test_build_lists_every_compiled_twin() -> None:
+    speedups = _setup_namespace("def _banner")["SPEEDUPS"]
+    assert set(speedups) == {compiled for _, compiled in _impl.TWINS.values()}
+    for source_path in speedups.values():
+        assert (ROOT / source_path).is_file()
+
+
+@pytest.mark.c_extension
+@pytest.mark.parametrize("area", sorted(_impl.TWINS))
+def test_twins_expose_the_same_api(area) -> None:
+    pure, compiled = _impl.load(area, "python"), _impl.load(area, "cython")
+    for name in _impl.API[area]:
+        a, b = getattr(pure, name), getattr(compiled, name)
+        if callable(a):
+            assert list(inspect.signature(a).parameters) == list(inspect.signature(b).parameters), name
+        else:
+            assert a == b, name
+    assert set(pure.__all__) == set(compiled.__all__) == set(_impl.API[area])
+
+
+def test_get_implementation_rejects_unknown_names() -> None:
+    from descartes_fast.codec import get_implementation
+    with pytest.raises(ValueError):
+        get_implementation("rust")
+
+
+def test_import_is_light() -> None:
+    proc = run("import sys, descartes_fast, descartes_fast.codec; "
+               "print(sorted(m for m in ('zmq.asyncio', 'uvloop', 'asyncio') if m in sys.modules))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_no_generated_c_in_git() -> None:
+    proc = subprocess.run(["git", "ls-files", "*.c", "*.so", "*.html"], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert proc.stdout == ""
