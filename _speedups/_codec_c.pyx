@@ -473,8 +473,6 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
     cdef int k = t.kind
     cdef int j
     cdef EnumC* e
-    cdef unsigned char raw16[16]
-    cdef PyObject* as_int
     if k == K_STR:
         if PyUnicode_Check(v):
             if df_w_pystr(o, v) == 0:
@@ -490,12 +488,8 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
             df_w_array(o, _structs[t.sub].nfields)
             return _enc_fields(o, v, t.sub, depth)
     elif k == K_UUID:
-        if _uuid_fast and Py_IS_TYPE(v, <PyObject*>_UUID):
-            as_int = df_get_slot(v, _uuid_int_off)
-            if as_int != NULL:
-                df_long_to_be16(<object>as_int, raw16)
-                df_w_head(o, 0xc4, 16, 1)
-                return df_w_raw(o, <const char*>raw16, 16)
+        if PyObject_TypeCheck(v, _UUID):
+            return _enc_uuid(o, v)
     elif k == K_BOOL:
         if v is True:
             return df_w_head(o, 0xc3, 0, 0)
@@ -527,11 +521,6 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
             if overflow:
                 raise EncodeError(f"integer {int(v)} out of range for i64")
             return df_w_int(o, i)
-    elif k == K_UUID:
-        if isinstance(v, _UUID):
-            b = v.bytes
-            df_w_head(o, 0xc4, 16, 1)
-            return df_w_raw(o, PyBytes_AS_STRING(b), 16)
     elif k == K_TIME:
         if _is_int(v):
             return _enc_time(o, v)
@@ -583,6 +572,21 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
                 _enc_item(o, val, t.elem, depth + 1, key)
             return 0
     return _type_error(v, t)
+
+
+cdef int _enc_uuid(Out* o, object v) except -1:
+    """16 bytes from the UUID's own ``int`` slot (what ``UUID.bytes`` is made from)."""
+    cdef unsigned char raw16[16]
+    cdef PyObject* as_int = df_get_slot(v, _uuid_int_off) if _uuid_fast else NULL
+    value = <object>as_int if as_int != NULL else getattr(v, "int", None)
+    if not PyLong_Check(value):
+        raise EncodeError("UUID has no valid 128-bit value")
+    try:
+        df_long_to_be16(value, raw16)
+    except OverflowError:
+        raise EncodeError("UUID has no valid 128-bit value") from None
+    df_w_head(o, 0xc4, 16, 1)
+    return df_w_raw(o, <const char*>raw16, 16)
 
 
 cdef int _enc_item(Out* o, object v, TypeC* t, int depth, object where) except -1:

@@ -5,9 +5,9 @@ Behaviour is defined by ``descartes_fast/_frames_py.py``; this twin avoids Pytho
 loops and copies (``memchr`` on the frame's buffer for PUB frames).
 """
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE, PyBytes_AS_STRING
+from libc.string cimport memchr, memcpy
 
 from descartes_fast import _frames_py as P
 from descartes_fast.errors import FrameError
@@ -52,7 +52,26 @@ def build_reply(envelope, payload):
 
 def pub_frame(topic, payload):
     """One PUB frame: ``topic + b"\\x00" + payload``."""
-    return b"".join((P._topic_bytes(topic), b"\x00", payload))
+    cdef Py_buffer buf
+    cdef Py_ssize_t tn
+    cdef char* out
+    if not PyBytes_CheckExact(topic):
+        topic = P._topic_bytes(topic)  # str, or the error the pure twin gives
+    tn = PyBytes_GET_SIZE(topic)
+    if memchr(PyBytes_AS_STRING(topic), 0, tn) != NULL:
+        raise FrameError("topic contains a NUL byte")
+    if not PyObject_CheckBuffer(payload):
+        raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}")
+    PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+    try:
+        frame = PyBytes_FromStringAndSize(NULL, tn + 1 + buf.len)
+        out = PyBytes_AS_STRING(frame)
+        memcpy(out, PyBytes_AS_STRING(topic), tn)
+        out[tn] = 0
+        memcpy(out + tn + 1, buf.buf, buf.len)
+    finally:
+        PyBuffer_Release(&buf)
+    return frame
 
 
 def parse_pub_frame(frame):

@@ -30,6 +30,14 @@ I64_MAX = (1 << 63) - 1
 I64_MIN = -(1 << 63)
 NANOS = 1_000_000_000
 _ENUM_VALUES = [L.enum_values(e) for e in L.ENUMS]
+# Fields are read through the class's own slot descriptors, so a subclass property of the
+# same name (or a __getattr__) cannot change what goes on the wire.
+_SLOTS = {s.cls: [(f, s.cls.__dict__[f.name]) for f in s.fields] for s in L.STRUCTS}
+
+
+def _is(v: Any, cls: type | tuple[type, ...]) -> bool:
+    """isinstance on the real type: objects that fake ``__class__`` are not accepted."""
+    return issubclass(type(v), cls)
 
 # -- encoding -------------------------------------------------------------------------
 
@@ -57,10 +65,10 @@ def encode(msg: Message) -> bytes:
 
 
 def _enc_fields(obj: Any, spec: L.StructSpec, out: list, depth: int) -> None:
-    for f in spec.fields:
+    for f, slot in _SLOTS[spec.cls]:
         try:
             try:
-                value = getattr(obj, f.name)
+                value = slot.__get__(obj)
             except AttributeError:
                 raise EncodeError("field is not set") from None
             if value is None:
@@ -75,11 +83,11 @@ def _enc_fields(obj: Any, spec: L.StructSpec, out: list, depth: int) -> None:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return _is(v, int) and type(v) is not bool
 
 
 def _enc_str(v: Any, expected: str) -> str:
-    if not isinstance(v, str):
+    if not _is(v, str):
         raise EncodeError(f"expected {expected}, got {type(v).__name__}")
     try:
         v.encode("utf-8")
@@ -103,8 +111,8 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
                 raise EncodeError(f"integer {int(v)} out of range for {name}")
             return int(v)
     elif k == L.K_UUID:
-        if isinstance(v, uuid.UUID):
-            return v.bytes
+        if _is(v, uuid.UUID):
+            return _uuid_bytes(v)
     elif k == L.K_TIME:
         if _is_int(v):
             if v < 0:
@@ -114,38 +122,53 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
                 raise EncodeError(f"timestamp {int(v)} out of range")
             return [secs, nanos]
     elif k == L.K_ENUM:
-        if isinstance(v, str):
+        if _is(v, str):
             member = v if type(v) is t.ref else _ENUM_VALUES[t.index].get(str.__str__(v))
             if member is None:
                 raise EncodeError(f"{str.__str__(v)!r} is not a {t.ref.__name__} value")
             return member.value
     elif k == L.K_STRUCT:
-        if isinstance(v, t.ref):
+        if _is(v, t.ref):
             _check_depth(depth, EncodeError)
             out: list = []
             _enc_fields(v, L.BY_CLASS[t.ref], out, depth)
             return out
     elif k == L.K_BYTES:
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            if isinstance(v, memoryview) and not v.c_contiguous:
+        if _is(v, (bytes, bytearray, memoryview)):
+            if _is(v, memoryview) and not v.c_contiguous:
                 raise EncodeError("memoryview is not contiguous")
             return list(bytes(v))
     elif k == L.K_JSON:
         return _enc_json(v, depth)
     elif k == L.K_LIST:
-        if isinstance(v, (list, tuple)):
+        if _is(v, (list, tuple)):
             _check_depth(depth, EncodeError)
             return [_enc_item(e, t.elem, depth + 1, i) for i, e in enumerate(v)]
     elif k == L.K_MAP:
-        if isinstance(v, dict):
+        if _is(v, dict):
             _check_depth(depth, EncodeError)
             out_map = {}
             for key, val in v.items():
-                if not isinstance(key, str):
+                if not _is(key, str):
                     raise EncodeError(f"expected str map key, got {type(key).__name__}")
-                out_map[_enc_str(key, "str")] = _enc_item(val, t.elem, depth + 1, key)
+                wire_key = _enc_str(key, "str")  # the key is checked before its value
+                out_map[wire_key] = _enc_item(val, t.elem, depth + 1, key)
             return out_map
     raise EncodeError(f"expected {t.expected}, got {type(v).__name__}")
+
+
+_UUID_INT = uuid.UUID.__dict__["int"]
+
+
+def _uuid_bytes(v: uuid.UUID) -> bytes:
+    """16 bytes from the UUID's own ``int`` slot (what ``UUID.bytes`` is made from)."""
+    try:
+        value = _UUID_INT.__get__(v)
+        if _is(value, int):
+            return int.to_bytes(value, 16, "big")
+    except (AttributeError, OverflowError):
+        pass
+    raise EncodeError("UUID has no valid 128-bit value")
 
 
 def _enc_item(v: Any, t: L.TypeSpec, depth: int, where: int | str) -> Any:
@@ -167,22 +190,23 @@ def _enc_json(v: Any, depth: int) -> Any:
         if not I64_MIN <= v <= U64_MAX:
             raise EncodeError(f"integer {int(v)} out of range for a JSON number")
         return int(v)
-    if isinstance(v, float):
+    if _is(v, float):
         if not math.isfinite(v):
             raise EncodeError(f"JSON numbers cannot be {float(v)!r}")
         return float(v)
-    if isinstance(v, str):
+    if _is(v, str):
         return _enc_str(v, "JSON value")
-    if isinstance(v, (list, tuple)):
+    if _is(v, (list, tuple)):
         _check_depth(depth, EncodeError)
         return [_enc_json(e, depth + 1) for e in v]
-    if isinstance(v, dict):
+    if _is(v, dict):
         _check_depth(depth, EncodeError)
         out = {}
         for key, val in v.items():
-            if not isinstance(key, str):
+            if not _is(key, str):
                 raise EncodeError(f"expected str map key, got {type(key).__name__}")
-            out[_enc_str(key, "str")] = _enc_json(val, depth + 1)
+            wire_key = _enc_str(key, "str")
+            out[wire_key] = _enc_json(val, depth + 1)
         return out
     raise EncodeError(f"expected JSON value, got {type(v).__name__}")
 

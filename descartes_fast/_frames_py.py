@@ -56,7 +56,12 @@ def _topic_bytes(topic: Any) -> bytes:
 
 def pub_frame(topic: str | bytes, payload: Any) -> bytes:
     """One PUB frame: ``topic + b"\\x00" + payload`` (reference §3.4)."""
-    return b"".join((_topic_bytes(topic), b"\x00", payload))
+    raw = _topic_bytes(topic)
+    try:
+        memoryview(payload)
+    except TypeError:
+        raise TypeError(f"payload must be bytes-like, not {type(payload).__name__}") from None
+    return b"".join((raw, b"\x00", payload))
 
 
 def parse_pub_frame(frame: Any) -> tuple[bytes, memoryview]:

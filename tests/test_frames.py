@@ -60,8 +60,11 @@ def test_pub_frame_errors(impl) -> None:
         impl.parse_pub_frame(b"x" * 10000)
     with pytest.raises(FrameError, match="NUL"):
         impl.pub_frame(b"a\x00b", b"")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="topic must be str or bytes"):
         impl.pub_frame(7, b"")
+    with pytest.raises(TypeError, match="payload must be bytes-like, not str"):
+        impl.pub_frame(b"t", "text")
+    assert impl.pub_frame("t", zmq.Frame(b"p")) == b"t\x00p"
 
 
 def test_topics() -> None:
