@@ -1,6 +1,6 @@
 """Compiled codec vs msgspec ``Struct(array_like=True)``: ratios on this machine.
 
-    /work/venv/bin/python bench/codec_ratios.py [--rounds N] [--target SECONDS] [--json OUT] [--check]
+    .venv/bin/python bench/codec_ratios.py [--rounds N] [--target SECONDS] [--json OUT] [--check]
 
 For the typical SpawnRequest and StatusUpdate (content from ``bench/messages.py``) it times,
 side by side in one process:
@@ -103,7 +103,7 @@ def machine() -> dict[str, Any]:
         "compiled twin": getattr(compiled, "__file__", "?").rsplit("/", 1)[-1],
         "msgspec": version("msgspec"),
         "msgpack": version("msgpack"),
-        "cython (build)": version("cython"),
+        "cython (installed)": version("cython"),
     }
 
 
@@ -141,6 +141,11 @@ def main() -> int:
     if args.rounds < 1 or args.target <= 0:
         ap.error("--rounds must be >= 1 and --target > 0")
 
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(f"warning: 1-minute load average is {load1:.2f} at start: other processes may be competing "
+              "for the CPUs, so absolute ns are inflated (ratios are interleaved, so less so)",
+              file=sys.stderr)
     started = time.perf_counter()
     rows, candidates = build()
     for c in candidates:
