@@ -212,6 +212,12 @@ cdef extern from *:
     bint PyDict_Check(object o)
     bint PyObject_TypeCheck(object o, object t)
     void PyList_SET_ITEM(object l, Py_ssize_t i, object v)
+    Py_ssize_t PyList_GET_SIZE(object l)
+    PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(object t)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    Py_ssize_t PyDict_Size(object d) except -1
+    bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     object PyList_New(Py_ssize_t n)
     PyObject* PyErr_Occurred()
 
@@ -513,13 +519,13 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
     elif k == K_U64:
         if _is_int(v):
             if df_as_u64(v, &u) != 0:
-                raise EncodeError(f"integer {int(v)} out of range for u64")
+                raise EncodeError(f"integer {int.__int__(v)} out of range for u64")
             return df_w_uint(o, u)
     elif k == K_I64:
         if _is_int(v):
             i = PyLong_AsLongLongAndOverflow(v, &overflow)
             if overflow:
-                raise EncodeError(f"integer {int(v)} out of range for i64")
+                raise EncodeError(f"integer {int.__int__(v)} out of range for i64")
             return df_w_int(o, i)
     elif k == K_TIME:
         if _is_int(v):
@@ -556,29 +562,27 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
     elif k == K_LIST:
         if PyList_Check(v) or PyTuple_Check(v):
             _check_depth(depth, EncodeError)
-            n = len(v)
+            n = _seq_len(v)
             df_w_array(o, n)
             for j in range(n):
-                _enc_item(o, v[j], t.elem, depth + 1, j)
+                _enc_item(o, <object>_seq_item(v, j), t.elem, depth + 1, j)
             return 0
     elif k == K_MAP:
         if PyDict_Check(v):
             _check_depth(depth, EncodeError)
-            df_w_map(o, len(v))
-            for key, val in v.items():
-                if not PyUnicode_Check(key):
-                    raise EncodeError(f"expected str map key, got {type(key).__name__}")
-                _w_pystr(o, key)
-                _enc_item(o, val, t.elem, depth + 1, key)
-            return 0
+            return _enc_map(o, v, t.elem, depth)
     return _type_error(v, t)
 
 
 cdef int _enc_uuid(Out* o, object v) except -1:
     """16 bytes from the UUID's own ``int`` slot (what ``UUID.bytes`` is made from)."""
     cdef unsigned char raw16[16]
-    cdef PyObject* as_int = df_get_slot(v, _uuid_int_off) if _uuid_fast else NULL
-    value = <object>as_int if as_int != NULL else getattr(v, "int", None)
+    cdef PyObject* as_int
+    if _uuid_fast:
+        as_int = df_get_slot(v, _uuid_int_off)
+        value = <object>as_int if as_int != NULL else None
+    else:
+        value = getattr(v, "int", None)
     if not PyLong_Check(value):
         raise EncodeError("UUID has no valid 128-bit value")
     try:
@@ -587,6 +591,33 @@ cdef int _enc_uuid(Out* o, object v) except -1:
         raise EncodeError("UUID has no valid 128-bit value") from None
     df_w_head(o, 0xc4, 16, 1)
     return df_w_raw(o, <const char*>raw16, 16)
+
+
+# Lists, tuples and dicts are read from their storage (as the pure twin does), never
+# through overridable methods. No Python code runs while the borrowed items are used.
+cdef inline Py_ssize_t _seq_len(object v):
+    return PyList_GET_SIZE(v) if PyList_Check(v) else PyTuple_GET_SIZE(v)
+
+
+cdef inline PyObject* _seq_item(object v, Py_ssize_t j):
+    return PyList_GET_ITEM(v, j) if PyList_Check(v) else PyTuple_GET_ITEM(v, j)
+
+
+cdef int _enc_map(Out* o, object v, TypeC* elem, int depth) except -1:
+    """A dict with str keys; values of type *elem*, or JSON values when elem is NULL."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* val
+    df_w_map(o, PyDict_Size(v))
+    while PyDict_Next(v, &pos, &key, &val):
+        if not PyUnicode_Check(<object>key):
+            raise EncodeError(f"expected str map key, got {type(<object>key).__name__}")
+        _w_pystr(o, <object>key)
+        if elem == NULL:
+            _enc_json(o, <object>val, depth + 1)
+        else:
+            _enc_item(o, <object>val, elem, depth + 1, <object>key)
+    return 0
 
 
 cdef int _enc_item(Out* o, object v, TypeC* t, int depth, object where) except -1:
@@ -620,14 +651,14 @@ cdef int _enc_time(Out* o, object v) except -1:
     cdef int overflow
     cdef long long ns = PyLong_AsLongLongAndOverflow(v, &overflow)
     if overflow < 0 or (overflow == 0 and ns < 0):
-        raise EncodeError(f"timestamp {int(v)} is before 1970")
+        raise EncodeError(f"timestamp {int.__int__(v)} is before 1970")
     if overflow == 0:
         df_w_array(o, 2)
         df_w_uint(o, <unsigned long long>(ns // NANOS))
         return df_w_uint(o, <unsigned long long>(ns % NANOS))
-    secs, nanos = divmod(int(v), NANOS)
+    secs, nanos = divmod(int.__int__(v), NANOS)
     if secs > P.I64_MAX:
-        raise EncodeError(f"timestamp {int(v)} out of range")
+        raise EncodeError(f"timestamp {int.__int__(v)} out of range")
     df_w_array(o, 2)
     df_w_uint(o, <unsigned long long>secs)
     return df_w_uint(o, <unsigned long long>nanos)
@@ -652,31 +683,25 @@ cdef int _enc_json(Out* o, object v, int depth) except -1:
             return df_w_int(o, i)
         if overflow > 0 and df_as_u64(v, &u) == 0:
             return df_w_uint(o, u)
-        raise EncodeError(f"integer {int(v)} out of range for a JSON number")
+        raise EncodeError(f"integer {int.__int__(v)} out of range for a JSON number")
     if PyFloat_Check(v):
         d = PyFloat_AS_DOUBLE(v)
         if not isfinite(d):
-            raise EncodeError(f"JSON numbers cannot be {float(v)!r}")
+            raise EncodeError(f"JSON numbers cannot be {d!r}")
         memcpy(&bits, &d, 8)
         return df_w_head(o, 0xcb, bits, 8)
     if PyUnicode_Check(v):
         return _w_pystr(o, v)
     if PyList_Check(v) or PyTuple_Check(v):
         _check_depth(depth, EncodeError)
-        n = len(v)
+        n = _seq_len(v)
         df_w_array(o, n)
         for j in range(n):
-            _enc_json(o, v[j], depth + 1)
+            _enc_json(o, <object>_seq_item(v, j), depth + 1)
         return 0
     if PyDict_Check(v):
         _check_depth(depth, EncodeError)
-        df_w_map(o, len(v))
-        for key, val in v.items():
-            if not PyUnicode_Check(key):
-                raise EncodeError(f"expected str map key, got {type(key).__name__}")
-            _w_pystr(o, key)
-            _enc_json(o, val, depth + 1)
-        return 0
+        return _enc_map(o, v, NULL, depth)
     raise EncodeError(f"expected JSON value, got {type(v).__name__}")
 
 

@@ -39,6 +39,18 @@ def _is(v: Any, cls: type | tuple[type, ...]) -> bool:
     """isinstance on the real type: objects that fake ``__class__`` are not accepted."""
     return issubclass(type(v), cls)
 
+
+# Values of builtin subclasses are read from their storage, as the compiled twin reads
+# them, never through overridable methods (__int__, __float__, __iter__, __bytes__, ...).
+def _stored_int(v: int) -> int:
+    return int.__int__(v)
+
+
+def _stored_items(v: list | tuple) -> list:
+    if _is(v, list):
+        return list.copy(v)
+    return [tuple.__getitem__(v, i) for i in range(tuple.__len__(v))]
+
 # -- encoding -------------------------------------------------------------------------
 
 
@@ -90,10 +102,10 @@ def _enc_str(v: Any, expected: str) -> str:
     if not _is(v, str):
         raise EncodeError(f"expected {expected}, got {type(v).__name__}")
     try:
-        v.encode("utf-8")
+        str.encode(v, "utf-8")
     except UnicodeEncodeError:
         raise EncodeError("str is not encodable as UTF-8") from None
-    return v
+    return str.__str__(v)
 
 
 def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
@@ -107,19 +119,21 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
     elif k == L.K_U64 or k == L.K_I64:
         if _is_int(v):
             lo, hi, name = (0, U64_MAX, "u64") if k == L.K_U64 else (I64_MIN, I64_MAX, "i64")
-            if not lo <= v <= hi:
-                raise EncodeError(f"integer {int(v)} out of range for {name}")
-            return int(v)
+            n = _stored_int(v)
+            if not lo <= n <= hi:
+                raise EncodeError(f"integer {n} out of range for {name}")
+            return n
     elif k == L.K_UUID:
         if _is(v, uuid.UUID):
             return _uuid_bytes(v)
     elif k == L.K_TIME:
         if _is_int(v):
-            if v < 0:
-                raise EncodeError(f"timestamp {int(v)} is before 1970")
-            secs, nanos = divmod(int(v), NANOS)
+            n = _stored_int(v)
+            if n < 0:
+                raise EncodeError(f"timestamp {n} is before 1970")
+            secs, nanos = divmod(n, NANOS)
             if secs > I64_MAX:
-                raise EncodeError(f"timestamp {int(v)} out of range")
+                raise EncodeError(f"timestamp {n} out of range")
             return [secs, nanos]
     elif k == L.K_ENUM:
         if _is(v, str):
@@ -137,18 +151,18 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
         if _is(v, (bytes, bytearray, memoryview)):
             if _is(v, memoryview) and not v.c_contiguous:
                 raise EncodeError("memoryview is not contiguous")
-            return list(bytes(v))
+            return list(bytes(memoryview(v)))
     elif k == L.K_JSON:
         return _enc_json(v, depth)
     elif k == L.K_LIST:
         if _is(v, (list, tuple)):
             _check_depth(depth, EncodeError)
-            return [_enc_item(e, t.elem, depth + 1, i) for i, e in enumerate(v)]
+            return [_enc_item(e, t.elem, depth + 1, i) for i, e in enumerate(_stored_items(v))]
     elif k == L.K_MAP:
         if _is(v, dict):
             _check_depth(depth, EncodeError)
             out_map = {}
-            for key, val in v.items():
+            for key, val in dict.items(v):
                 if not _is(key, str):
                     raise EncodeError(f"expected str map key, got {type(key).__name__}")
                 wire_key = _enc_str(key, "str")  # the key is checked before its value
@@ -187,22 +201,24 @@ def _enc_json(v: Any, depth: int) -> Any:
     if v is None or v is True or v is False:
         return v
     if _is_int(v):
-        if not I64_MIN <= v <= U64_MAX:
-            raise EncodeError(f"integer {int(v)} out of range for a JSON number")
-        return int(v)
+        n = _stored_int(v)
+        if not I64_MIN <= n <= U64_MAX:
+            raise EncodeError(f"integer {n} out of range for a JSON number")
+        return n
     if _is(v, float):
-        if not math.isfinite(v):
-            raise EncodeError(f"JSON numbers cannot be {float(v)!r}")
-        return float(v)
+        f = float.__float__(v)
+        if not math.isfinite(f):
+            raise EncodeError(f"JSON numbers cannot be {f!r}")
+        return f
     if _is(v, str):
         return _enc_str(v, "JSON value")
     if _is(v, (list, tuple)):
         _check_depth(depth, EncodeError)
-        return [_enc_json(e, depth + 1) for e in v]
+        return [_enc_json(e, depth + 1) for e in _stored_items(v)]
     if _is(v, dict):
         _check_depth(depth, EncodeError)
         out = {}
-        for key, val in v.items():
+        for key, val in dict.items(v):
             if not _is(key, str):
                 raise EncodeError(f"expected str map key, got {type(key).__name__}")
             wire_key = _enc_str(key, "str")

@@ -10,8 +10,11 @@ so a schema change is picked up without touching this file.
   serde ``Serialize`` with struct-as-map would write them, with every alternative the
   decoder accepts chosen at random (nested arrays or maps, UUID bin or text, timestamp
   ``[secs, nanos]`` or ``{secs_since_epoch, nanos_since_epoch}``, ...);
+* :func:`pack_loose` -- MessagePack with every header in a random valid width;
 * :func:`msgpack_values` -- arbitrary MessagePack values (for structure-aware fuzzing);
-* :func:`wrong_values` -- Python values of a wrong type or out of range for a field.
+* :func:`wrong_values` / :func:`near_misses` -- Python values of a wrong type or out of
+  range for a field, and containers that are wrong in one key or element only;
+* :func:`locations` -- every place a value sits in a message (to put a wrong one there).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import dataclasses
 import enum
 import math
 import random
+import struct
 import uuid
 from typing import Any
 
@@ -245,12 +249,15 @@ def named_form(msg: Any, rnd: random.Random | None = None) -> bytes:
         tag = L.RUST_VARIANTS.index(spec)  # serde's variant index
     elif rnd.random() < 0.1:
         tag = spec.tag.encode()
-    return msgpack.packb(_named_struct(msg, spec, rnd, True, tag), use_bin_type=True)
+    tree = _named_struct(msg, spec, rnd, True, tag)
+    if rnd.random() < 0.5:
+        return pack_loose(tree, rnd)
+    return msgpack.packb(tree, use_bin_type=True)
 
 
 def named_forms() -> st.SearchStrategy[tuple[Any, bytes]]:
     """(message, its named-form bytes)."""
-    return st.builds(lambda m, rnd: (m, named_form(m, rnd)), messages(), st.randoms(use_true_random=False))
+    return st.builds(lambda m, rnd: (m, named_form(m, rnd)), messages(), st.randoms(use_true_random=True))
 
 
 # -- arbitrary MessagePack values (for structure-aware fuzzing) -------------------------
@@ -266,7 +273,7 @@ def msgpack_values(depth: int = 3) -> st.SearchStrategy[Any]:
                          "secs_since_epoch", "nanos_since_epoch", "idle", "stdout", "pause",
                          b"\xff\xfe", "x" * 40]),
         st.sampled_from([f.name for s in L.STRUCTS for f in s.fields] + [s.tag for s in L.MESSAGES]),
-        st.builds(msgpack.ExtType, st.integers(-128, 127), st.binary(max_size=17)),
+        st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=17)),
     )
     if depth <= 0:
         return leaves
@@ -278,6 +285,83 @@ def msgpack_values(depth: int = 3) -> st.SearchStrategy[Any]:
                                   st.sampled_from([f.name for s in L.STRUCTS for f in s.fields])),
                         inner, max_size=4),
     )
+
+
+def _f32_exact(x: float) -> bool:
+    try:
+        return math.isnan(x) or struct.unpack(">f", struct.pack(">f", x))[0] == x
+    except OverflowError:
+        return False
+
+
+def _pick_len(n: int, rnd: random.Random, fix: tuple[int, int] | None, wide: list[tuple[int, int]]) -> bytes:
+    """A length header: (fix base, fix limit) and [(code, width)] of the wider forms."""
+    options = []
+    if fix is not None and n < fix[1]:
+        options.append(bytes([fix[0] | n]))
+    for code, width in wide:
+        if n < 1 << (8 * width):
+            options.append(bytes([code]) + n.to_bytes(width, "big"))
+    return options[0] if rnd.random() < 0.5 else rnd.choice(options)
+
+
+def _loose(v: Any, rnd: random.Random, out: bytearray) -> None:
+    if v is None:
+        out.append(0xc0)
+    elif v is True or v is False:
+        out.append(0xc3 if v else 0xc2)
+    elif isinstance(v, int):
+        options = []
+        if 0 <= v <= 0x7f:
+            options.append(bytes([v]))
+        if -32 <= v < 0:
+            options.append(bytes([v & 0xff]))
+        for code, width in ((0xcc, 1), (0xcd, 2), (0xce, 4), (0xcf, 8)):
+            if 0 <= v < 1 << (8 * width):
+                options.append(bytes([code]) + v.to_bytes(width, "big"))
+        for code, width in ((0xd0, 1), (0xd1, 2), (0xd2, 4), (0xd3, 8)):
+            if -(1 << (8 * width - 1)) <= v < 1 << (8 * width - 1):
+                options.append(bytes([code]) + v.to_bytes(width, "big", signed=True))
+        out += options[0] if rnd.random() < 0.5 else rnd.choice(options)
+    elif isinstance(v, float):
+        if _f32_exact(v) and rnd.random() < 0.3:
+            out += b"\xca" + struct.pack(">f", v)
+        else:
+            out += b"\xcb" + struct.pack(">d", v)
+    elif isinstance(v, str):
+        raw = v.encode("utf-8", "surrogatepass")
+        out += _pick_len(len(raw), rnd, (0xa0, 32), [(0xd9, 1), (0xda, 2), (0xdb, 4)]) + raw
+    elif isinstance(v, (bytes, bytearray)):
+        out += _pick_len(len(v), rnd, None, [(0xc4, 1), (0xc5, 2), (0xc6, 4)]) + bytes(v)
+    elif isinstance(v, msgpack.ExtType):
+        n = len(v.data)
+        fixed = {1: 0xd4, 2: 0xd5, 4: 0xd6, 8: 0xd7, 16: 0xd8}
+        if n in fixed and rnd.random() < 0.5:
+            out.append(fixed[n])
+        else:
+            out += _pick_len(n, rnd, None, [(0xc7, 1), (0xc8, 2), (0xc9, 4)])
+        out += struct.pack(">b", v.code) + v.data
+    elif isinstance(v, (list, tuple)):
+        out += _pick_len(len(v), rnd, (0x90, 16), [(0xdc, 2), (0xdd, 4)])
+        for e in v:
+            _loose(e, rnd, out)
+    elif isinstance(v, dict):
+        out += _pick_len(len(v), rnd, (0x80, 16), [(0xde, 2), (0xdf, 4)])
+        for k, e in v.items():
+            _loose(k, rnd, out)
+            _loose(e, rnd, out)
+    else:  # pragma: no cover
+        raise TypeError(f"cannot pack {type(v).__name__}")
+
+
+def pack_loose(value: Any, rnd: random.Random) -> bytes:
+    """MessagePack of *value*, each header in a random valid width (not only the shortest).
+
+    Floats go out as float32 only when that is exact, so the decoded value is unchanged.
+    """
+    out = bytearray()
+    _loose(value, rnd, out)
+    return bytes(out)
 
 
 def pack(value: Any) -> bytes:
@@ -327,7 +411,7 @@ def _deep_dict(n: int) -> Any:
     return v
 
 
-def _other_struct(t: L.TypeSpec) -> st.SearchStrategy[Any]:
+def _any_struct() -> st.SearchStrategy[Any]:
     """An instance of some struct or message class (possibly even the right one)."""
     return st.sampled_from(L.STRUCTS).flatmap(struct_of)
 
@@ -338,7 +422,6 @@ _WRONG_FIXED: tuple[Any, ...] = (
     True, False, 0.0, -0.0, 1.5, math.nan, math.inf, -math.inf, 1e300,
     "", "x", "idle", "stdout", "pause", "IDLE", "\ud800", "a\udcffb", "é" * 40,
     b"", b"\x80", b"\x00" * 16, bytearray(b"ab\xff"), memoryview(b"xyz"),
-    memoryview(b"\x01\x00\x00\x00\x02\x00\x00\x00").cast("i"),
     (), (1, 2), [], [1], [None], ["x", "y"], [uuid.UUID(int=5)], [b"a"], [1.5, "a", None],
     {}, {"a": 1}, {"a": None}, {1: "a"}, {b"k": "v"}, {"a": {"b": [1, math.nan]}}, {"a": "\ud800"},
     {"\ud800": 1}, {"a": b"x"},
@@ -353,15 +436,54 @@ def wrong_values(t: L.TypeSpec | None = None) -> st.SearchStrategy[Any]:
     fixed = st.sampled_from(_WRONG_FIXED)
     made = st.one_of(
         st.builds(_non_contiguous),
+        st.builds(lambda: memoryview(b"\x01\x00\x00\x00\x02\x00\x00\x00").cast("i")),
         st.builds(_deep_list, st.integers(250, 262)),
         st.builds(_deep_dict, st.integers(250, 262)),
         st.sampled_from([e for cls in L.ENUMS for e in cls]),
         st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=5),
         st.sampled_from([L.TypeSpec(k) for k in (L.K_STR, L.K_BOOL, L.K_U64, L.K_I64, L.K_UUID,
                                                  L.K_TIME, L.K_BYTES, L.K_JSON)]).flatmap(value_of),
-        _other_struct(t) if t is not None else st.nothing(),
+        _any_struct(),
     )
+    if t is not None and t.kind in (L.K_LIST, L.K_MAP, L.K_JSON):
+        return st.one_of(fixed, made, near_misses(t), near_misses(t))
     return st.one_of(fixed, made)
+
+
+_BAD_LEAVES = st.sampled_from([object(), math.nan, -math.inf, b"b", bytearray(b"b"), {1}, 1 << 64,
+                                I64_MIN - 1, "\ud800", complex(0, 1), uuid.UUID(int=3)])
+_BAD_KEYS = st.sampled_from([1, None, b"k", 1.5, (1,), "\udc80", True])
+
+
+def near_misses(t: L.TypeSpec) -> st.SearchStrategy[Any]:
+    """Containers of type *t* that are valid but for one key or element deep inside."""
+    if t.kind == L.K_LIST:
+        return st.builds(lambda v, i, bad: v[:i] + [bad] + v[i:],
+                         st.lists(value_of(t.elem), max_size=3), st.integers(0, 3),
+                         st.one_of(_BAD_LEAVES, wrong_values(t.elem)))
+    if t.kind == L.K_MAP:
+        def put_bad(v: dict, key: Any, bad: Any) -> dict:
+            v = dict(v)
+            v[key] = bad
+            return v
+        good_key = st.text(max_size=3)
+        return st.one_of(
+            st.builds(put_bad, st.dictionaries(good_key, value_of(t.elem), max_size=3),
+                      _BAD_KEYS, st.one_of(value_of(t.elem), _BAD_LEAVES)),
+            st.builds(put_bad, st.dictionaries(good_key, value_of(t.elem), max_size=3),
+                      st.one_of(good_key, _BAD_KEYS), _BAD_LEAVES))
+    if t.kind == L.K_JSON:
+        return st.recursive(
+            _BAD_LEAVES,
+            lambda inner: st.one_of(
+                st.builds(lambda v, bad: v + [bad], st.lists(json_values(1), max_size=2), inner),
+                st.builds(lambda v, k, bad: {**v, k: bad},
+                          st.dictionaries(st.text(max_size=3), json_values(1), max_size=2),
+                          st.one_of(st.text(max_size=3), _BAD_KEYS), inner),
+                st.builds(lambda v, k: {**v, k: None},
+                          st.dictionaries(st.text(max_size=3), json_values(1), max_size=2), _BAD_KEYS)),
+            max_leaves=3)
+    return st.nothing()
 
 
 def locations(obj: Any, spec: L.StructSpec, out: list | None = None) -> list[tuple[Any, Any, L.TypeSpec]]:
@@ -390,6 +512,12 @@ def _locations_in(v: Any, t: L.TypeSpec, out: list) -> None:
         for key, e in v.items():
             out.append((v, key, t.elem))
             _locations_in(e, t.elem, out)
+
+
+def get(container: Any, key: Any) -> Any:
+    if isinstance(container, (list, dict)):
+        return container[key]
+    return getattr(container, key)
 
 
 def put(container: Any, key: Any, value: Any) -> None:
