@@ -11,7 +11,7 @@ offset (read from the class's member descriptors), the way ``__init__`` would.
 Error texts come from the pure twin's helpers, so the two twins cannot drift there.
 """
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyObject_CheckBuffer, PyBUF_SIMPLE
 from cpython.long cimport PyLong_FromLong, PyLong_FromLongLong, PyLong_FromUnsignedLongLong, PyLong_AsLongLongAndOverflow
@@ -210,7 +210,7 @@ cdef extern from *:
     bint PyList_Check(object o)
     bint PyTuple_Check(object o)
     bint PyDict_Check(object o)
-    bint PyObject_TypeCheck(object o, object t)
+    bint PyObject_TypeCheck(object o, PyTypeObject* t)
     void PyList_SET_ITEM(object l, Py_ssize_t i, object v)
     Py_ssize_t PyList_GET_SIZE(object l)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
@@ -425,7 +425,7 @@ cdef extern from *:
     int df_w_map(df_out* o, Py_ssize_t n) except -1
     int df_w_pystr(df_out* o, object s) except -1
     int df_reserve(df_out* o, Py_ssize_t n) except -1
-    bint Py_IS_TYPE(object o, PyObject* t)
+    bint Py_IS_TYPE(object o, PyTypeObject* t)
 
 ctypedef df_out Out
 
@@ -489,12 +489,12 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
             if <PyObject*>v == e.members[j]:
                 return df_w_str(o, e.vals[j], e.lens[j])
     elif k == K_STRUCT:
-        if Py_IS_TYPE(v, _structs[t.sub].cls):
+        if Py_IS_TYPE(v, <PyTypeObject*>_structs[t.sub].cls):
             _check_depth(depth, EncodeError)
             df_w_array(o, _structs[t.sub].nfields)
             return _enc_fields(o, v, t.sub, depth)
     elif k == K_UUID:
-        if PyObject_TypeCheck(v, _UUID):
+        if PyObject_TypeCheck(v, <PyTypeObject*>_UUID):
             return _enc_uuid(o, v)
     elif k == K_BOOL:
         if v is True:
@@ -543,7 +543,7 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
                         return df_w_str(o, p, n)
             raise EncodeError(f"{str.__str__(v)!r} is not a {_spec(t).expected} value")
     elif k == K_STRUCT:
-        if PyObject_TypeCheck(v, <object>_structs[t.sub].cls):
+        if PyObject_TypeCheck(v, <PyTypeObject*>_structs[t.sub].cls):
             _check_depth(depth, EncodeError)
             df_w_array(o, _structs[t.sub].nfields)
             return _enc_fields(o, v, t.sub, depth)
