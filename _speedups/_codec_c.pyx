@@ -425,7 +425,6 @@ cdef extern from *:
     int df_w_map(df_out* o, Py_ssize_t n) except -1
     int df_w_pystr(df_out* o, object s) except -1
     int df_reserve(df_out* o, Py_ssize_t n) except -1
-    bint Py_IS_TYPE(object o, PyTypeObject* t)
 
 ctypedef df_out Out
 
@@ -489,7 +488,7 @@ cdef int _enc(Out* o, object v, TypeC* t, int depth) except -1:
             if <PyObject*>v == e.members[j]:
                 return df_w_str(o, e.vals[j], e.lens[j])
     elif k == K_STRUCT:
-        if Py_IS_TYPE(v, <PyTypeObject*>_structs[t.sub].cls):
+        if PyObject_TypeCheck(v, <PyTypeObject*>_structs[t.sub].cls):
             _check_depth(depth, EncodeError)
             df_w_array(o, _structs[t.sub].nfields)
             return _enc_fields(o, v, t.sub, depth)
@@ -542,11 +541,6 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
                     if e.lens[j] == n and memcmp(e.vals[j], p, n) == 0:
                         return df_w_str(o, p, n)
             raise EncodeError(f"{str.__str__(v)!r} is not a {_spec(t).expected} value")
-    elif k == K_STRUCT:
-        if PyObject_TypeCheck(v, <PyTypeObject*>_structs[t.sub].cls):
-            _check_depth(depth, EncodeError)
-            df_w_array(o, _structs[t.sub].nfields)
-            return _enc_fields(o, v, t.sub, depth)
     elif k == K_BYTES:
         if PyBytes_Check(v) or PyByteArray_Check(v) or PyMemoryView_Check(v):
             if PyMemoryView_Check(v) and not v.c_contiguous:

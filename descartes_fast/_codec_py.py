@@ -161,13 +161,7 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
     elif k == L.K_MAP:
         if _is(v, dict):
             _check_depth(depth, EncodeError)
-            out_map = {}
-            for key, val in dict.items(v):
-                if not _is(key, str):
-                    raise EncodeError(f"expected str map key, got {type(key).__name__}")
-                wire_key = _enc_str(key, "str")  # the key is checked before its value
-                out_map[wire_key] = _enc_item(val, t.elem, depth + 1, key)
-            return out_map
+            return _enc_map(v, t.elem, depth)
     raise EncodeError(f"expected {t.expected}, got {type(v).__name__}")
 
 
@@ -217,14 +211,19 @@ def _enc_json(v: Any, depth: int) -> Any:
         return [_enc_json(e, depth + 1) for e in _stored_items(v)]
     if _is(v, dict):
         _check_depth(depth, EncodeError)
-        out = {}
-        for key, val in dict.items(v):
-            if not _is(key, str):
-                raise EncodeError(f"expected str map key, got {type(key).__name__}")
-            wire_key = _enc_str(key, "str")
-            out[wire_key] = _enc_json(val, depth + 1)
-        return out
+        return _enc_map(v, None, depth)
     raise EncodeError(f"expected JSON value, got {type(v).__name__}")
+
+
+def _enc_map(v: dict, elem: L.TypeSpec | None, depth: int) -> dict:
+    """A dict with str keys; values of type *elem*, or JSON values when elem is None."""
+    out = {}
+    for key, val in dict.items(v):
+        if not _is(key, str):
+            raise EncodeError(f"expected str map key, got {type(key).__name__}")
+        wire_key = _enc_str(key, "str")  # the key is checked before its value
+        out[wire_key] = _enc_json(val, depth + 1) if elem is None else _enc_item(val, elem, depth + 1, key)
+    return out
 
 
 def _check_depth(depth: int, error: type[_Located]) -> None:
