@@ -1,0 +1,330 @@
+"""The supervisor with real processes, no ZeroMQ, on asyncio and on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+
+import pytest
+import uvloop
+
+from descartes_fast.backends import BackendRegistry
+from descartes_fast.schema import AgentConfig, AgentStatus, LogStreamType, PauseMode, StatusUpdateType
+from descartes_fast.supervisor import (
+    PAUSE_LINE, RESUME_LINE, AgentNotFoundError, SpawnError, Supervisor, SupervisorError)
+
+OUT, ERR = LogStreamType.STDOUT, LogStreamType.STDERR
+PY = sys.executable
+BACKENDS = BackendRegistry.from_tables({
+    "sh": {"command": ["sh", "-c", "{task}"], "stdin": "pipe"},
+    "sh-closed": {"command": ["sh", "-c", "{task}"], "stdin": "close"},
+    "cat": {"command": ["cat"], "cooperative_pause": True},
+    "py": {"command": [PY, "-c", "{task}"], "stdin": "null"},
+})
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Run a coroutine to completion on the parametrized event loop."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(coro):
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(coro, 60))
+    return runner
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+        self.output: dict[tuple, bytearray] = {}
+
+    def on_output(self, agent, stream, data) -> None:
+        self.output.setdefault((agent.id, stream), bytearray()).extend(data)
+
+    def on_status(self, agent, kind, message) -> None:
+        self.events.append((agent.id, kind, agent.status, message))
+
+
+def supervisor(**kw) -> tuple[Supervisor, Recorder]:
+    rec = Recorder()
+    return Supervisor(BACKENDS, listener=rec, **kw), rec
+
+
+def sh(script: str, backend: str = "sh") -> AgentConfig:
+    return AgentConfig(name="t", model_backend=backend, task=script)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of group *pgid* that are not zombies (a zombie waits for its reaper only)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+async def until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_demo_agent_runs_to_completion(run) -> None:
+    async def main():
+        sup, rec = supervisor()
+        agent = await sup.spawn(AgentConfig(name="demo", model_backend="demo", task="refactor"))
+        assert agent.status == AgentStatus.RUNNING and agent.info().name == "demo"
+        assert await sup.wait(agent.id) == 0
+        assert agent.status == AgentStatus.COMPLETED
+        lines = [json.loads(line) for line in bytes(rec.output[(agent.id, OUT)]).splitlines()]
+        assert lines[0]["type"] == "start" and lines[-1]["type"] == "done"
+        assert [e[1] for e in rec.events] == [StatusUpdateType.STATUS_CHANGED, StatusUpdateType.COMPLETED]
+        assert sup.get(agent.id).exit_code == 0  # still queryable after the end
+    run(main())
+
+
+def test_failure_is_reported_with_its_reason(run) -> None:
+    async def main():
+        sup, rec = supervisor()
+        agent = await sup.spawn(sh("echo oops >&2; exit 3"))
+        assert await sup.wait(agent.id) == 3
+        assert agent.status == AgentStatus.FAILED and agent.reason == "exited with status 3"
+        assert rec.events[-1][1] == StatusUpdateType.ERROR
+        assert sup.read_next(agent.id, ERR) == b"oops\n"
+        assert sup.read_next(agent.id, ERR) is None
+    run(main())
+
+
+def test_cooperative_pause_writes_the_reference_lines(run) -> None:
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(AgentConfig(model_backend="cat"))
+        assert sup.pause(agent.id) == PauseMode.COOPERATIVE
+        assert agent.status == AgentStatus.PAUSED and agent.paused_at is not None
+        with pytest.raises(SupervisorError, match="Agent is already paused"):
+            sup.pause(agent.id)
+        sup.resume(agent.id)
+        assert agent.status == AgentStatus.RUNNING and agent.pause_mode is None
+        await until(lambda: agent.stdout.total_bytes >= len(PAUSE_LINE + RESUME_LINE))
+        assert sup.read_next(agent.id, OUT) == PAUSE_LINE  # cat echoes what arrived on stdin
+        assert sup.read_next(agent.id, OUT) == RESUME_LINE
+        sup.kill(agent.id)
+        await sup.wait(agent.id)
+    run(main())
+
+
+def test_forced_pause_stops_the_process(run) -> None:
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(sh("while true; do sleep 0.05; done"))
+        assert sup.pause(agent.id, force=True) == PauseMode.FORCED
+        await until(lambda: proc_state(agent.pid) == "T")
+        sup.resume(agent.id)
+        await until(lambda: proc_state(agent.pid) != "T")
+        with pytest.raises(SupervisorError, match="Agent is not paused, current status: running"):
+            sup.resume(agent.id)
+        sup.kill(agent.id)
+        await sup.wait(agent.id)
+    run(main())
+
+
+def test_llm_backends_pause_by_sigstop(run) -> None:
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(sh("sleep 30", backend="sh-closed"))  # stdin closed: no cooperative pause
+        assert sup.pause(agent.id) == PauseMode.FORCED
+        await until(lambda: proc_state(agent.pid) == "T")
+        with pytest.raises(SupervisorError, match="stdin of agent .* is closed"):
+            sup.write_stdin(agent.id, b"x")
+        sup.kill(agent.id)
+        await sup.wait(agent.id)
+    run(main())
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_stop_and_kill_end_the_whole_group(run, how) -> None:
+    async def main():
+        sup, rec = supervisor(stop_grace=0.5)
+        agent = await sup.spawn(sh("sleep 1000 & echo $!; wait"))
+        await until(lambda: agent.stdout.total_lines == 1)
+        grandchild = int(sup.read_next(agent.id, OUT))
+        assert alive(grandchild)
+        getattr(sup, how)(agent.id)
+        assert agent.status == AgentStatus.TERMINATED
+        await sup.wait(agent.id)
+        await until(lambda: not alive(grandchild))
+        assert agent.status == AgentStatus.TERMINATED  # sticky, whatever the exit code
+        assert rec.events[-1][1] == StatusUpdateType.TERMINATED
+    run(main())
+
+
+def test_stop_escalates_to_sigkill_after_the_grace(run) -> None:
+    async def main():
+        sup, _ = supervisor(stop_grace=0.3)
+        agent = await sup.spawn(sh("trap '' TERM; echo ready; while true; do sleep 0.05; done"))
+        await until(lambda: agent.stdout.total_lines == 1)
+        started = time.monotonic()
+        sup.stop(agent.id)
+        assert await sup.wait(agent.id) == -signal.SIGKILL
+        assert time.monotonic() - started >= 0.25
+    run(main())
+
+
+def test_stdin_writes_and_eof(run) -> None:
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(AgentConfig(model_backend="cat"))
+        assert sup.write_stdin(agent.id, b"hello\n") == 6
+        big = b"x" * 300_000 + b"\n"  # larger than a pipe: queued, never blocks the loop
+        assert sup.write_stdin(agent.id, big, eof=True) == len(big)
+        with pytest.raises(SupervisorError, match="is closed"):
+            sup.write_stdin(agent.id, b"late")
+        assert await sup.wait(agent.id) == 0
+        assert agent.status == AgentStatus.COMPLETED
+        assert agent.stdout.total_bytes == 6 + len(big)
+    run(main())
+
+
+def test_output_is_complete_in_order_and_bytes_survive(run) -> None:
+    async def main():
+        sup, rec = supervisor(output_limit=64 * 1024 * 1024)
+        script = ("import sys\nw=sys.stdout.buffer.write\n"
+                  "for i in range(200000): w(b'%07d \\xff\\xfe line\\n' % i)\n")
+        agent = await sup.spawn(AgentConfig(model_backend="py", task=script))
+        await sup.wait(agent.id)
+        data = bytes(rec.output[(agent.id, OUT)])
+        expected = b"".join(b"%07d \xff\xfe line\n" % i for i in range(200000))
+        assert data == expected
+        assert agent.stdout.total_lines == 200000 and agent.stdout.dropped_lines == 0
+    run(main())
+
+
+def test_buffer_is_bounded_and_counts_what_it_drops(run) -> None:
+    async def main():
+        sup, _ = supervisor(output_limit=2000)  # 1000 bytes per stream
+        agent = await sup.spawn(sh("i=0; while [ $i -lt 100 ]; do echo line-$i-padding; i=$((i+1)); done"))
+        await sup.wait(agent.id)
+        buf = agent.stdout
+        assert buf.size <= 1000 and buf.total_lines == 100
+        assert buf.dropped_lines == 100 - len(buf.lines) > 0
+        assert buf.text_lines()[-1] == "line-99-padding"
+        assert sup.read_next(agent.id, OUT) == buf.lines[0]  # reading starts at the oldest kept line
+    run(main())
+
+
+def test_query_filter_offset_limit(run) -> None:
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(sh("for i in 1 2 3 4 5 6; do echo out-$i; echo err-$i >&2; done; printf tail"))
+        await sup.wait(agent.id)
+        lines, total, more = sup.query(agent.id, (OUT,), pattern=r"out-[2-5]", offset=1, limit=2)
+        assert (lines, total, more) == (["out-3", "out-4"], 4, True)
+        lines, total, more = sup.query(agent.id, (OUT, ERR))
+        assert total == 13 and lines[6] == "tail" and lines[-1] == "err-6" and not more
+        with pytest.raises(SupervisorError, match="invalid filter regex"):
+            sup.query(agent.id, (OUT,), pattern="(")
+    run(main())
+
+
+def test_signals(run) -> None:
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(sh("trap 'echo got-int' INT; while true; do sleep 0.05; done"))
+        await asyncio.sleep(0.2)
+        assert sup.signal(agent.id, "SIGINT") == "SIGINT"
+        await until(lambda: agent.stdout.total_lines >= 1)
+        assert sup.signal(agent.id, "Force_Pause") == "Force_Pause"
+        assert agent.pause_mode == PauseMode.FORCED
+        sup.signal(agent.id, "cont")
+        assert agent.status == AgentStatus.RUNNING
+        with pytest.raises(SupervisorError, match="Unknown signal type: 'HUP'"):
+            sup.signal(agent.id, "HUP")
+        sup.signal(agent.id, "kill")
+        await sup.wait(agent.id)
+        assert agent.status == AgentStatus.TERMINATED
+    run(main())
+
+
+def test_spawn_errors_and_limits(run) -> None:
+    async def main():
+        sup, _ = supervisor(max_agents=1)
+        with pytest.raises(SpawnError, match=r"^Agent spawn failed: Unsupported model backend for process "
+                                             r"spawning: anthropic\. Use API mode instead\.$"):
+            await sup.spawn(AgentConfig(model_backend="anthropic"))
+        with pytest.raises(SpawnError, match="Failed to spawn process for backend 'nosuchprog-cli'"):
+            await sup.spawn(AgentConfig(model_backend="nosuchprog-cli", task="x"))
+        first = await sup.spawn(sh("sleep 30"))
+        with pytest.raises(SpawnError, match="^Maximum agent limit reached: 1$"):
+            await sup.spawn(sh("true"))
+        sup.kill(first.id)
+        await sup.wait(first.id)
+        await sup.spawn(sh("true"))  # a finished agent no longer counts
+        with pytest.raises(AgentNotFoundError, match="Agent not found: "):
+            sup.get(uuid.uuid4())
+        await sup.shutdown()
+    run(main())
+
+
+def test_environment_reaches_the_agent_without_claudecode(run, monkeypatch) -> None:
+    monkeypatch.setenv("CLAUDECODE", "1")
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(AgentConfig(model_backend="sh", task='echo "$MINE|${CLAUDECODE-unset}|$AGENT_CONTEXT"',
+                                            environment={"MINE": "yes"}, context="ctx"))
+        await sup.wait(agent.id)
+        assert sup.read_next(agent.id, OUT) == b"yes|unset|ctx\n"
+    run(main())
+
+
+def test_retention_evicts_the_oldest_finished_agents(run) -> None:
+    async def main():
+        sup, _ = supervisor(max_retained=2)
+        agents = [await sup.spawn(sh("true")) for _ in range(4)]
+        for a in agents:
+            await a.exited
+        assert [a.id for a in sup.list()] == [a.id for a in agents[2:]]
+        live = await sup.spawn(sh("sleep 30"))
+        assert sup.list(status=AgentStatus.RUNNING) == [live]
+        assert len(sup.list(limit=1)) == 1
+        await sup.shutdown()
+    run(main())
+
+
+def test_shutdown_leaves_no_process_behind(run) -> None:
+    async def main():
+        sup, _ = supervisor(stop_grace=0.3)
+        agents = [await sup.spawn(sh("trap '' TERM; sleep 1000 & wait")) for _ in range(3)]
+        agents.append(await sup.spawn(AgentConfig(model_backend="demo", task="x")))
+        sup.pause(agents[-1].id, force=True)
+        await asyncio.sleep(0.1)
+        await sup.shutdown()
+        for a in agents:
+            assert not a.running and a.status == AgentStatus.TERMINATED
+            await until(lambda: not live_group_members(a.pid))
+    run(main())
