@@ -31,6 +31,7 @@ REQUIRE = _flag("DESCARTES_FAST_REQUIRE_EXTENSIONS")
 SPEEDUPS = {
     "descartes_fast._speedups._codec_c": "_speedups/_codec_c.pyx",
     "descartes_fast._speedups._frames_c": "_speedups/_frames_c.pyx",
+    "descartes_fast._speedups._dispatch_c": "_speedups/_dispatch_c.pyx",
 }
 
 

@@ -7,6 +7,26 @@ import sys
 
 import descartes_fast
 
+SERVER_DESCRIPTION = (
+    "Run agents on this machine for Descartes clients (descartes_fast's own, or the Rust "
+    "ZmqClient): requests on a ROUTER socket, live output and status updates on a PUB socket. "
+    "Every setting can also come from the config file's [server] table or a DESCARTES_FAST_* "
+    "variable; flags win over variables, variables over the file.")
+SERVER_EPILOG = """examples:
+  descartes-fast-server                           loopback, ports 5555 (requests) and 5556 (events)
+  descartes-fast-server --config server.toml      settings and extra backends from a file
+  DESCARTES_FAST_MAX_AGENTS=500 descartes-fast-server --log-level DEBUG
+
+backends: claude, claude-code-cli, opencode, codex, gemini, <program>-cli and demo are built in;
+a config file can add more:
+  [backends.mytool]
+  command = ["mytool", "--task", "{task}", ["--model", "{model}"]]
+  stdin = "pipe"              # pipe | close | null
+  cooperative_pause = false
+
+SIGTERM or SIGINT stops the server gracefully: no new requests, agents stopped
+(SIGTERM, then SIGKILL after --stop-grace), events flushed, exit status 0."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -24,7 +44,54 @@ def build_parser() -> argparse.ArgumentParser:
                     "a decode error, and time the compiled and pure-Python codecs against msgpack. "
                     "Takes a few seconds.")
     demo.add_argument("--rounds", type=int, default=5, help="timing rounds per measurement (default 5)")
+    serve = commands.add_parser("serve", help="run the agent server (same as descartes-fast-server)",
+                                description=SERVER_DESCRIPTION, epilog=SERVER_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from descartes_fast import settings
+    settings.add_arguments(serve)
     return parser
+
+
+def serve(args: argparse.Namespace, prog: str) -> int:
+    """Run the server until SIGTERM/SIGINT; 0 after a clean stop, 1 if it cannot start, 2 on bad settings."""
+    import asyncio
+    import logging
+
+    import zmq
+
+    from descartes_fast import settings
+    from descartes_fast.server import AgentServer
+
+    try:
+        config, level, loop_name = settings.resolve(args)
+    except settings.SettingsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = AgentServer(config)
+    try:
+        server.bind()
+    except zmq.ZMQError as exc:
+        logging.getLogger("descartes_fast.server").error("cannot bind %s / %s: %s", config.bind, config.pub, exc)
+        return 1
+    factory = None
+    if loop_name == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(server.run())
+    return 0
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    """The ``descartes-fast-server`` command."""
+    from descartes_fast import settings
+    parser = argparse.ArgumentParser(prog="descartes-fast-server", description=SERVER_DESCRIPTION,
+                                     epilog=SERVER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {descartes_fast.__version__} ({descartes_fast.IMPLEMENTATION})")
+    settings.add_arguments(parser)
+    return serve(parser.parse_args(argv), parser.prog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from descartes_fast import demo
         return demo.main(rounds=max(1, args.rounds))
+    if args.command == "serve":
+        return serve(args, "descartes-fast serve")
     parser.print_help()
     return 2
 

@@ -22,12 +22,14 @@ _OFF: Final = frozenset({"", "0", "false", "no", "off"})
 TWINS: Final = {
     "codec": ("descartes_fast._codec_py", "descartes_fast._speedups._codec_c"),
     "frames": ("descartes_fast._frames_py", "descartes_fast._speedups._frames_c"),
+    "dispatch": ("descartes_fast._dispatch_py", "descartes_fast._speedups._dispatch_c"),
 }
 #: the names each twin of an area provides (a parity test checks both)
 API: Final = {
     "codec": ("encode", "decode"),
     "frames": ("split_request", "build_reply", "pub_frame", "parse_pub_frame", "log_topic",
                "status_topic", "HEARTBEAT_TOPIC"),
+    "dispatch": ("Dispatcher",),
 }
 
 

@@ -28,7 +28,7 @@ from descartes_fast.schema import (
     AgentConfig, AgentInfo, AgentStatus, LogStreamType, PauseMode, StatusUpdateType)
 
 __all__ = ["Supervisor", "Agent", "OutputBuffer", "Listener", "SupervisorError", "SpawnError",
-           "AgentNotFoundError", "PAUSE_LINE", "RESUME_LINE", "SIGNALS"]
+           "AgentLimitError", "AgentNotFoundError", "PAUSE_LINE", "RESUME_LINE", "SIGNALS"]
 
 #: the cooperative pause protocol: exact lines written to the agent's stdin (reference §4.6)
 PAUSE_LINE = b'{"type":"pause","action":"pause"}\n'
@@ -53,6 +53,10 @@ class SupervisorError(Exception):
 
 class SpawnError(SupervisorError):
     """The agent could not be started."""
+
+
+class AgentLimitError(SpawnError):
+    """``max_agents`` agents are active already (the reference replies without a prefix)."""
 
 
 class AgentNotFoundError(SupervisorError):
@@ -237,7 +241,7 @@ class Supervisor:
     async def spawn(self, config: AgentConfig) -> Agent:
         """Start an agent; raises SpawnError with the reference's texts."""
         if self.active_count() >= self.max_agents:
-            raise SpawnError(f"Maximum agent limit reached: {self.max_agents}")
+            raise AgentLimitError(f"Maximum agent limit reached: {self.max_agents}")
         try:
             launch = self.backends.resolve(config.model_backend).build(config)
         except BackendError as exc:

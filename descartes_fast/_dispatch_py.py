@@ -1,0 +1,81 @@
+"""Pure-Python request dispatcher: the reference behaviour of the compiled ``_dispatch_c``.
+
+The server's hot path: when the ROUTER socket is readable, take every queued request
+(non-blocking), split the envelope, check the size, decode, call the handler for the
+message's type and send its reply. A handler returns the reply message, or None when it
+will reply later through :meth:`Dispatcher.reply` (slow work such as a spawn).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import zmq
+
+from descartes_fast import _codec_py as _codec
+from descartes_fast.errors import FrameError, MessageTooLargeError, ProtocolError
+from descartes_fast._frames_py import build_reply, split_request
+from descartes_fast.schema import MAX_MESSAGE_SIZE, Message
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """Drain a ROUTER socket and route each request to ``handlers[type(message)]``.
+
+    Parameters
+    ----------
+    sock : the ROUTER socket
+    handlers : message class -> ``handler(message, envelope) -> Message | None``
+    on_error : ``on_error(payload, exc) -> Message``: the reply to a request that is too
+        large or does not decode (``exc`` is the ProtocolError)
+    """
+
+    def __init__(self, sock: zmq.Socket, handlers: dict[type, Callable[[Any, list], Message | None]],
+                 on_error: Callable[[Any, ProtocolError], Message]) -> None:
+        self.sock = sock
+        self.handlers = handlers
+        self.on_error = on_error
+        self.received = 0
+        self.bad_frames = 0
+        self.decode_errors = 0
+
+    def drain(self, limit: int = 4096) -> int:
+        """Handle up to *limit* queued requests; returns how many were taken."""
+        sock = self.sock
+        taken = 0
+        while taken < limit:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            taken += 1
+            self.received += 1
+            self.handle(frames)
+        return taken
+
+    def handle(self, frames: list) -> None:
+        """One request: reply to it now, or leave it to its handler."""
+        try:
+            envelope, payload = split_request(frames)
+        except FrameError:
+            self.bad_frames += 1
+            return
+        try:
+            if len(payload) > MAX_MESSAGE_SIZE:
+                raise MessageTooLargeError(len(payload), MAX_MESSAGE_SIZE)
+            message = _codec.decode(payload)
+        except ProtocolError as exc:
+            self.decode_errors += 1
+            self.reply(envelope, self.on_error(payload, exc))
+            return
+        reply = self.handlers[type(message)](message, envelope)
+        if reply is not None:
+            self.reply(envelope, reply)
+
+    def reply(self, envelope: list, message: Message) -> None:
+        """Send *message* to the peer behind *envelope* (dropped if the peer is gone)."""
+        try:
+            self.sock.send_multipart(build_reply(envelope, _codec.encode(message)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the peer's queue is full or it has gone: ROUTER drops, so do we

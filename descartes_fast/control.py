@@ -1,0 +1,179 @@
+"""Request handlers: what each message does to the supervisor, and the reply it gets.
+
+Behaviour and texts follow reference §4.6-4.7 with the fixes of PROTOCOL.md §3. This
+module knows nothing of sockets; :mod:`descartes_fast.server` wires it to ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from descartes_fast.schema import (
+    AgentStatus, BatchAgentResult, BatchControlCommand, BatchControlResponse, CommandResponse,
+    ControlCommand, ControlCommandType, CustomActionRequest, ListAgentsRequest, ListAgentsResponse,
+    LogStreamType, OutputQueryRequest, OutputQueryResponse, ZmqOutputStream)
+from descartes_fast.supervisor import Supervisor, SupervisorError
+
+__all__ = ["Controller", "debug_status"]
+
+_STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STDERR: (LogStreamType.STDERR,),
+            ZmqOutputStream.BOTH: (LogStreamType.STDOUT, LogStreamType.STDERR)}
+_C = ControlCommandType
+
+
+def debug_status(status: AgentStatus) -> str:
+    """Rust's ``{:?}`` of AgentStatus (``"Running"``), used in some payloads (reference §1.5)."""
+    return status.value.capitalize()
+
+
+def _text(line: bytes) -> dict[str, Any]:
+    """A line as JSON: text, plus the exact bytes when they are not UTF-8."""
+    try:
+        return {"data": line.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data": line.decode("utf-8", "replace"), "raw": list(line)}
+
+
+class Controller:
+    """Runs control commands, custom actions, batches, list and output queries."""
+
+    def __init__(self, supervisor: Supervisor, pub_endpoint: str | None) -> None:
+        self.sup = supervisor
+        self.pub_endpoint = pub_endpoint
+
+    # -- control_command --
+
+    def control(self, msg: ControlCommand) -> CommandResponse:
+        return self.command(msg.request_id, msg.agent_id, msg.command_type, msg.payload)
+
+    def command(self, request_id: str, agent_id: uuid.UUID, kind: ControlCommandType,
+                payload: Any) -> CommandResponse:
+        """One command; the reply carries the agent's status after it (reference §4.6)."""
+        try:
+            agent = self.sup.get(agent_id)
+        except SupervisorError as exc:
+            return CommandResponse(request_id, agent_id, False, None, None, str(exc))
+        try:
+            data = self._run(agent_id, kind, payload if isinstance(payload, dict) else {}, payload)
+        except SupervisorError as exc:
+            return CommandResponse(request_id, agent_id, False, agent.status, None, str(exc))
+        return CommandResponse(request_id, agent_id, True, agent.status, data, None)
+
+    def _run(self, agent_id: uuid.UUID, kind: ControlCommandType, args: dict, payload: Any) -> Any:
+        sup = self.sup
+        if kind == _C.PAUSE:
+            mode = sup.pause(agent_id, force=args.get("force") is True)
+            return {"mode": mode.value, "paused": True}
+        if kind == _C.RESUME:
+            sup.resume(agent_id)
+            return {"resumed": True}
+        if kind == _C.STOP:
+            sup.stop(agent_id)
+            return None
+        if kind == _C.KILL:
+            sup.kill(agent_id)
+            return None
+        if kind == _C.GET_STATUS:
+            return {"status": debug_status(sup.get(agent_id).status)}
+        if kind == _C.WRITE_STDIN:
+            return {"bytes_written": sup.write_stdin(agent_id, _stdin_bytes(args), eof=args.get("eof") is True)}
+        if kind in (_C.READ_STDOUT, _C.READ_STDERR):
+            stream = LogStreamType.STDOUT if kind == _C.READ_STDOUT else LogStreamType.STDERR
+            line = sup.read_next(agent_id, stream)
+            if line is None:
+                return {"bytes": 0, "data": None, "message": f"No data available in {stream.value} buffer"}
+            return {"bytes": len(line), **_text(line)}
+        if kind == _C.SIGNAL:
+            name = args.get("signal")
+            if not isinstance(name, str):
+                raise SupervisorError("Agent execution error: Signal command requires payload with 'signal' field")
+            return {"signal_sent": sup.signal(agent_id, name)}
+        if kind == _C.CUSTOM_ACTION:
+            if payload is None:
+                raise SupervisorError("Agent execution error: CustomAction command requires payload with "
+                                      "'action' field")
+            action = args.get("action") if isinstance(args.get("action"), str) else "unknown"
+            return self.custom(agent_id, action, args.get("params"))
+        if kind == _C.QUERY_OUTPUT:
+            return self._drain_output(agent_id, args)
+        if kind == _C.STREAM_LOGS:
+            if self.pub_endpoint is None:
+                raise SupervisorError("Agent execution error: Log streaming not enabled on this server "
+                                      "(no pub_endpoint configured)")
+            return {"enabled": True, "pub_endpoint": self.pub_endpoint, "topic": str(agent_id),
+                    "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter"}
+        raise SupervisorError(f"Agent execution error: unsupported command {kind}")  # all 12 are above
+
+    def custom(self, agent_id: uuid.UUID, action: str, params: Any) -> dict[str, Any]:
+        """The built-in custom actions of the reference: echo, ping, get_env."""
+        agent = self.sup.get(agent_id)
+        if action == "echo":
+            return {"action": "echo", "result": params}
+        if action == "ping":
+            return {"action": "ping", "agent_id": str(agent_id), "result": "pong"}
+        if action == "get_env":
+            since = (time.time_ns() - agent.started_at) // 1_000_000_000
+            return {"action": "get_env", "result": {"agent_id": str(agent_id), "last_status_update_secs": since,
+                                                    "name": agent.config.name,
+                                                    "status": debug_status(agent.status)}}
+        raise SupervisorError(f"Agent execution error: Unknown custom action '{action}'. "
+                              "Available actions: echo, ping, get_env")
+
+    def _drain_output(self, agent_id: uuid.UUID, args: dict) -> dict[str, Any]:
+        max_lines = args.get("max_lines")
+        if not isinstance(max_lines, int) or isinstance(max_lines, bool) or max_lines < 0:
+            max_lines = 100
+        out: dict[str, Any] = {}
+        for stream in (LogStreamType.STDERR, LogStreamType.STDOUT):
+            lines = []
+            if args.get(stream.value) is not False:
+                while len(lines) < max_lines and (line := self.sup.read_next(agent_id, stream)) is not None:
+                    lines.append(line.decode("utf-8", "replace"))
+            out[stream.value] = lines
+            out[f"{stream.value}_lines"] = len(lines)
+        return out
+
+    # -- the other request types --
+
+    def custom_action(self, msg: CustomActionRequest) -> CommandResponse:
+        return self.command(msg.request_id, msg.agent_id, _C.CUSTOM_ACTION,
+                            {"action": msg.action, "params": msg.params})
+
+    def batch(self, msg: BatchControlCommand) -> BatchControlResponse:
+        results = []
+        for agent_id in msg.agent_ids:
+            reply = self.command(msg.request_id, agent_id, msg.command_type, msg.payload)
+            results.append(BatchAgentResult(agent_id, reply.success, reply.status, reply.error))
+            if msg.fail_fast and not reply.success:
+                break
+        ok = sum(r.success for r in results)
+        return BatchControlResponse(msg.request_id, ok == len(msg.agent_ids), results, ok, len(results) - ok)
+
+    def list_agents(self, msg: ListAgentsRequest) -> ListAgentsResponse:
+        agents = self.sup.list(msg.filter_status, msg.limit)
+        return ListAgentsResponse(msg.request_id, True, [a.info() for a in agents])
+
+    def output_query(self, msg: OutputQueryRequest) -> OutputQueryResponse:
+        try:
+            lines, total, more = self.sup.query(msg.agent_id, _STREAMS[msg.stream], offset=msg.offset or 0,
+                                                limit=msg.limit, pattern=msg.filter)
+        except SupervisorError as exc:
+            return OutputQueryResponse(msg.request_id, msg.agent_id, False, error=str(exc))
+        return OutputQueryResponse(msg.request_id, msg.agent_id, True, lines, total, more)
+
+
+def _stdin_bytes(args: dict) -> bytes:
+    """``data`` as str (UTF-8), bin, or an array of ints (each mod 256, others skipped)."""
+    data = args.get("data")
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, list):
+        return bytes(x % 256 for x in data if isinstance(x, int) and not isinstance(x, bool))
+    if data is None and args.get("eof") is True:
+        return b""
+    raise SupervisorError("Agent execution error: WriteStdin requires payload with 'data' field "
+                          "(string or byte array)")
