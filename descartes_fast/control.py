@@ -117,7 +117,8 @@ class Controller:
             since = (time.time_ns() - agent.started_at) // 1_000_000_000
             return {"action": "get_env", "result": {"agent_id": str(agent_id), "last_status_update_secs": since,
                                                     "name": agent.config.name,
-                                                    "status": debug_status(agent.status)}}
+                                                    "status": debug_status(agent.status),
+                                                    "pid": agent.pid, "exit_code": agent.exit_code}}
         raise SupervisorError(f"Agent execution error: Unknown custom action '{action}'. "
                               "Available actions: echo, ping, get_env")
 

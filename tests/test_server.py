@@ -1,0 +1,349 @@
+"""The real server binary, driven with raw pyzmq sockets sending Rust-compatible bytes.
+
+Every test runs against the compiled and the pure-Python dispatcher (the latter with
+DESCARTES_FAST_NO_EXTENSIONS=1 in the server's environment).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import msgpack
+import pytest
+import zmq
+
+from descartes_fast import codec
+from descartes_fast.schema import (
+    AgentConfig, AgentStatus, BatchControlCommand, BatchControlResponse, CommandResponse,
+    ControlCommand, ControlCommandType, CustomActionRequest, ErrorResponse, HealthCheckRequest,
+    HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, LogStreamMessage, LogStreamType,
+    OutputQueryRequest, OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate,
+    StatusUpdateType, ZmqOutputStream)
+
+from test_supervisor import alive, live_group_members, proc_state
+
+C = ControlCommandType
+CONFIG = textwrap.dedent("""
+    [server]
+    heartbeat_interval = 0.5
+    stop_grace = 0.5
+    max_agents = 40
+
+    [backends.sh]
+    command = ["sh", "-c", "{task}"]
+
+    [backends.cat]
+    command = ["cat"]
+    cooperative_pause = true
+
+    [backends.py]
+    command = ["%s", "-c", "{task}"]
+    stdin = "null"
+""" % sys.executable)
+
+
+class Server:
+    """A descartes-fast-server process on ipc:// endpoints, and sockets to talk to it."""
+
+    def __init__(self, tmp_path, implementation: str, *flags: str) -> None:
+        config = tmp_path / "server.toml"
+        config.write_text(CONFIG)
+        self.bind = f"ipc://{tmp_path}/req"
+        self.pub = f"ipc://{tmp_path}/pub"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
+        if implementation == "python":
+            env["DESCARTES_FAST_NO_EXTENSIONS"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "descartes_fast", "serve", "--config", str(config), "--bind", self.bind,
+             "--pub", self.pub, "--server-id", "test-server", "--log-level", "WARNING", *flags],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.ctx = zmq.Context()
+        self.req = self.socket(zmq.REQ)
+        assert self.call(HealthCheckRequest("ready")).healthy
+
+    def socket(self, kind: int, **opts) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 15000)
+        for name, value in opts.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        sock.connect(self.pub if kind == zmq.SUB else self.bind)
+        return sock
+
+    def call(self, message, raw: bytes | None = None):
+        self.req.send(raw if raw is not None else codec.encode(message))
+        return codec.decode(self.req.recv())
+
+    def spawn(self, backend: str, task: str = "", **cfg) -> uuid.UUID:
+        reply = self.call(SpawnRequest("s", AgentConfig(name="t", model_backend=backend, task=task, **cfg)))
+        assert reply.success, reply.error
+        return reply.agent_info.id
+
+    def control(self, agent_id, kind, payload=None) -> CommandResponse:
+        return self.call(ControlCommand("c", agent_id, kind, payload))
+
+    def wait_status(self, agent_id, statuses, timeout=15.0) -> AgentStatus:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.control(agent_id, C.GET_STATUS).status
+            if status in statuses:
+                return status
+            assert time.monotonic() < deadline, f"agent still {status}"
+            time.sleep(0.02)
+
+    def close(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self.ctx.destroy(linger=0)
+        return code
+
+
+@pytest.fixture(params=["cython", "python"])
+def server(request, tmp_path):
+    srv = Server(tmp_path, request.param)
+    yield srv
+    srv.close()
+
+
+def test_every_request_type(server) -> None:
+    health = server.call(HealthCheckRequest("h"))
+    assert isinstance(health, HealthCheckResponse) and health.protocol_version == "1.0.0"
+    assert health.metadata["server_id"] == "test-server" and health.metadata["max_agents"] == "40"
+    assert health.metadata["implementation"] in ("cython", "python") and "version" in health.metadata
+    agent = server.spawn("cat")
+    other = server.spawn("sh", "sleep 30")
+
+    replies = {
+        C.WRITE_STDIN: server.control(agent, C.WRITE_STDIN, {"data": "hello\n"}),
+        C.PAUSE: server.control(agent, C.PAUSE),
+        C.RESUME: server.control(agent, C.RESUME),
+        C.SIGNAL: server.control(other, C.SIGNAL, {"signal": "SIGSTOP"}),
+        C.CUSTOM_ACTION: server.control(agent, C.CUSTOM_ACTION, {"action": "echo", "params": [1, "x"]}),
+        C.STREAM_LOGS: server.control(agent, C.STREAM_LOGS),
+    }
+    assert replies[C.WRITE_STDIN].data == {"bytes_written": 6}
+    assert replies[C.PAUSE].data == {"mode": "cooperative", "paused": True}
+    assert replies[C.RESUME].data == {"resumed": True} and replies[C.RESUME].status == AgentStatus.RUNNING
+    assert replies[C.SIGNAL].data == {"signal_sent": "SIGSTOP"} and replies[C.SIGNAL].status == AgentStatus.PAUSED
+    assert replies[C.CUSTOM_ACTION].data == {"action": "echo", "result": [1, "x"]}
+    assert replies[C.STREAM_LOGS].data["topic"] == str(agent) and replies[C.STREAM_LOGS].data["enabled"]
+    time.sleep(0.3)
+    read = server.control(agent, C.READ_STDOUT)
+    assert read.data == {"bytes": 6, "data": "hello\n"}
+    empty = server.control(agent, C.READ_STDERR)
+    assert empty.data == {"bytes": 0, "data": None, "message": "No data available in stderr buffer"}
+    query = server.control(agent, C.QUERY_OUTPUT, {"max_lines": 10})
+    assert set(query.data) == {"stdout", "stdout_lines", "stderr", "stderr_lines"}
+    assert server.control(agent, C.GET_STATUS).data == {"status": "Running"}
+
+    listed = server.call(ListAgentsRequest("l"))
+    assert isinstance(listed, ListAgentsResponse) and {a.id for a in listed.agents} == {agent, other}
+    assert [a.id for a in server.call(ListAgentsRequest("l", AgentStatus.PAUSED)).agents] == [other]
+    assert len(server.call(ListAgentsRequest("l", None, 1)).agents) == 1
+
+    ping = server.call(CustomActionRequest("ca", agent, "ping"))
+    assert isinstance(ping, CommandResponse) and ping.data == {"action": "ping", "agent_id": str(agent),
+                                                                "result": "pong"}
+    unknown = server.call(CustomActionRequest("ca", agent, "dance"))
+    assert not unknown.success and "Unknown custom action 'dance'" in unknown.error
+
+    missing = uuid.uuid4()
+    batch = server.call(BatchControlCommand("b", [agent, missing, other], C.GET_STATUS))
+    assert isinstance(batch, BatchControlResponse) and not batch.success
+    assert (batch.successful, batch.failed, len(batch.results)) == (2, 1, 3)
+    assert batch.results[1].error == f"Agent not found: {missing}"
+    fast = server.call(BatchControlCommand("b", [missing, agent], C.GET_STATUS, fail_fast=True))
+    assert len(fast.results) == 1 and fast.failed == 1
+
+    server.control(agent, C.WRITE_STDIN, {"data": [104, 105, 10, 256 + 33, "skip"]})  # "hi\n!"
+    server.control(agent, C.WRITE_STDIN, {"data": "", "eof": True})
+    assert server.wait_status(agent, {AgentStatus.COMPLETED}) == AgentStatus.COMPLETED
+    out = server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT, filter="^h", limit=1))
+    assert isinstance(out, OutputQueryResponse)
+    assert (out.lines, out.total_lines, out.has_more) == (["hello"], 2, True)
+    page = server.call(OutputQueryRequest("o", agent, ZmqOutputStream.BOTH, offset=1))
+    # cat echoed the pause and resume lines it was sent, between "hello" and "hi"
+    assert page.lines == ['{"type":"pause","action":"pause"}', '{"type":"pause","action":"resume"}', "hi", "!"]
+    assert not page.has_more
+
+    for kind in (C.STOP, C.KILL):
+        victim = server.spawn("sh", "sleep 30")
+        reply = server.control(victim, kind)
+        assert reply.success and reply.status == AgentStatus.TERMINATED and reply.data is None
+    server.control(other, C.KILL)
+
+    # messages that only a server sends are refused with error_response
+    stray = server.call(StatusUpdate(agent, StatusUpdateType.HEARTBEAT, timestamp=0))
+    assert isinstance(stray, ErrorResponse) and "unexpected message type 'status_update'" in stray.error
+    assert isinstance(server.call(SpawnResponse("x", True)), ErrorResponse)
+    assert isinstance(server.call(LogStreamMessage(agent, LogStreamType.STDOUT, b"", 0, 0)), ErrorResponse)
+
+
+def test_reference_error_texts(server) -> None:
+    missing = uuid.uuid4()
+    reply = server.control(missing, C.GET_STATUS)
+    assert (reply.success, reply.status, reply.error) == (False, None, f"Agent not found: {missing}")
+    bad = server.call(SpawnRequest("s", AgentConfig(model_backend="anthropic")))
+    assert bad.error == ("Failed to spawn agent: Agent spawn failed: Unsupported model backend for process "
+                         "spawning: anthropic. Use API mode instead.")
+    assert bad.server_id == "test-server"
+    agent = server.spawn("sh", "sleep 30")
+    assert server.control(agent, C.RESUME).error == "Agent execution error: Agent is not paused, current status: running"
+    assert "Unknown signal type: 'HUP'" in server.control(agent, C.SIGNAL, {"signal": "HUP"}).error
+    assert "requires payload with 'signal' field" in server.control(agent, C.SIGNAL).error
+    assert "WriteStdin requires payload" in server.control(agent, C.WRITE_STDIN, {}).error
+    server.control(agent, C.KILL)
+    server.wait_status(agent, {AgentStatus.TERMINATED})
+    assert "Cannot pause agent in terminal state: terminated" in server.control(agent, C.PAUSE).error
+
+
+def test_pause_is_observed_on_the_process(server) -> None:
+    looping = server.spawn("sh", "while true; do sleep 0.05; done")
+    pid = _pid(server, looping)
+    assert server.control(looping, C.PAUSE, {"force": True}).data == {"mode": "forced", "paused": True}
+    _until(lambda: proc_state(pid) == "T")
+    server.control(looping, C.RESUME)
+    _until(lambda: proc_state(pid) != "T")
+    cat = server.spawn("cat")  # cooperative: the reference's line arrives on the agent's stdin
+    assert server.control(cat, C.PAUSE).data["mode"] == "cooperative"
+    _until(lambda: server.control(cat, C.READ_STDOUT).data.get("data") == '{"type":"pause","action":"pause"}\n')
+
+
+def _pid(server: Server, agent_id) -> int:
+    reply = server.call(CustomActionRequest("p", agent_id, "get_env"))
+    assert reply.success and reply.data["result"]["status"] in ("Running", "Paused")
+    return reply.data["result"]["pid"]
+
+
+def _until(check, timeout=10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", [C.STOP, C.KILL])
+def test_stop_and_kill_end_the_process_group(server, kind) -> None:
+    agent = server.spawn("sh", "sleep 1000 & echo $!; wait")
+    _until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines == 1)
+    grandchild = int(server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).lines[0])
+    assert alive(grandchild)
+    server.control(agent, kind)
+    _until(lambda: not alive(grandchild))
+
+
+def test_large_output_is_complete_in_order_and_binary_safe(server) -> None:
+    sub = server.socket(zmq.SUB, SUBSCRIBE=b"", RCVHWM=0)
+    time.sleep(0.3)  # let the subscription reach the server
+    script = ("import sys\nw=sys.stdout.buffer.write\n"
+              "for i in range(1_700_000): w(b'%08d\\xff\\xfe' % i + b'x' * 20 + b'\\n')\n")
+    expected = b"".join(b"%08d\xff\xfe" % i + b"x" * 20 + b"\n" for i in range(1_700_000))
+    assert len(expected) >= 50_000_000
+    agent = server.spawn("py", script)
+    data, seq, done = bytearray(), 0, False
+    while not done:
+        topic, payload = sub.recv().split(b"\x00", 1)
+        message = codec.decode(payload)
+        if isinstance(message, LogStreamMessage) and message.agent_id == agent:
+            assert message.sequence == seq  # no gaps for a subscriber that keeps up
+            seq += 1
+            data += message.data
+        elif isinstance(message, StatusUpdate) and message.agent_id == agent:
+            done = message.status == AgentStatus.COMPLETED
+    assert bytes(data) == expected
+
+
+def test_status_updates_and_heartbeats(server) -> None:
+    sub = server.socket(zmq.SUB, SUBSCRIBE=b"status.")
+    time.sleep(0.3)
+    agent = server.spawn("demo", "x", environment={"AGENT_EXTRA_ARGS": "--steps 3 --interval 0.1"})
+    server.control(agent, C.PAUSE)
+    server.control(agent, C.RESUME)
+    seen, heartbeat = [], None
+    while not seen or seen[-1][1] != AgentStatus.COMPLETED:
+        topic, payload = sub.recv().split(b"\x00", 1)
+        update = codec.decode(payload)
+        if update.update_type == StatusUpdateType.HEARTBEAT:
+            assert topic == b"status.00000000-0000-0000-0000-000000000000"
+            heartbeat = update
+        else:
+            assert topic == b"status." + str(agent).encode()
+            seen.append((update.update_type, update.status))
+    assert seen == [(StatusUpdateType.STATUS_CHANGED, AgentStatus.RUNNING),
+                    (StatusUpdateType.STATUS_CHANGED, AgentStatus.PAUSED),
+                    (StatusUpdateType.STATUS_CHANGED, AgentStatus.RUNNING),
+                    (StatusUpdateType.COMPLETED, AgentStatus.COMPLETED)]
+    while heartbeat is None:
+        heartbeat = codec.decode(sub.recv().split(b"\x00", 1)[1])
+        heartbeat = heartbeat if heartbeat.update_type == StatusUpdateType.HEARTBEAT else None
+    assert heartbeat.message == "test-server" and "active_agents" in heartbeat.data
+
+
+def test_spawns_do_not_delay_other_requests(server) -> None:
+    dealer = server.socket(zmq.DEALER)
+    for i in range(30):
+        dealer.send_multipart([b"", codec.encode(SpawnRequest(f"s{i}", AgentConfig(model_backend="sh",
+                                                                                   task="sleep 5")))])
+    dealer.send_multipart([b"", codec.encode(HealthCheckRequest("health"))])
+    first = codec.decode(dealer.recv_multipart()[1])
+    assert isinstance(first, HealthCheckResponse)  # answered before any of the 30 spawns
+    replies = [codec.decode(dealer.recv_multipart()[1]) for _ in range(30)]
+    assert all(r.success for r in replies)
+
+
+def test_bad_input_gets_error_replies_and_the_server_goes_on(server) -> None:
+    cases = [
+        b"",                                                       # empty
+        b"\xc1\xc1\xc1",                                           # not msgpack
+        codec.encode(HealthCheckRequest("cut"))[:-2],              # truncated
+        msgpack.packb(["launch_rockets", "r1"]),                   # unknown type
+        b"\x00" * (11 * 1024 * 1024),                              # over MAX_MESSAGE_SIZE
+    ]
+    for raw in cases:
+        reply = server.call(None, raw=raw)
+        assert isinstance(reply, ErrorResponse) and reply.error.startswith("invalid request:"), reply
+    assert server.call(None, raw=msgpack.packb(["launch_rockets", "r1"])).request_id == "r1"
+    bad_body = server.call(None, raw=msgpack.packb(["control_command", "r2", b"\x01" * 16, "explode"]))
+    assert isinstance(bad_body, CommandResponse) and not bad_body.success
+    assert bad_body.request_id == "r2" and "unknown ControlCommandType value 'explode'" in bad_body.error
+    health = server.call(HealthCheckRequest("after"))
+    assert health.healthy and int(health.metadata["decode_errors"]) == 7
+
+
+def test_dealer_without_delimiter_is_answered_in_the_same_shape(server) -> None:
+    dealer = server.socket(zmq.DEALER)
+    dealer.send(codec.encode(HealthCheckRequest("nodelim")))
+    frames = dealer.recv_multipart()
+    assert len(frames) == 1 and codec.decode(frames[0]).request_id == "nodelim"
+    dealer.send_multipart([b"", codec.encode(HealthCheckRequest("delim"))])
+    assert dealer.recv_multipart()[0] == b""
+
+
+def test_sigterm_stops_every_agent_and_exits_0(server) -> None:
+    groups = [server.spawn("sh", "trap '' TERM; sleep 1000 & wait") for _ in range(3)]
+    groups.append(server.spawn("demo", "x", environment={"AGENT_EXTRA_ARGS": "--steps 1000"}))
+    pgids = [_pid(server, a) for a in groups]
+    started = time.monotonic()
+    assert server.close() == 0
+    assert time.monotonic() - started < 10
+    for pgid in pgids:
+        _until(lambda: not live_group_members(pgid))
+
+
+def test_bad_settings_exit_2_with_a_message(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "descartes_fast", "serve", "--max-agents", "zero"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--max-agents='zero'" in proc.stderr
+    busy = zmq.Context().socket(zmq.ROUTER)
+    port = busy.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.run([sys.executable, "-m", "descartes_fast", "serve", "--bind", f"tcp://127.0.0.1:{port}",
+                           "--pub", "none"], capture_output=True, text=True, timeout=30)
+    busy.close(0)
+    assert proc.returncode == 1 and "cannot bind" in proc.stderr
