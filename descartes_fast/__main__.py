@@ -38,12 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {descartes_fast.__version__} ({descartes_fast.IMPLEMENTATION})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo", help="show the wire format, a typed decode error and a codec speed table",
+    commands.add_parser(
+        "demo", help="run a swarm of demo agents on a local server and watch them (about 10 s)",
+        description="Start descartes-fast serve on loopback with the demo backend, spawn five demo "
+                    "agents, show their output and status changes live from the PUB socket, pause "
+                    "and resume one, kill one, and print a summary table. Needs no LLM CLI.")
+    codec_demo = commands.add_parser(
+        "codec-demo", help="show the wire format, a typed decode error and a codec speed table",
         description="Encode and decode sample messages, check the bytes against rmp-serde's, show "
                     "a decode error, and time the compiled and pure-Python codecs against msgpack. "
                     "Takes a few seconds.")
-    demo.add_argument("--rounds", type=int, default=5, help="timing rounds per measurement (default 5)")
+    codec_demo.add_argument("--rounds", type=int, default=5, help="timing rounds per measurement (default 5)")
     serve = commands.add_parser("serve", help="run the agent server (same as descartes-fast-server)",
                                 description=SERVER_DESCRIPTION, epilog=SERVER_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         from descartes_fast import demo
-        return demo.main(rounds=max(1, args.rounds))
+        return demo.main()
+    if args.command == "codec-demo":
+        from descartes_fast import codec_demo
+        return codec_demo.main(rounds=max(1, args.rounds))
     if args.command == "serve":
         return serve(args, "descartes-fast serve")
     parser.print_help()

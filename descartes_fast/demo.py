@@ -1,104 +1,157 @@
-"""The codec demo behind ``descartes-fast demo``: what goes on the wire, and how fast."""
+"""The swarm demo behind ``descartes-fast demo`` (the README's first command).
+
+It starts a real ``descartes-fast serve`` on loopback with the demo backend, spawns a small
+swarm of demo agents, shows their output and status changes live (from the PUB socket),
+pauses and resumes one, kills one, and prints a summary table. It talks to the server with
+plain pyzmq sockets and the codec, so it also shows the protocol at work.
+"""
 
 from __future__ import annotations
 
-import statistics
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from typing import Any, Callable
+from dataclasses import dataclass
 
-import msgpack
+import zmq
 
-import descartes_fast
-from descartes_fast.codec import get_implementation
-from descartes_fast.errors import DecodeError
+from descartes_fast import codec
 from descartes_fast.schema import (
-    AgentConfig, AgentStatus, HealthCheckRequest, SpawnRequest, StatusUpdate, StatusUpdateType)
+    AgentConfig, AgentStatus, ControlCommand, ControlCommandType, CustomActionRequest,
+    HealthCheckRequest, ListAgentsRequest, LogStreamMessage, OutputQueryRequest, SpawnRequest,
+    StatusUpdate, StatusUpdateType, ZmqOutputStream)
 
-#: rmp-serde's own bytes for HealthCheckRequest{request_id: "test-123"} (reference §1.7)
-RUST_HEALTH_CHECK = bytes.fromhex("92b46865616c74685f636865636b5f72657175657374a8746573742d313233")
-
-
-def sample_messages() -> dict[str, Any]:
-    agent = uuid.UUID("6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b")
-    return {
-        "SpawnRequest": SpawnRequest(
-            "req-0001", AgentConfig(name="refactor-bot", model_backend="claude",
-                                    task="Refactor the parser module and add tests",
-                                    system_prompt="You are a careful engineer",
-                                    environment={"RUST_LOG": "info"}, model="claude-sonnet"), 300),
-        "StatusUpdate": StatusUpdate(agent, StatusUpdateType.STATUS_CHANGED, AgentStatus.RUNNING,
-                                     "agent started", timestamp=1_700_000_000_123_456_789),
-    }
+SWARM = [  # name, task, extra demo-agent arguments
+    ("planner", "plan the parser refactor", "--steps 6 --interval 0.25"),
+    ("coder", "rewrite the tokenizer", "--steps 8 --interval 0.25"),
+    ("tester", "add property tests", "--steps 6 --interval 0.3 --stderr"),
+    ("reviewer", "review the diff", "--steps 40 --interval 0.25"),
+    ("flaky", "run the legacy suite", "--steps 3 --interval 0.3 --exit-code 2"),
+]
 
 
-def _per_call_ns(fn: Callable[[], Any], rounds: int, budget_s: float) -> float:
-    """Median over *rounds* of the mean time per call, each round about *budget_s* long."""
-    n = 1
-    while True:  # calibrate
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if time.perf_counter() - start > budget_s / 4:
-            break
-        n *= 4
-    per_round = max(1, int(n * budget_s / max(time.perf_counter() - start, 1e-9)))
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(per_round):
-            fn()
-        samples.append((time.perf_counter() - start) / per_round * 1e9)
-    return statistics.median(samples)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def main(rounds: int = 5, budget_s: float = 0.05) -> int:
-    """Print the implementation, a wire walk-through and a speed table; 0 on success."""
-    print(f"descartes_fast {descartes_fast.__version__}: codec implementation = "
-          f"{descartes_fast.IMPLEMENTATION}")
-    compiled = get_implementation("cython") if descartes_fast.HAS_EXTENSIONS else None
-    pure = get_implementation("python")
-    active = compiled or pure
+@dataclass
+class _Demo:
+    ctx: zmq.Context
+    req: zmq.Socket
+    sub: zmq.Socket
+    names: dict[uuid.UUID, str]
+    t0: float
 
-    print("\n1. Rust compatibility: rmp-serde's bytes for HealthCheckRequest(\"test-123\")")
-    ours = active.encode(HealthCheckRequest("test-123"))
-    print(f"   rust : {RUST_HEALTH_CHECK.hex()}\n   ours : {ours.hex()}  "
-          f"{'identical' if ours == RUST_HEALTH_CHECK else 'DIFFERENT'}")
-    if ours != RUST_HEALTH_CHECK:
-        return 1
+    def call(self, message):
+        self.req.send(codec.encode(message))
+        return codec.decode(self.req.recv())
 
-    print("\n2. Round trips")
-    messages = sample_messages()
-    for name, message in messages.items():
-        data = active.encode(message)
-        back = active.decode(data)
-        print(f"   {name}: {len(data)} bytes, round trip {'exact' if back == message else 'BROKEN'}")
-        print(f"     {data.hex()[:96]}...")
-        if back != message:
-            return 1
+    def command(self, agent_id: uuid.UUID, kind: ControlCommandType, payload=None):
+        return self.call(ControlCommand(f"demo-{kind}", agent_id, kind, payload))
 
-    print("\n3. Bad input gets a typed error naming the field")
-    bad = msgpack.packb(["spawn_request", "r", ["a", "claude", 42]], use_bin_type=True)
+    def say(self, text: str) -> None:
+        print(f"{time.monotonic() - self.t0:6.2f}s  {text}", flush=True)
+
+    def pump(self, seconds: float, statuses: dict[uuid.UUID, AgentStatus]) -> None:
+        """Print what the PUB socket brings for *seconds*."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sub.poll(int(left * 1000) + 1):
+                continue
+            _, payload = self.sub.recv().split(b"\x00", 1)
+            message = codec.decode(payload)
+            name = self.names.get(message.agent_id)
+            if name is None:
+                continue
+            if isinstance(message, LogStreamMessage):  # chunks hold whole lines
+                for line in message.data.decode("utf-8", "replace").splitlines():
+                    self.say(f"{name:>9} {message.stream_type.value}: {_brief(line)}")
+            elif isinstance(message, StatusUpdate) and message.update_type != StatusUpdateType.HEARTBEAT:
+                statuses[message.agent_id] = message.status
+                self.say(f"{name:>9} status -> {message.status} ({message.message})")
+
+
+def _brief(line: str) -> str:
     try:
-        active.decode(bad)
-    except DecodeError as exc:
-        print(f"   {type(exc).__name__}: {exc}")
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    if event.get("type") == "progress":
+        return f"progress {event['step']}/{event['of']}"
+    return " ".join(f"{k}={v}" for k, v in event.items())
 
-    print(f"\n4. Speed (ns per call, median of {rounds} rounds; msgpack on the same list form)")
-    candidates: list[tuple[str, Any]] = [("compiled", compiled)] if compiled else []
-    candidates.append(("pure", pure))
-    print(f"   {'operation':<22}" + "".join(f"{c:>11}" for c, _ in candidates) + f"{'msgpack':>11}")
-    for name, message in messages.items():
-        data = active.encode(message)
-        as_list = msgpack.unpackb(data, raw=False)
-        rows = {
-            f"encode {name}": ([lambda i=i: i.encode(message) for _, i in candidates],
-                               lambda: msgpack.packb(as_list, use_bin_type=True)),
-            f"decode {name}": ([lambda i=i: i.decode(data) for _, i in candidates],
-                               lambda: msgpack.unpackb(data, raw=False)),
-        }
-        for label, (ours_fns, ref) in rows.items():
-            times = [_per_call_ns(f, rounds, budget_s) for f in ours_fns] + [_per_call_ns(ref, rounds, budget_s)]
-            print(f"   {label:<22}" + "".join(f"{t:>11,.0f}" for t in times))
-    print("   (msgpack builds plain lists; descartes_fast builds and validates typed messages)")
-    return 0
+
+def main() -> int:
+    """Run the demo; 0 when everything behaved as expected."""
+    port, pub_port = _free_port(), _free_port()
+    endpoint, pub = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{pub_port}"
+    print(f"starting descartes-fast serve on {endpoint} (events on {pub})", flush=True)
+    server = subprocess.Popen([sys.executable, "-m", "descartes_fast", "serve", "--bind", endpoint, "--pub", pub,
+                               "--server-id", "demo-server", "--log-level", "WARNING", "--stop-grace", "1"],
+                              env={**os.environ})
+    ctx = zmq.Context()
+    try:
+        return _run(ctx, endpoint, pub)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(30)
+        print(f"server stopped (exit status {code})")
+        ctx.destroy(linger=0)
+
+
+def _run(ctx: zmq.Context, endpoint: str, pub: str) -> int:
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.RCVTIMEO, 10_000)
+    req.connect(endpoint)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(pub)
+    demo = _Demo(ctx, req, sub, {}, time.monotonic())
+    health = demo.call(HealthCheckRequest("demo-health"))
+    demo.say(f"server {health.metadata['server_id']} is up: codec {health.metadata['implementation']}, "
+             f"protocol {health.protocol_version}")
+    time.sleep(0.2)  # let the subscription reach the server before anything happens
+    statuses: dict[uuid.UUID, AgentStatus] = {}
+    for name, task, extra in SWARM:
+        config = AgentConfig(name=name, model_backend="demo", task=task,
+                             environment={"AGENT_EXTRA_ARGS": extra})
+        reply = demo.call(SpawnRequest(f"spawn-{name}", config))
+        if not reply.success:
+            demo.say(f"spawn of {name} failed: {reply.error}")
+            return 1
+        demo.names[reply.agent_info.id] = name
+        demo.say(f"{name:>9} spawned as {reply.agent_info.id}")
+    ids = {name: agent_id for agent_id, name in demo.names.items()}
+
+    demo.pump(0.8, statuses)
+    reply = demo.command(ids["coder"], ControlCommandType.PAUSE)
+    demo.say(f"    coder paused ({reply.data['mode']}): it stops making progress")
+    demo.pump(1.0, statuses)
+    demo.command(ids["coder"], ControlCommandType.RESUME)
+    demo.say("    coder resumed")
+    demo.pump(0.5, statuses)
+    reply = demo.command(ids["reviewer"], ControlCommandType.KILL)
+    demo.say(f"    reviewer killed: status {reply.status}")
+    deadline = time.monotonic() + 30
+    while any(s not in (AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.TERMINATED)
+              for s in (statuses.get(i) for i in demo.names)) and time.monotonic() < deadline:
+        demo.pump(0.2, statuses)
+
+    print("\nsummary")
+    print(f"  {'agent':<9} {'status':<11} {'exit':>4} {'stdout lines':>12} {'stderr lines':>12}  task")
+    for info in demo.call(ListAgentsRequest("demo-list")).agents:
+        env = demo.call(CustomActionRequest("demo-env", info.id, "get_env")).data["result"]
+        lines = {s: demo.call(OutputQueryRequest("demo-q", info.id, s)).total_lines
+                 for s in (ZmqOutputStream.STDOUT, ZmqOutputStream.STDERR)}
+        print(f"  {info.name:<9} {info.status:<11} {env['exit_code']!s:>4} {lines[ZmqOutputStream.STDOUT]:>12} "
+              f"{lines[ZmqOutputStream.STDERR]:>12}  {info.task}")
+    expected = {"planner": AgentStatus.COMPLETED, "coder": AgentStatus.COMPLETED, "tester": AgentStatus.COMPLETED,
+                "reviewer": AgentStatus.TERMINATED, "flaky": AgentStatus.FAILED}
+    return 0 if all(statuses.get(ids[n]) == s for n, s in expected.items()) else 1

@@ -164,6 +164,7 @@ class Agent:
     exited: asyncio.Future | None = field(default=None, repr=False)
     stdin_fd: int | None = field(default=None, repr=False)
     _pending_stdin: bytearray = field(default_factory=bytearray, repr=False)
+    _unsent: dict = field(default_factory=dict, repr=False)  # stream -> partial line not yet published
     _close_stdin_when_flushed: bool = field(default=False, repr=False)
 
     def info(self) -> AgentInfo:
@@ -286,11 +287,22 @@ class Supervisor:
             data = b""
         if data:
             agent.buffer(stream).append(data)
-            self.listener.on_output(agent, stream, data)
+            self._publish(agent, stream, data)
             return
         asyncio.get_running_loop().remove_reader(pipe.fileno())
         agent.buffer(stream).close()
         pipe.close()
+        self._publish(agent, stream, b"", end=True)
+
+    def _publish(self, agent: Agent, stream: LogStreamType, data: bytes, end: bool = False) -> None:
+        """Hand output to the listener in whole lines: a partial line waits for its end
+        (or for EOF, or until it is longer than one read)."""
+        data = agent._unsent.pop(stream, b"") + data
+        cut = len(data) if end or len(data) > _READ_SIZE else data.rfind(b"\n") + 1
+        if cut < len(data):
+            agent._unsent[stream] = data[cut:]
+        if cut:
+            self.listener.on_output(agent, stream, data[:cut])
 
     def _drain(self, agent: Agent) -> None:
         """Read what an exited process left in its pipes, before its final status goes out."""

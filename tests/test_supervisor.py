@@ -225,6 +225,17 @@ def test_output_is_complete_in_order_and_bytes_survive(run) -> None:
     run(main())
 
 
+def test_published_chunks_hold_whole_lines(run) -> None:
+    async def main():
+        chunks = []
+        sup, rec = supervisor()
+        rec.on_output = lambda agent, stream, data: chunks.append(data)
+        agent = await sup.spawn(sh("printf 'one\\ntw'; sleep 0.2; printf 'o\\nthr'; sleep 0.2; printf ee"))
+        await sup.wait(agent.id)
+        assert chunks == [b"one\n", b"two\n", b"three"]  # the unterminated tail goes out at EOF
+    run(main())
+
+
 def test_buffer_is_bounded_and_counts_what_it_drops(run) -> None:
     async def main():
         sup, _ = supervisor(output_limit=2000)  # 1000 bytes per stream

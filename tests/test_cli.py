@@ -1,0 +1,88 @@
+"""The commands a user runs: the demo (README command 1), --help, and settings precedence."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from descartes_fast import settings
+from descartes_fast.__main__ import build_parser
+
+
+def test_demo_runs_the_swarm_and_finishes_quickly() -> None:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "descartes_fast", "demo"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 60
+    out = proc.stdout
+    for needle in ("coder paused (cooperative)", "coder resumed", "reviewer killed", "summary",
+                   "server stopped (exit status 0)"):
+        assert needle in out
+    summary = out.split("summary", 1)[1]
+    for name, status in (("planner", "completed"), ("reviewer", "terminated"), ("flaky", "failed")):
+        assert any(line.split()[:2] == [name, status] for line in summary.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["codec-demo", "--help"], ["serve", "--help"]])
+def test_help(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 0
+    assert "usage: descartes-fast" in capsys.readouterr().out
+
+
+def test_server_binary_help() -> None:
+    proc = subprocess.run([sys.executable, "-c", "from descartes_fast.__main__ import server_main; server_main()",
+                           "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    for flag in ("--bind", "--pub", "--config", "--server-id", "--max-agents", "--log-level", "DESCARTES_FAST_BIND"):
+        assert flag in proc.stdout
+
+
+def _args(**flags) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    argv = [x for k, v in flags.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    return parser.parse_args(argv)
+
+
+def test_settings_precedence(tmp_path, monkeypatch) -> None:
+    for name in ("CONFIG", "MAX_AGENTS", "SERVER_ID", "BIND", "PUB"):
+        monkeypatch.delenv(f"DESCARTES_FAST_{name}", raising=False)
+    config, level, loop = settings.resolve(_args())
+    assert (config.bind, config.pub, config.max_agents, level, loop) == (
+        "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 100, "INFO", "uvloop")
+    path = tmp_path / "s.toml"
+    path.write_text('[server]\nmax_agents = 7\nserver_id = "file"\npub = "none"\n'
+                    '[backends.x]\ncommand = ["x"]\n')
+    monkeypatch.setenv("DESCARTES_FAST_CONFIG", str(path))
+    config, *_ = settings.resolve(_args())
+    assert (config.max_agents, config.server_id, config.pub) == (7, "file", None)
+    assert "x" in config.backends.names()
+    monkeypatch.setenv("DESCARTES_FAST_MAX_AGENTS", "8")
+    monkeypatch.setenv("DESCARTES_FAST_SERVER_ID", "env")
+    config, *_ = settings.resolve(_args())
+    assert (config.max_agents, config.server_id) == (8, "env")
+    config, *_ = settings.resolve(_args(max_agents=9))
+    assert (config.max_agents, config.server_id) == (9, "env")
+
+
+@pytest.mark.parametrize("content,text", [
+    ("[server]\nmax_agent = 3\n", "unknown [server] setting"),
+    ("[server]\nmax_agents = 0\n", "must be greater than 0"),
+    ("[server]\nlog_level = 'loud'\n", "log level"),
+    ("[backends.x]\ncommand = []\n", "non-empty list"),
+    ("[server\n", "cannot read config file"),
+])
+def test_settings_errors(tmp_path, monkeypatch, content, text) -> None:
+    monkeypatch.delenv("DESCARTES_FAST_MAX_AGENTS", raising=False)
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(settings.SettingsError, match=re.escape(text)):
+        settings.resolve(_args(config=path))
