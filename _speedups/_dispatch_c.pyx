@@ -1,10 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, embedsignature=True
 """Compiled request dispatcher (``descartes_fast._speedups._dispatch_c``).
 
-Behaviour is defined by ``descartes_fast/_dispatch_py.py``. This twin runs the drain loop,
-envelope split, size check, decode, handler lookup and reply in C, with the compiled codec
-and frame helpers.
+Behaviour is defined by ``descartes_fast/_dispatch_py.py``. This twin receives and sends
+with libzmq directly: it finds the libzmq that pyzmq loaded (never a second copy), resolves
+``zmq_msg_recv`` and friends from it at import time, and works on the socket's own handle
+(``Socket.underlying``). A request is read frame by frame into ``zmq_msg_t``s, its payload
+decoded straight from libzmq's buffer, and the reply written with ``zmq_send``: no Frame
+objects and no lists on the hot path. If the library cannot be resolved, it uses pyzmq's
+calls instead (``LIBZMQ_DIRECT`` says which).
 """
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
 
 import zmq
 
@@ -15,9 +22,77 @@ from descartes_fast.schema import MAX_MESSAGE_SIZE
 
 __all__ = ["Dispatcher"]
 
+cdef extern from *:
+    """
+    #include <dlfcn.h>
+    #include <errno.h>
+    typedef struct { union { unsigned char bytes[64]; void *align; } u; } df_zmq_msg;
+    static int (*df_msg_init)(df_zmq_msg *);
+    static int (*df_msg_recv)(df_zmq_msg *, void *, int);
+    static void *(*df_msg_data)(df_zmq_msg *);
+    static size_t (*df_msg_size)(const df_zmq_msg *);
+    static int (*df_msg_more)(const df_zmq_msg *);
+    static int (*df_msg_close)(df_zmq_msg *);
+    static int (*df_send)(void *, const void *, size_t, int);
+    static int (*df_errno)(void);
+
+    /* Resolve the functions from an already loaded libzmq; 0 on success. */
+    static int df_resolve(const char *path) {
+        void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+        if (lib == NULL) return -1;
+        df_msg_init = (int (*)(df_zmq_msg *))dlsym(lib, "zmq_msg_init");
+        df_msg_recv = (int (*)(df_zmq_msg *, void *, int))dlsym(lib, "zmq_msg_recv");
+        df_msg_data = (void *(*)(df_zmq_msg *))dlsym(lib, "zmq_msg_data");
+        df_msg_size = (size_t (*)(const df_zmq_msg *))dlsym(lib, "zmq_msg_size");
+        df_msg_more = (int (*)(const df_zmq_msg *))dlsym(lib, "zmq_msg_more");
+        df_msg_close = (int (*)(df_zmq_msg *))dlsym(lib, "zmq_msg_close");
+        df_send = (int (*)(void *, const void *, size_t, int))dlsym(lib, "zmq_send");
+        df_errno = (int (*)(void))dlsym(lib, "zmq_errno");
+        return (df_msg_init && df_msg_recv && df_msg_data && df_msg_size && df_msg_more &&
+                df_msg_close && df_send && df_errno) ? 0 : -1;
+    }
+    """
+    ctypedef struct df_zmq_msg:
+        pass
+    int df_resolve(const char* path)
+    int df_msg_init(df_zmq_msg* m)
+    int df_msg_recv(df_zmq_msg* m, void* sock, int flags)
+    void* df_msg_data(df_zmq_msg* m)
+    size_t df_msg_size(const df_zmq_msg* m)
+    int df_msg_more(const df_zmq_msg* m)
+    int df_msg_close(df_zmq_msg* m)
+    int df_send(void* sock, const void* buf, size_t n, int flags)
+    int df_errno()
+    int EAGAIN
+    object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
+    bint PyBytes_CheckExact(object o)
+    int PyBUF_READ
+
+DEF MAX_FRAMES = 16
 cdef int NOBLOCK = zmq.NOBLOCK
+cdef int SNDMORE = zmq.SNDMORE
 cdef object Again = zmq.Again
 cdef Py_ssize_t _max_size = MAX_MESSAGE_SIZE
+
+
+def _find_libzmq():
+    """Path of the libzmq mapped into this process (the one pyzmq uses), or None."""
+    import zmq.backend.cython._zmq  # noqa: F401  (make sure pyzmq's libzmq is loaded)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.rstrip("\n").split(None, 5)
+                path = parts[len(parts) - 1]  # (no negative index: wraparound is off here)
+                if "/libzmq" in path and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+_path = _find_libzmq()
+#: True when the hot path calls libzmq directly, False when it goes through pyzmq
+LIBZMQ_DIRECT = _path is not None and df_resolve(_path.encode()) == 0
 
 
 cdef class Dispatcher:
@@ -29,8 +104,8 @@ cdef class Dispatcher:
     cdef public Py_ssize_t received
     cdef public Py_ssize_t bad_frames
     cdef public Py_ssize_t decode_errors
-    cdef object _recv
-    cdef object _send
+    cdef void* _handle
+    cdef df_zmq_msg _frames[MAX_FRAMES]
 
     def __init__(self, sock, handlers, on_error):
         self.sock = sock
@@ -39,13 +114,88 @@ cdef class Dispatcher:
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
-        self._recv = sock.recv_multipart
-        self._send = sock.send_multipart
+        self._handle = <void*><size_t>sock.underlying if LIBZMQ_DIRECT else NULL
 
     def drain(self, Py_ssize_t limit=4096):
         """Handle up to *limit* queued requests; returns how many were taken."""
         cdef Py_ssize_t taken = 0
-        recv = self._recv
+        if self._handle == NULL:
+            return self._drain_pyzmq(limit)
+        while taken < limit:
+            if not self._take_one():
+                break
+            taken += 1
+        return taken
+
+    cdef bint _take_one(self) except -1:
+        """Receive and handle one request; False when none is queued."""
+        cdef int n = 0
+        cdef int i
+        cdef df_zmq_msg spill
+        while True:
+            df_msg_init(&self._frames[n])
+            if df_msg_recv(&self._frames[n], self._handle, NOBLOCK) < 0:
+                df_msg_close(&self._frames[n])
+                if n == 0 and df_errno() == EAGAIN:
+                    return False
+                break  # interrupted mid-message: handle what arrived
+            n += 1
+            if not df_msg_more(&self._frames[n - 1]):
+                break
+            if n == MAX_FRAMES:  # more frames than any request has: read and drop the rest
+                while True:
+                    df_msg_init(&spill)
+                    if df_msg_recv(&spill, self._handle, NOBLOCK) < 0 or not df_msg_more(&spill):
+                        df_msg_close(&spill)
+                        break
+                    df_msg_close(&spill)
+                break
+        self.received += 1
+        try:
+            self._handle_frames(n)
+        finally:
+            for i in range(n):
+                df_msg_close(&self._frames[i])
+        return True
+
+    cdef _handle_frames(self, int n):
+        cdef int i, split = -1
+        cdef Py_ssize_t size
+        if n < 2:
+            self.bad_frames += 1
+            return None
+        for i in range(1, n):
+            if df_msg_size(&self._frames[i]) == 0:
+                split = i
+                break
+        if split == n - 1:
+            self.bad_frames += 1
+            return None
+        cdef int payload_at = split + 1 if split > 0 else 1
+        cdef int env_len = split + 1 if split > 0 else 1
+        envelope = [PyBytes_FromStringAndSize(<char*>df_msg_data(&self._frames[i]),
+                                              <Py_ssize_t>df_msg_size(&self._frames[i]))
+                    for i in range(env_len)]
+        size = <Py_ssize_t>df_msg_size(&self._frames[payload_at])
+        view = PyMemoryView_FromMemory(<char*>df_msg_data(&self._frames[payload_at]), size, PyBUF_READ)
+        try:
+            if size > _max_size:
+                raise MessageTooLargeError(size, _max_size)
+            message = decode(view)
+        except ProtocolError as exc:
+            self.decode_errors += 1
+            self.reply(envelope, self.on_error(view.tobytes(), exc))
+            return None
+        finally:
+            view.release()  # the frame is closed after this; nothing may keep pointing into it
+        reply = self.handlers[type(message)](message, envelope)
+        if reply is not None:
+            self.reply(envelope, reply)
+        return None
+
+    def _drain_pyzmq(self, Py_ssize_t limit):
+        cdef Py_ssize_t taken = 0
+        recv = self.sock.recv_multipart
         while taken < limit:
             try:
                 frames = recv(NOBLOCK, copy=False)
@@ -57,12 +207,13 @@ cdef class Dispatcher:
         return taken
 
     cpdef handle(self, frames):
-        """One request: reply to it now, or leave it to its handler."""
+        """One request given as frames: reply to it now, or leave it to its handler."""
         try:
             envelope, payload = split_request(frames)
         except FrameError:
             self.bad_frames += 1
             return None
+        envelope = [bytes(f) for f in envelope]
         try:
             if len(payload) > _max_size:
                 raise MessageTooLargeError(len(payload), _max_size)
@@ -78,8 +229,20 @@ cdef class Dispatcher:
 
     cpdef reply(self, envelope, message):
         """Send *message* to the peer behind *envelope* (dropped if the peer is gone)."""
-        try:
-            self._send(build_reply(envelope, encode(message)), NOBLOCK)
-        except Again:
-            pass
+        cdef bytes payload = encode(message)
+        cdef Py_ssize_t i, last
+        if self._handle == NULL:
+            try:
+                self.sock.send_multipart(build_reply(envelope, payload), NOBLOCK)
+            except Again:
+                pass
+            return None
+        last = len(envelope)
+        for i in range(last):
+            frame = envelope[i]
+            if not PyBytes_CheckExact(frame):
+                frame = bytes(frame)
+            if df_send(self._handle, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), NOBLOCK | SNDMORE) < 0:
+                return None  # the peer is gone or its queue is full: ROUTER drops, so do we
+        df_send(self._handle, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), NOBLOCK)
         return None

@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace, prog: str) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_fd_limit()
     server = AgentServer(config)
     try:
         server.bind()
@@ -86,6 +87,22 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(server.run())
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Each agent holds about four descriptors (three pipes and a pidfd): allow what the system allows."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    logging.getLogger("descartes_fast.server").info("open-file limit %d (about %d agents)", soft, soft // 4)
 
 
 def server_main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from descartes_fast.schema import (
     AgentStatus, BatchAgentResult, BatchControlCommand, BatchControlResponse, CommandResponse,
     ControlCommand, ControlCommandType, CustomActionRequest, ListAgentsRequest, ListAgentsResponse,
     LogStreamType, OutputQueryRequest, OutputQueryResponse, ZmqOutputStream)
-from descartes_fast.supervisor import Supervisor, SupervisorError
+from descartes_fast.supervisor import Agent, Supervisor, SupervisorError
 
 __all__ = ["Controller", "debug_status"]
 
@@ -23,9 +23,12 @@ _STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STD
 _C = ControlCommandType
 
 
+_DEBUG = {s: s.value.capitalize() for s in AgentStatus}
+
+
 def debug_status(status: AgentStatus) -> str:
     """Rust's ``{:?}`` of AgentStatus (``"Running"``), used in some payloads (reference §1.5)."""
-    return status.value.capitalize()
+    return _DEBUG[status]
 
 
 def _text(line: bytes) -> dict[str, Any]:
@@ -42,10 +45,18 @@ class Controller:
     def __init__(self, supervisor: Supervisor, pub_endpoint: str | None) -> None:
         self.sup = supervisor
         self.pub_endpoint = pub_endpoint
+        self._commands = {
+            _C.PAUSE: self._pause, _C.RESUME: self._resume, _C.STOP: self._stop, _C.KILL: self._kill,
+            _C.GET_STATUS: self._get_status, _C.WRITE_STDIN: self._write_stdin,
+            _C.READ_STDOUT: self._read_stdout, _C.READ_STDERR: self._read_stderr, _C.SIGNAL: self._signal,
+            _C.CUSTOM_ACTION: self._custom_action, _C.QUERY_OUTPUT: self._drain_output,
+            _C.STREAM_LOGS: self._stream_logs,
+        }
+        assert set(self._commands) == set(_C)
 
     # -- control_command --
 
-    def control(self, msg: ControlCommand) -> CommandResponse:
+    def control(self, msg: ControlCommand, envelope: list | None = None) -> CommandResponse:
         return self.command(msg.request_id, msg.agent_id, msg.command_type, msg.payload)
 
     def command(self, request_id: str, agent_id: uuid.UUID, kind: ControlCommandType,
@@ -56,55 +67,66 @@ class Controller:
         except SupervisorError as exc:
             return CommandResponse(request_id, agent_id, False, None, None, str(exc))
         try:
-            data = self._run(agent_id, kind, payload if isinstance(payload, dict) else {}, payload)
+            data = self._commands[kind](agent, payload if isinstance(payload, dict) else {}, payload)
         except SupervisorError as exc:
             return CommandResponse(request_id, agent_id, False, agent.status, None, str(exc))
         return CommandResponse(request_id, agent_id, True, agent.status, data, None)
 
-    def _run(self, agent_id: uuid.UUID, kind: ControlCommandType, args: dict, payload: Any) -> Any:
-        sup = self.sup
-        if kind == _C.PAUSE:
-            mode = sup.pause(agent_id, force=args.get("force") is True)
-            return {"mode": mode.value, "paused": True}
-        if kind == _C.RESUME:
-            sup.resume(agent_id)
-            return {"resumed": True}
-        if kind == _C.STOP:
-            sup.stop(agent_id)
-            return None
-        if kind == _C.KILL:
-            sup.kill(agent_id)
-            return None
-        if kind == _C.GET_STATUS:
-            return {"status": debug_status(sup.get(agent_id).status)}
-        if kind == _C.WRITE_STDIN:
-            return {"bytes_written": sup.write_stdin(agent_id, _stdin_bytes(args), eof=args.get("eof") is True)}
-        if kind in (_C.READ_STDOUT, _C.READ_STDERR):
-            stream = LogStreamType.STDOUT if kind == _C.READ_STDOUT else LogStreamType.STDERR
-            line = sup.read_next(agent_id, stream)
-            if line is None:
-                return {"bytes": 0, "data": None, "message": f"No data available in {stream.value} buffer"}
-            return {"bytes": len(line), **_text(line)}
-        if kind == _C.SIGNAL:
-            name = args.get("signal")
-            if not isinstance(name, str):
-                raise SupervisorError("Agent execution error: Signal command requires payload with 'signal' field")
-            return {"signal_sent": sup.signal(agent_id, name)}
-        if kind == _C.CUSTOM_ACTION:
-            if payload is None:
-                raise SupervisorError("Agent execution error: CustomAction command requires payload with "
-                                      "'action' field")
-            action = args.get("action") if isinstance(args.get("action"), str) else "unknown"
-            return self.custom(agent_id, action, args.get("params"))
-        if kind == _C.QUERY_OUTPUT:
-            return self._drain_output(agent_id, args)
-        if kind == _C.STREAM_LOGS:
-            if self.pub_endpoint is None:
-                raise SupervisorError("Agent execution error: Log streaming not enabled on this server "
-                                      "(no pub_endpoint configured)")
-            return {"enabled": True, "pub_endpoint": self.pub_endpoint, "topic": str(agent_id),
-                    "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter"}
-        raise SupervisorError(f"Agent execution error: unsupported command {kind}")  # all 12 are above
+    # Each command: (agent, payload as a dict or {}, payload as sent) -> reply data.
+
+    def _pause(self, agent: Agent, args: dict, payload: Any) -> Any:
+        mode = self.sup.pause(agent.id, force=args.get("force") is True)
+        return {"mode": mode.value, "paused": True}
+
+    def _resume(self, agent: Agent, args: dict, payload: Any) -> Any:
+        self.sup.resume(agent.id)
+        return {"resumed": True}
+
+    def _stop(self, agent: Agent, args: dict, payload: Any) -> Any:
+        self.sup.stop(agent.id)
+        return None
+
+    def _kill(self, agent: Agent, args: dict, payload: Any) -> Any:
+        self.sup.kill(agent.id)
+        return None
+
+    def _get_status(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return {"status": _DEBUG[agent.status]}
+
+    def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return {"bytes_written": self.sup.write_stdin(agent.id, _stdin_bytes(args), eof=args.get("eof") is True)}
+
+    def _read_stdout(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return self._read(agent, LogStreamType.STDOUT)
+
+    def _read_stderr(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return self._read(agent, LogStreamType.STDERR)
+
+    def _read(self, agent: Agent, stream: LogStreamType) -> Any:
+        line = agent.buffer(stream).read_next()
+        if line is None:
+            return {"bytes": 0, "data": None, "message": f"No data available in {stream.value} buffer"}
+        return {"bytes": len(line), **_text(line)}
+
+    def _signal(self, agent: Agent, args: dict, payload: Any) -> Any:
+        name = args.get("signal")
+        if not isinstance(name, str):
+            raise SupervisorError("Agent execution error: Signal command requires payload with 'signal' field")
+        return {"signal_sent": self.sup.signal(agent.id, name)}
+
+    def _custom_action(self, agent: Agent, args: dict, payload: Any) -> Any:
+        if payload is None:
+            raise SupervisorError("Agent execution error: CustomAction command requires payload with "
+                                  "'action' field")
+        action = args.get("action") if isinstance(args.get("action"), str) else "unknown"
+        return self.custom(agent.id, action, args.get("params"))
+
+    def _stream_logs(self, agent: Agent, args: dict, payload: Any) -> Any:
+        if self.pub_endpoint is None:
+            raise SupervisorError("Agent execution error: Log streaming not enabled on this server "
+                                  "(no pub_endpoint configured)")
+        return {"enabled": True, "pub_endpoint": self.pub_endpoint, "topic": str(agent.id),
+                "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter"}
 
     def custom(self, agent_id: uuid.UUID, action: str, params: Any) -> dict[str, Any]:
         """The built-in custom actions of the reference: echo, ping, get_env."""
@@ -122,7 +144,7 @@ class Controller:
         raise SupervisorError(f"Agent execution error: Unknown custom action '{action}'. "
                               "Available actions: echo, ping, get_env")
 
-    def _drain_output(self, agent_id: uuid.UUID, args: dict) -> dict[str, Any]:
+    def _drain_output(self, agent: Agent, args: dict, payload: Any) -> dict[str, Any]:
         max_lines = args.get("max_lines")
         if not isinstance(max_lines, int) or isinstance(max_lines, bool) or max_lines < 0:
             max_lines = 100
@@ -130,19 +152,19 @@ class Controller:
         for stream in (LogStreamType.STDERR, LogStreamType.STDOUT):
             lines = []
             if args.get(stream.value) is not False:
-                while len(lines) < max_lines and (line := self.sup.read_next(agent_id, stream)) is not None:
+                while len(lines) < max_lines and (line := agent.buffer(stream).read_next()) is not None:
                     lines.append(line.decode("utf-8", "replace"))
             out[stream.value] = lines
             out[f"{stream.value}_lines"] = len(lines)
         return out
 
-    # -- the other request types --
+    # -- the other request types (handlers take the request and its envelope, unused here) --
 
-    def custom_action(self, msg: CustomActionRequest) -> CommandResponse:
+    def custom_action(self, msg: CustomActionRequest, envelope: list | None = None) -> CommandResponse:
         return self.command(msg.request_id, msg.agent_id, _C.CUSTOM_ACTION,
                             {"action": msg.action, "params": msg.params})
 
-    def batch(self, msg: BatchControlCommand) -> BatchControlResponse:
+    def batch(self, msg: BatchControlCommand, envelope: list | None = None) -> BatchControlResponse:
         results = []
         for agent_id in msg.agent_ids:
             reply = self.command(msg.request_id, agent_id, msg.command_type, msg.payload)
@@ -152,11 +174,11 @@ class Controller:
         ok = sum(r.success for r in results)
         return BatchControlResponse(msg.request_id, ok == len(msg.agent_ids), results, ok, len(results) - ok)
 
-    def list_agents(self, msg: ListAgentsRequest) -> ListAgentsResponse:
+    def list_agents(self, msg: ListAgentsRequest, envelope: list | None = None) -> ListAgentsResponse:
         agents = self.sup.list(msg.filter_status, msg.limit)
         return ListAgentsResponse(msg.request_id, True, [a.info() for a in agents])
 
-    def output_query(self, msg: OutputQueryRequest) -> OutputQueryResponse:
+    def output_query(self, msg: OutputQueryRequest, envelope: list | None = None) -> OutputQueryResponse:
         try:
             lines, total, more = self.sup.query(msg.agent_id, _STREAMS[msg.stream], offset=msg.offset or 0,
                                                 limit=msg.limit, pattern=msg.filter)

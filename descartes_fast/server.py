@@ -83,13 +83,10 @@ class AgentServer:
         self.endpoints: dict[str, str] = {}
         dispatch = _impl.load("dispatch", config.implementation)
         handlers: dict[type, Any] = {cls: self._unexpected for cls in MESSAGE_TYPES}
+        c = self.controller
         handlers.update({
-            SpawnRequest: self._spawn,
-            ControlCommand: lambda m, e: self.controller.control(m),
-            CustomActionRequest: lambda m, e: self.controller.custom_action(m),
-            BatchControlCommand: lambda m, e: self.controller.batch(m),
-            ListAgentsRequest: lambda m, e: self.controller.list_agents(m),
-            OutputQueryRequest: lambda m, e: self.controller.output_query(m),
+            SpawnRequest: self._spawn, ControlCommand: c.control, CustomActionRequest: c.custom_action,
+            BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents, OutputQueryRequest: c.output_query,
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
         self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._bad_request)

@@ -227,6 +227,8 @@ class Supervisor:
         return sum(1 for a in self._agents.values() if a.status in _ACTIVE)
 
     def _evict(self) -> None:
+        if not self._finished:
+            return
         horizon = time.monotonic() - self.retention
         while self._finished:
             oldest = self._agents.get(self._finished[0])

@@ -1,0 +1,303 @@
+"""The server's targets (issue 3), each against a reference measured in the same run.
+
+    python bench/server_bench.py [--quick] [--json OUT]
+
+Every server runs in its own process; one client process (this one) drives them all with
+the same code, on loopback TCP:
+
+* get_status throughput, 64 requests in flight on one DEALER: descartes-fast-server against a
+  reference server written here (plain synchronous pyzmq ROUTER + msgspec Structs that decode
+  the same request and encode the same reply). Target: ours >= 1.5x the reference.
+* round-trip p50 with one request in flight: descartes-fast-server's get_status against a
+  plain pyzmq ROUTER echo of the same bytes. Target: ours <= 1.3x the echo.
+* spawn rate: /bin/true through a config backend, 64 spawn requests in flight, uvloop.
+  Target: >= 1,000 spawns/s.
+* 1,000 live agents (``sleep``) on one server: all spawned without error, and the server's
+  memory per live agent (RSS growth / 1,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import zmq
+
+from descartes_fast import codec
+from descartes_fast.schema import (
+    AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest)
+
+HERE = Path(__file__).resolve()
+
+
+# -- reference servers (run as child processes of this script) -----------------------------
+
+def reference_server(endpoint: str) -> None:
+    """Plain synchronous pyzmq + msgspec: decode get_status, build and encode the reply."""
+    import msgspec
+
+    class Command(msgspec.Struct, array_like=True, tag="control_command", tag_field="type"):
+        request_id: str
+        agent_id: bytes
+        command_type: str
+        payload: dict | None = None
+
+    class Response(msgspec.Struct, array_like=True, tag="command_response", tag_field="type"):
+        request_id: str
+        agent_id: bytes
+        success: bool
+        status: str | None
+        data: dict | None
+        error: str | None
+
+    decoder = msgspec.msgpack.Decoder(Command)
+    encoder = msgspec.msgpack.Encoder()
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    while True:
+        frames = sock.recv_multipart()
+        cmd = decoder.decode(frames[-1])
+        reply = Response(cmd.request_id, cmd.agent_id, True, "running", {"status": "Running"}, None)
+        frames[-1] = encoder.encode(reply)
+        sock.send_multipart(frames)
+
+
+def echo_server(endpoint: str) -> None:
+    """Plain synchronous pyzmq ROUTER that sends every request back."""
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    while True:
+        sock.send_multipart(sock.recv_multipart())
+
+
+# -- the client -------------------------------------------------------------------------
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def throughput(endpoint: str, payload: bytes, total: int, window: int) -> float:
+    """Requests per second with *window* requests in flight on one DEALER.
+
+    The DEALER sends single frames (no empty delimiter; both servers answer in the same
+    shape): a multipart send and receive per request cost this client more than the servers
+    under test spend (it topped out at ~83k/s against a bare echo), so it would measure itself.
+    """
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    send, recv = sock.send, sock.recv
+    for _ in range(window):  # warm-up round
+        send(payload)
+    for _ in range(window):
+        recv()
+    started = time.perf_counter()
+    sent = received = 0
+    while sent < window:
+        send(payload)
+        sent += 1
+    while received < total:
+        recv()
+        received += 1
+        if sent < total:
+            send(payload)
+            sent += 1
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return total / elapsed
+
+
+def latencies(endpoint: str, payload: bytes, count: int) -> list[float]:
+    """Round-trip times in µs, one request in flight."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    for _ in range(200):
+        sock.send(payload)
+        sock.recv()
+    out = []
+    for _ in range(count):
+        t = time.perf_counter()
+        sock.send(payload)
+        sock.recv()
+        out.append((time.perf_counter() - t) * 1e6)
+    sock.close()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 10) - 1]
+
+
+class OurServer:
+    def __init__(self, tmp: Path, **flags: str) -> None:
+        config = tmp / "bench.toml"
+        config.write_text('[backends.true]\ncommand = ["/bin/true"]\nstdin = "null"\n'
+                          '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n')
+        self.endpoint = f"tcp://127.0.0.1:{_port()}"
+        args = [sys.executable, "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", "none",
+                "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1"]
+        for k, v in flags.items():
+            args += ["--" + k.replace("_", "-"), v]
+        self.proc = subprocess.Popen(args)
+        self.req = zmq.Context.instance().socket(zmq.REQ)
+        self.req.setsockopt(zmq.LINGER, 0)
+        self.req.setsockopt(zmq.RCVTIMEO, 60_000)
+        self.req.connect(self.endpoint)
+        assert self.call(HealthCheckRequest("up")).healthy
+
+    def call(self, message):
+        self.req.send(codec.encode(message))
+        return codec.decode(self.req.recv())
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def close(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.req.close()
+        return code
+
+
+def _child(role: str) -> subprocess.Popen:
+    endpoint = f"tcp://127.0.0.1:{_port()}"
+    proc = subprocess.Popen([sys.executable, str(HERE), "--role", role, endpoint])
+    probe = zmq.Context.instance().socket(zmq.DEALER)
+    probe.setsockopt(zmq.LINGER, 0)
+    probe.connect(endpoint)
+    proc.endpoint = endpoint  # type: ignore[attr-defined]
+    probe.close()
+    time.sleep(0.5)
+    return proc
+
+
+def spawn_rate(server: OurServer, total: int, window: int) -> tuple[float, int]:
+    """Spawns/s of /bin/true with *window* spawn requests in flight; and how many failed."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.endpoint)
+    payload = codec.encode(SpawnRequest("s", AgentConfig(model_backend="true")))
+    failed = sent = received = 0
+    started = time.perf_counter()
+    while sent < min(window, total):
+        sock.send_multipart([b"", payload])
+        sent += 1
+    while received < total:
+        failed += not codec.decode(sock.recv_multipart()[-1]).success
+        received += 1
+        if sent < total:
+            sock.send_multipart([b"", payload])
+            sent += 1
+    rate = total / (time.perf_counter() - started)
+    sock.close()
+    return rate, failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (under a minute)")
+    parser.add_argument("--json", metavar="OUT", help="write the results here")
+    parser.add_argument("--role", nargs=2, metavar=("ROLE", "ENDPOINT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        {"ref": reference_server, "echo": echo_server}[args.role[0]](args.role[1])
+        return 0
+
+    n_thr, n_lat, n_spawn, reps = (20_000, 3_000, 500, 1) if args.quick else (100_000, 20_000, 2_000, 3)
+    results: dict[str, dict] = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = OurServer(Path(tmp))
+        ref, echo = _child("ref"), _child("echo")
+        try:
+            agent = ours.call(SpawnRequest("a", AgentConfig(model_backend="sleep"))).agent_info.id
+            request = codec.encode(ControlCommand("req-0001", agent, ControlCommandType.GET_STATUS))
+            thr_ours, thr_ref, lat_ours, lat_echo = [], [], [], []
+            for _ in range(reps):  # interleaved repeats
+                thr_ours.append(throughput(ours.endpoint, request, n_thr, 64))
+                thr_ref.append(throughput(ref.endpoint, request, n_thr, 64))
+                lat_ours += latencies(ours.endpoint, request, n_lat)
+                lat_echo += latencies(echo.endpoint, request, n_lat)
+            t_ours, t_ref = statistics.median(thr_ours), statistics.median(thr_ref)
+            rows.append(("get_status throughput, 64 in flight (req/s)", t_ours, t_ref, "pyzmq+msgspec sync server",
+                         t_ours / t_ref, ">= 1.5", t_ours / t_ref >= 1.5))
+            p50, p50_echo = pct(lat_ours, 50), pct(lat_echo, 50)
+            rows.append(("get_status round trip p50 (µs)", p50, p50_echo, "pyzmq sync echo",
+                         p50 / p50_echo, "<= 1.3", p50 / p50_echo <= 1.3))
+            results["latency_us"] = {"ours": {q: pct(lat_ours, q) for q in (50, 99, 99.9)},
+                                     "echo": {q: pct(lat_echo, q) for q in (50, 99, 99.9)}}
+            results["throughput"] = {"ours": thr_ours, "reference": thr_ref}
+
+            rate, failed = spawn_rate(ours, n_spawn, 64)
+            rows.append(("spawn rate, /bin/true (spawns/s)", rate, 1000.0, "target", rate / 1000,
+                         ">= 1.0", rate >= 1000 and failed == 0))
+            results["spawn"] = {"rate": rate, "failed": failed}
+        finally:
+            ours.close()
+            for child in (ref, echo):
+                child.kill()
+                child.wait()
+
+        live = OurServer(Path(tmp))
+        try:
+            before = live.rss_kib()
+            ids = [live.call(SpawnRequest(f"l{i}", AgentConfig(model_backend="sleep"))) for i in range(1000)]
+            errors = sum(not r.success for r in ids)
+            health = live.call(HealthCheckRequest("h"))
+            after = live.rss_kib()
+            per_agent = (after - before) / 1000
+            rows.append(("1,000 live agents: server KiB per agent", per_agent, float(health.active_agents),
+                         "agents active", 1.0, "no errors", errors == 0 and health.active_agents == 1000))
+            results["live_agents"] = {"errors": errors, "active": health.active_agents,
+                                      "rss_before_kib": before, "rss_after_kib": after}
+        finally:
+            started = time.monotonic()
+            code = live.close()
+            results["live_agents"]["shutdown_s"] = time.monotonic() - started
+            results["live_agents"]["exit_status"] = code
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    print(f"machine: {cpu}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, "
+          f"{platform.python_implementation()} {platform.python_version()}, codec {_impl_name()}")
+    print(f"| {'case':<44} | {'measured':>10} | {'reference':>10} | {'reference is':<26} | {'ratio':>5} | "
+          f"{'target':<9} | result |")
+    print("|" + "|".join("-" * w for w in (46, 12, 12, 28, 7, 11, 8)) + "|")
+    for case, value, ref_value, ref_name, ratio, target, ok in rows:
+        print(f"| {case:<44} | {value:>10,.1f} | {ref_value:>10,.1f} | {ref_name:<26} | {ratio:>5.2f} | "
+              f"{target:<9} | {'PASS' if ok else 'FAIL':<6} |")
+    lat = results["latency_us"]
+    print(f"latency µs (ours / echo): p50 {lat['ours'][50]:.1f} / {lat['echo'][50]:.1f}, "
+          f"p99 {lat['ours'][99]:.1f} / {lat['echo'][99]:.1f}, p99.9 {lat['ours'][99.9]:.1f} / {lat['echo'][99.9]:.1f}")
+    la = results["live_agents"]
+    print(f"1,000 live agents: RSS {la['rss_before_kib']:,} -> {la['rss_after_kib']:,} KiB; "
+          f"shutdown took {la['shutdown_s']:.1f} s, exit status {la['exit_status']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, **results}, indent=1, default=str))
+    return 0
+
+
+def _impl_name() -> str:
+    import descartes_fast
+    return descartes_fast.IMPLEMENTATION
+
+
+if __name__ == "__main__":
+    sys.exit(main())
