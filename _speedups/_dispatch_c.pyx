@@ -20,7 +20,7 @@ from descartes_fast._speedups._frames_c import build_reply, split_request
 from descartes_fast.errors import FrameError, MessageTooLargeError, ProtocolError
 from descartes_fast.schema import MAX_MESSAGE_SIZE
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "MAX_FRAMES"]
 
 cdef extern from *:
     """
@@ -68,7 +68,8 @@ cdef extern from *:
     bint PyBytes_CheckExact(object o)
     int PyBUF_READ
 
-DEF MAX_FRAMES = 16
+DEF MAX_FRAMES_C = 16
+MAX_FRAMES = MAX_FRAMES_C
 cdef int NOBLOCK = zmq.NOBLOCK
 cdef int SNDMORE = zmq.SNDMORE
 cdef object Again = zmq.Again
@@ -105,16 +106,22 @@ cdef class Dispatcher:
     cdef public Py_ssize_t bad_frames
     cdef public Py_ssize_t decode_errors
     cdef void* _handle
-    cdef df_zmq_msg _frames[MAX_FRAMES]
+    cdef df_zmq_msg _frames[MAX_FRAMES_C]
 
-    def __init__(self, sock, handlers, on_error):
+    def __init__(self, sock, handlers, on_error, direct=None):
         self.sock = sock
         self.handlers = handlers
         self.on_error = on_error
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
-        self._handle = <void*><size_t>sock.underlying if LIBZMQ_DIRECT else NULL
+        use = LIBZMQ_DIRECT if direct is None else (direct and LIBZMQ_DIRECT)
+        self._handle = <void*><size_t>sock.underlying if use else NULL
+
+    @property
+    def direct(self):
+        """True when this dispatcher calls libzmq directly."""
+        return self._handle != NULL
 
     def drain(self, Py_ssize_t limit=4096):
         """Handle up to *limit* queued requests; returns how many were taken."""
@@ -142,15 +149,21 @@ cdef class Dispatcher:
             n += 1
             if not df_msg_more(&self._frames[n - 1]):
                 break
-            if n == MAX_FRAMES:  # more frames than any request has: read and drop the rest
+            if n == MAX_FRAMES_C:  # more frames than any request has: read and drop the rest
                 while True:
                     df_msg_init(&spill)
                     if df_msg_recv(&spill, self._handle, NOBLOCK) < 0 or not df_msg_more(&spill):
                         df_msg_close(&spill)
                         break
                     df_msg_close(&spill)
+                n = -n  # marks "too many"
                 break
         self.received += 1
+        if n < 0:
+            for i in range(-n):
+                df_msg_close(&self._frames[i])
+            self.bad_frames += 1
+            return True
         try:
             self._handle_frames(n)
         finally:
@@ -208,6 +221,9 @@ cdef class Dispatcher:
 
     cpdef handle(self, frames):
         """One request given as frames: reply to it now, or leave it to its handler."""
+        if len(frames) > MAX_FRAMES_C:
+            self.bad_frames += 1
+            return None
         try:
             envelope, payload = split_request(frames)
         except FrameError:

@@ -17,7 +17,11 @@ from descartes_fast.errors import FrameError, MessageTooLargeError, ProtocolErro
 from descartes_fast._frames_py import build_reply, split_request
 from descartes_fast.schema import MAX_MESSAGE_SIZE, Message
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "MAX_FRAMES"]
+
+#: A request with more frames than this is dropped (and counted in ``bad_frames``); a Rust
+#: REQ request has 2 with the routing id, a REQ_CORRELATE one 4.
+MAX_FRAMES = 16
 
 
 class Dispatcher:
@@ -29,10 +33,14 @@ class Dispatcher:
     handlers : message class -> ``handler(message, envelope) -> Message | None``
     on_error : ``on_error(payload, exc) -> Message``: the reply to a request that is too
         large or does not decode (``exc`` is the ProtocolError)
+    direct : whether to call libzmq directly when possible; the compiled twin can (None means
+        when available), this twin always goes through pyzmq
     """
 
+    direct = False
+
     def __init__(self, sock: zmq.Socket, handlers: dict[type, Callable[[Any, list], Message | None]],
-                 on_error: Callable[[Any, ProtocolError], Message]) -> None:
+                 on_error: Callable[[Any, ProtocolError], Message], direct: bool | None = None) -> None:
         self.sock = sock
         self.handlers = handlers
         self.on_error = on_error
@@ -56,6 +64,9 @@ class Dispatcher:
 
     def handle(self, frames: list) -> None:
         """One request: reply to it now, or leave it to its handler."""
+        if len(frames) > MAX_FRAMES:
+            self.bad_frames += 1
+            return
         try:
             envelope, payload = split_request(frames)
         except FrameError:

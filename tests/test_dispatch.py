@@ -1,0 +1,103 @@
+"""The dispatcher twins on real sockets (inproc): same replies for the same requests.
+
+Three variants: the pure twin, the compiled twin calling libzmq directly, and the
+compiled twin going through pyzmq (its fallback when libzmq cannot be resolved).
+"""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from descartes_fast import _impl, codec
+from descartes_fast.schema import (
+    ErrorResponse, HealthCheckRequest, HealthCheckResponse, ListAgentsRequest, ListAgentsResponse)
+
+VARIANTS = [pytest.param(("cython", True), marks=pytest.mark.c_extension, id="c-direct"),
+            pytest.param(("cython", False), marks=pytest.mark.c_extension, id="c-pyzmq"),
+            pytest.param(("python", None), id="py")]
+
+
+@pytest.fixture(params=VARIANTS)
+def pair(request):
+    implementation, direct = request.param
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind("inproc://d")
+    dealer.connect("inproc://d")
+    later: list = []
+
+    def health(msg, envelope):
+        return HealthCheckResponse(msg.request_id, True, "1.0.0")
+
+    def list_later(msg, envelope):  # replies afterwards, like a spawn
+        later.append((envelope, ListAgentsResponse(msg.request_id, True)))
+
+    handlers = {HealthCheckRequest: health, ListAgentsRequest: list_later}
+    dispatcher = _impl.load("dispatch", implementation).Dispatcher(
+        router, handlers, lambda payload, exc: ErrorResponse("", f"{type(exc).__name__}: {exc}"), direct=direct)
+    if direct is not None:
+        assert dispatcher.direct is direct
+    yield dispatcher, dealer, later
+    ctx.destroy(linger=0)
+
+
+def roundtrip(dispatcher, dealer, *frames: bytes) -> list[bytes] | None:
+    """Send *frames*, let the dispatcher take them, and return the reply (None if there is none)."""
+    dealer.send_multipart(list(frames))
+    assert dispatcher.sock.poll(2000)
+    while dispatcher.drain() == 0:
+        pass
+    return dealer.recv_multipart() if dealer.poll(300) else None
+
+
+def test_replies(pair) -> None:
+    dispatcher, dealer, later = pair
+    req = codec.encode(HealthCheckRequest("h"))
+    assert roundtrip(dispatcher, dealer, b"", req)[0] == b""
+    assert codec.decode(roundtrip(dispatcher, dealer, b"", req)[1]).request_id == "h"
+    reply = roundtrip(dispatcher, dealer, req)  # no delimiter: same shape back
+    assert len(reply) == 1 and isinstance(codec.decode(reply[0]), HealthCheckResponse)
+    reply = roundtrip(dispatcher, dealer, b"\x00\x01", b"", req, b"ignored")  # an extra envelope frame
+    assert reply[:2] == [b"\x00\x01", b""]
+    error = codec.decode(roundtrip(dispatcher, dealer, b"", b"\xc1")[1])
+    assert error == ErrorResponse("", "MalformedError: message: invalid MessagePack byte 0xc1")
+    big = b"\x00" * (11 * 1024 * 1024)
+    assert "MessageTooLargeError" in codec.decode(roundtrip(dispatcher, dealer, b"", big)[1]).error
+    dealer.send_multipart([b"", codec.encode(ListAgentsRequest("later"))])
+    assert dispatcher.sock.poll(2000)
+    while dispatcher.drain() == 0:
+        pass
+    envelope, message = later.pop()
+    dispatcher.reply(envelope, message)
+    assert codec.decode(dealer.recv_multipart()[1]).request_id == "later"
+    assert (dispatcher.received, dispatcher.decode_errors) == (7, 2)
+
+
+def test_many_queued_requests_are_drained_in_order(pair) -> None:
+    dispatcher, dealer, _ = pair
+    for i in range(500):
+        dealer.send_multipart([b"", codec.encode(HealthCheckRequest(f"r{i}"))])
+    taken = 0
+    while taken < 500:
+        taken += dispatcher.drain()
+    got = [codec.decode(dealer.recv_multipart()[1]).request_id for _ in range(500)]
+    assert got == [f"r{i}" for i in range(500)]
+
+
+def test_requests_with_too_many_frames_are_dropped(pair) -> None:
+    dispatcher, dealer, _ = pair
+    req = codec.encode(HealthCheckRequest("f"))
+    limit = _impl.load("dispatch", "python").MAX_FRAMES
+    # with the routing id the router sees one frame more than the dealer sends
+    assert roundtrip(dispatcher, dealer, *([b"x"] * (limit - 3)), b"", req) is not None
+    assert roundtrip(dispatcher, dealer, *([b"x"] * (limit - 2)), b"", req) is None
+    assert roundtrip(dispatcher, dealer, *([b"x"] * 1000), b"", req) is None
+    assert dispatcher.bad_frames == 2
+    assert roundtrip(dispatcher, dealer, b"", req) is not None  # and it goes on
+
+
+@pytest.mark.c_extension
+def test_compiled_twin_calls_libzmq_directly() -> None:
+    from descartes_fast._speedups import _dispatch_c
+    assert _dispatch_c.LIBZMQ_DIRECT
