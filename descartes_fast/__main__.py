@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="descartes-fast",
         description="descartes_fast: run and control agent processes over ZeroMQ, wire-compatible "
-                    "with the Rust Descartes ZMQ subsystem.",
+                    "with the Rust Descartes ZMQ subsystem. 'serve' runs a server; the other commands "
+                    "talk to one (see COMMAND --help).",
         epilog="Environment: DESCARTES_FAST_NO_EXTENSIONS=1 uses the pure-Python twins; "
                "DESCARTES_FAST_REQUIRE_EXTENSIONS=1 makes a missing compiled twin an error.")
     parser.add_argument("--version", action="version",
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the agent server (same as descartes-fast-server)",
                                 description=SERVER_DESCRIPTION, epilog=SERVER_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    from descartes_fast import settings
+    from descartes_fast import cli, settings
     settings.add_arguments(serve)
+    cli.add_commands(commands)
     return parser
 
 
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return codec_demo.main(rounds=max(1, args.rounds))
     if args.command == "serve":
         return serve(args, "descartes-fast serve")
+    from descartes_fast import cli
+    if args.command in cli.COMMANDS:
+        return cli.run(args)
     parser.print_help()
     return 2
 

@@ -104,6 +104,52 @@ class _Subscription:
         self.queue.put_nowait(None)
 
 
+class _Follow:
+    """Log chunks of one agent until its status turns terminal (then what is queued, then the end)."""
+
+    def __init__(self, logs: _Subscription, events: _Subscription, ended: bool) -> None:
+        self.logs, self.events, self.ended = logs, events, ended
+        self._next_event: asyncio.Task | None = None
+
+    def __aiter__(self) -> _Follow:
+        return self
+
+    async def __anext__(self) -> LogStreamMessage:
+        while True:
+            if not self.logs.queue.empty():
+                item = self.logs.queue.get_nowait()
+                if item is None:
+                    raise StopAsyncIteration
+                return item
+            if self.ended:
+                await self.aclose()
+                raise StopAsyncIteration
+            if self._next_event is None:
+                self._next_event = asyncio.ensure_future(self.events.__anext__())
+            next_log = asyncio.ensure_future(self.logs.queue.get())
+            done, _ = await asyncio.wait({next_log, self._next_event}, return_when=asyncio.FIRST_COMPLETED)
+            if next_log in done:
+                item = next_log.result()
+                if item is None:
+                    raise StopAsyncIteration
+                return item
+            next_log.cancel()
+            update = self._next_event.result()
+            self._next_event = None
+            if update.status in _TERMINAL:
+                self.ended = True
+                await asyncio.sleep(0.05)  # output published just before the end is still in flight
+
+    async def aclose(self) -> None:
+        if self._next_event is not None:
+            self._next_event.cancel()
+        await self.logs.aclose()
+        await self.events.aclose()
+
+
+_TERMINAL = (AgentStatus.COMPLETED, AgentStatus.FAILED, AgentStatus.TERMINATED)
+
+
 class AsyncClient:
     """An asyncio client; see the module docstring. Use ``async with AsyncClient(config):``."""
 
@@ -355,6 +401,12 @@ class AsyncClient:
         """The agent's log chunks as they are published (``sequence`` counts per stream)."""
         return await self._subscribe(log_topic(agent_id), LogStreamMessage, agent_id)
 
+    async def follow_logs(self, agent_id: uuid.UUID) -> AsyncIterator[LogStreamMessage]:
+        """Like :meth:`stream_logs`, but the iteration ends once the agent has ended."""
+        logs = await self.stream_logs(agent_id)
+        events = await self.subscribe_status_updates(agent_id)
+        return _Follow(logs, events, await self.get_agent_status(agent_id) in _TERMINAL)
+
     async def _subscribe(self, topic: bytes, kind: type, agent_id: uuid.UUID | None) -> _Subscription:
         if self._sub is None:
             self._sub = self._ctx.socket(zmq.SUB)
@@ -467,14 +519,14 @@ class Client:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             result = self._run(getattr(self._async, name)(*args, **kwargs))
-            if isinstance(result, _Subscription):
+            if isinstance(result, (_Subscription, _Follow)):
                 return self._iterate(result)
             return result
         call.__name__ = name
         call.__doc__ = method.__doc__
         return call
 
-    def _iterate(self, sub: _Subscription) -> Iterator[Any]:
+    def _iterate(self, sub: _Subscription | _Follow) -> Iterator[Any]:
         try:
             while True:
                 try:

@@ -1,0 +1,86 @@
+"""The descartes-fast client commands end to end, against the real server binary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from test_server import Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("cli"), "cython")
+    yield srv
+    srv.close()
+
+
+def cli(server: Server | None, *argv: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    where = ["--endpoint", server.bind, "--pub-endpoint", server.pub] if server else []
+    return subprocess.run([sys.executable, "-m", "descartes_fast", *argv, *where], input=stdin,
+                          capture_output=True, timeout=timeout)
+
+
+def js(server, *argv: str, **kw):
+    proc = cli(server, *argv, "--json", **kw)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return [json.loads(line) for line in proc.stdout.decode().splitlines() if line.strip()]
+
+
+def test_agent_lifecycle_from_the_shell(server) -> None:
+    assert js(server, "health")[0]["healthy"] is True
+    cat = js(server, "spawn", "cat", "", "--name", "echoer")[0]
+    agent = cat["id"]
+    assert cat["status"] == "running" and cat["name"] == "echoer"
+    assert js(server, "status", agent)[0]["status"] == "running"
+    assert js(server, "send", agent, "hello", "--newline")[0]["bytes_written"] == 6
+    assert js(server, "send", agent, stdin=b"from stdin\n")[0]["bytes_written"] == 11
+    assert js(server, "pause", agent)[0]["mode"] == "cooperative"
+    assert js(server, "resume", agent)[0]["done"] == "resumed"
+    time.sleep(0.3)
+    lines = [row["line"] for row in js(server, "logs", agent)]
+    assert lines[:2] == ["hello", "from stdin"]
+    listed = js(server, "list", "--status", "running")[0]
+    assert agent in [a["id"] for a in listed]
+    table = cli(server, "list").stdout.decode()
+    assert table.splitlines()[0].split() == ["ID", "NAME", "STATUS", "BACKEND", "TASK"] and agent in table
+    other = js(server, "spawn", "sh", "sleep 30")[0]["id"]
+    batch = js(server, "batch", "get_status", agent, other)[0]
+    assert batch["successful"] == 2 and batch["success"]
+    assert js(server, "stop", other)[0]["done"] == "stopped"
+    assert js(server, "kill", agent)[0]["done"] == "killed"
+    assert js(server, "status", agent)[0]["status"] == "terminated"
+
+
+def test_logs_follow_and_events(server) -> None:
+    events = subprocess.Popen([sys.executable, "-m", "descartes_fast", "events", "--count", "3", "--json",
+                               "--endpoint", server.bind, "--pub-endpoint", server.pub], stdout=subprocess.PIPE)
+    time.sleep(1.0)
+    agent = js(server, "spawn", "demo", "follow me", "--env", "AGENT_EXTRA_ARGS=--steps 4 --interval 0.2")[0]["id"]
+    follow = cli(server, "logs", agent, "--follow", timeout=60)
+    assert follow.returncode == 0
+    text = follow.stdout.decode()
+    assert '"type": "start"' in text and '"type": "done"' in text
+    out, _ = events.communicate(timeout=30)
+    updates = [json.loads(line) for line in out.decode().splitlines()]
+    assert len(updates) == 3 and all({"agent_id", "type", "status"} <= set(u) for u in updates)
+
+
+def test_errors_have_one_line_and_an_exit_code(server) -> None:
+    missing = str(uuid.uuid4())
+    proc = cli(server, "status", missing)
+    assert proc.returncode == 4 and proc.stderr.decode().strip() == f"descartes-fast: error: Agent not found: {missing}"
+    proc = cli(server, "spawn", "anthropic", "x")
+    assert proc.returncode == 1 and "Unsupported model backend" in proc.stderr.decode()
+    proc = cli(server, "status", "not-a-uuid")
+    assert proc.returncode == 2 and "not an agent id" in proc.stderr.decode()
+    proc = cli(server, "spawn", "sh", "x", "--env", "NOEQUALS")
+    assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr.decode()
+    proc = cli(None, "health", "--endpoint", "tcp://127.0.0.1:9", "--timeout", "0.5")
+    assert proc.returncode == 3 and "did not answer" in proc.stderr.decode()
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
