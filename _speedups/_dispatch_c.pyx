@@ -20,7 +20,7 @@ from descartes_fast._speedups._frames_c import build_reply, split_request
 from descartes_fast.errors import FrameError, MessageTooLargeError, ProtocolError
 from descartes_fast.schema import MAX_MESSAGE_SIZE
 
-__all__ = ["Dispatcher", "MAX_FRAMES"]
+__all__ = ["Dispatcher", "Requester", "MAX_FRAMES"]
 
 cdef extern from *:
     """
@@ -262,3 +262,84 @@ cdef class Dispatcher:
                 return None  # the peer is gone or its queue is full: ROUTER drops, so do we
         df_send(self._handle, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), NOBLOCK)
         return None
+
+
+cdef class Requester:
+    """The client's side of the hot path: send requests, take every queued reply."""
+
+    cdef public object sock
+    cdef public object on_reply
+    cdef public Py_ssize_t bad_replies
+    cdef void* _handle
+
+    def __init__(self, sock, on_reply, direct=None):
+        self.sock = sock
+        self.on_reply = on_reply
+        self.bad_replies = 0
+        use = LIBZMQ_DIRECT if direct is None else (direct and LIBZMQ_DIRECT)
+        self._handle = <void*><size_t>sock.underlying if use else NULL
+
+    @property
+    def direct(self):
+        """True when this requester calls libzmq directly."""
+        return self._handle != NULL
+
+    cpdef send(self, bytes payload):
+        """Queue ``[b"", payload]``; never blocks (zmq.Again when the send queue is full)."""
+        if self._handle == NULL:
+            self.sock.send_multipart([b"", payload], NOBLOCK)
+            return None
+        if df_send(self._handle, b"", 0, NOBLOCK | SNDMORE) < 0:
+            raise Again()
+        df_send(self._handle, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), NOBLOCK)
+        return None
+
+    def drain(self, Py_ssize_t limit=4096):
+        """Hand up to *limit* queued replies to ``on_reply``; returns how many were taken."""
+        cdef Py_ssize_t taken = 0
+        cdef df_zmq_msg msg
+        cdef bint more
+        if self._handle == NULL:
+            return self._drain_pyzmq(limit)
+        on_reply = self.on_reply
+        while taken < limit:
+            df_msg_init(&msg)
+            if df_msg_recv(&msg, self._handle, NOBLOCK) < 0:
+                df_msg_close(&msg)
+                break
+            more = df_msg_more(&msg)
+            while more:  # keep the last frame: the payload
+                df_msg_close(&msg)
+                df_msg_init(&msg)
+                if df_msg_recv(&msg, self._handle, NOBLOCK) < 0:
+                    break
+                more = df_msg_more(&msg)
+            taken += 1
+            view = PyMemoryView_FromMemory(<char*>df_msg_data(&msg), <Py_ssize_t>df_msg_size(&msg), PyBUF_READ)
+            try:
+                reply = decode(view)
+            except ProtocolError:
+                self.bad_replies += 1
+                continue
+            finally:
+                view.release()
+                df_msg_close(&msg)
+            on_reply(reply)
+        return taken
+
+    def _drain_pyzmq(self, Py_ssize_t limit):
+        cdef Py_ssize_t taken = 0
+        recv = self.sock.recv_multipart
+        while taken < limit:
+            try:
+                frames = recv(NOBLOCK)
+            except Again:
+                break
+            taken += 1
+            try:
+                reply = decode(frames[len(frames) - 1])
+            except ProtocolError:
+                self.bad_replies += 1
+                continue
+            self.on_reply(reply)
+        return taken

@@ -17,7 +17,7 @@ from descartes_fast.errors import FrameError, MessageTooLargeError, ProtocolErro
 from descartes_fast._frames_py import build_reply, split_request
 from descartes_fast.schema import MAX_MESSAGE_SIZE, Message
 
-__all__ = ["Dispatcher", "MAX_FRAMES"]
+__all__ = ["Dispatcher", "Requester", "MAX_FRAMES"]
 
 #: A request with more frames than this is dropped (and counted in ``bad_frames``); a Rust
 #: REQ request has 2 with the routing id, a REQ_CORRELATE one 4.
@@ -90,3 +90,42 @@ class Dispatcher:
             self.sock.send_multipart(build_reply(envelope, _codec.encode(message)), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the peer's queue is full or it has gone: ROUTER drops, so do we
+
+
+class Requester:
+    """The client's side of the hot path: send requests, take every queued reply.
+
+    Parameters
+    ----------
+    sock : the client's DEALER socket
+    on_reply : called with each decoded reply (undecodable replies are counted and dropped)
+    direct : as for :class:`Dispatcher`
+    """
+
+    direct = False
+
+    def __init__(self, sock: zmq.Socket, on_reply: Callable[[Message], None], direct: bool | None = None) -> None:
+        self.sock = sock
+        self.on_reply = on_reply
+        self.bad_replies = 0
+
+    def send(self, payload: bytes) -> None:
+        """Queue ``[b"", payload]``; never blocks (zmq.Again when the send queue is full)."""
+        self.sock.send_multipart([b"", payload], zmq.NOBLOCK)
+
+    def drain(self, limit: int = 4096) -> int:
+        """Hand up to *limit* queued replies to ``on_reply``; returns how many were taken."""
+        taken = 0
+        while taken < limit:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            taken += 1
+            try:
+                reply = _codec.decode(frames[-1])
+            except ProtocolError:
+                self.bad_replies += 1
+                continue
+            self.on_reply(reply)
+        return taken

@@ -29,7 +29,7 @@ API: Final = {
     "codec": ("encode", "decode"),
     "frames": ("split_request", "build_reply", "pub_frame", "parse_pub_frame", "log_topic",
                "status_topic", "HEARTBEAT_TOPIC"),
-    "dispatch": ("Dispatcher", "MAX_FRAMES"),
+    "dispatch": ("Dispatcher", "Requester", "MAX_FRAMES"),
 }
 
 

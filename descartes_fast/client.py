@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import zmq
 
-from descartes_fast import codec
+from descartes_fast import _impl, codec
 from descartes_fast.errors import ProtocolError
 from descartes_fast.frames import log_topic, parse_pub_frame, status_topic
 from descartes_fast.schema import (
@@ -161,13 +161,16 @@ class AsyncClient:
             setattr(self.config, key, value)
         self._ctx = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
+        self._io: Any = None  # the Requester twin on _sock
         self._sub: zmq.Socket | None = None
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
         self._subs: dict[bytes, list[_Subscription]] = collections.defaultdict(list)
         self._connected = False
         self._endpoint: str | None = None
         self._heartbeat: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = _request_ids()
+        self._check_soon = False  # a readability check is scheduled (see _request)
 
     # -- connection --
 
@@ -178,7 +181,7 @@ class AsyncClient:
         self._endpoint = endpoint or self.config.endpoint
         self._open()
         try:
-            await self._request(HealthCheckRequest(_rid()), HealthCheckResponse,
+            await self._request(HealthCheckRequest(next(self._ids)), HealthCheckResponse,
                                 timeout or self.config.connection_timeout_secs)
         except RequestTimeoutError:
             self._close_socket()
@@ -194,6 +197,7 @@ class AsyncClient:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(self._endpoint)
         self._sock = sock
+        self._io = _impl.load("dispatch", _impl.IMPLEMENTATION).Requester(sock, self._on_reply)
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
 
     def _close_socket(self) -> None:
@@ -216,7 +220,8 @@ class AsyncClient:
             for sub in subs:
                 sub.queue.put_nowait(None)
         self._subs.clear()
-        for future in self._pending.values():
+        for future, timer in self._pending.values():
+            timer.cancel()
             if not future.done():
                 future.set_exception(NotConnectedError("disconnected"))
         self._pending.clear()
@@ -238,7 +243,7 @@ class AsyncClient:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_secs)
             try:
-                await self._request(HealthCheckRequest(_rid()), HealthCheckResponse,
+                await self._request(HealthCheckRequest(next(self._ids)), HealthCheckResponse,
                                     min(self.config.request_timeout_secs, self.config.heartbeat_interval_secs))
                 self._connected = True
             except RequestTimeoutError:
@@ -251,7 +256,7 @@ class AsyncClient:
             self._close_socket()
             self._open()  # a new DEALER: nothing stale queued in the old one
             try:
-                await self._request(HealthCheckRequest(_rid()), HealthCheckResponse,
+                await self._request(HealthCheckRequest(next(self._ids)), HealthCheckResponse,
                                     self.config.connection_timeout_secs)
             except RequestTimeoutError:
                 await asyncio.sleep(self.config.reconnect_delay_secs)
@@ -262,33 +267,45 @@ class AsyncClient:
     # -- requests --
 
     def _on_readable(self) -> None:
-        """Take every queued reply and resolve its caller's future."""
+        """Take every queued reply (the twin's Requester) and resolve the callers' futures."""
+        self._check_soon = False
         sock = self._sock
-        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
-            try:
-                reply = codec.decode(frames[-1])
-            except ProtocolError:
-                continue  # nothing to match it to
-            future = self._pending.pop(getattr(reply, "request_id", None), None)
-            if future is not None and not future.done():
-                future.set_result(reply)
-            # else: a late reply to a request that timed out; dropped
+        if sock is None:
+            return
+        self._io.drain()
+        # ZeroMQ's FD is edge-triggered: make sure nothing arrived while we read
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._loop.call_soon(self._on_readable)
+
+    def _on_reply(self, reply: Message) -> None:
+        entry = self._pending.pop(getattr(reply, "request_id", None), None)
+        if entry is not None and not entry[0].done():
+            entry[1].cancel()
+            entry[0].set_result(reply)
+        # else: a late reply to a request that timed out, or not ours: dropped
+
+    def _expire(self, rid: str, message: Message, timeout: float) -> None:
+        entry = self._pending.pop(rid, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(RequestTimeoutError(f"no reply to {message.TAG} {rid} within {timeout} s"))
 
     async def _request(self, message: Message, expected: type[_R], timeout: float | None = None) -> _R:
         if self._sock is None:
             raise NotConnectedError("not connected: call connect() first")
         rid = message.request_id
-        future = self._loop.create_future()
-        self._pending[rid] = future
-        self._sock.send_multipart([b"", codec.encode(message)])
-        self._on_readable()  # a send can consume the FD's edge
+        timeout = timeout or self.config.request_timeout_secs
+        payload = codec.encode(message)
         try:
-            reply = await asyncio.wait_for(future, timeout or self.config.request_timeout_secs)
-        except asyncio.TimeoutError:
-            self._pending.pop(rid, None)
-            raise RequestTimeoutError(f"no reply to {message.TAG} {rid} within "
-                                      f"{timeout or self.config.request_timeout_secs} s") from None
+            self._io.send(payload)
+        except zmq.Again:
+            raise ClientError(f"cannot send {message.TAG}: the send queue to {self._endpoint} is full "
+                              "(the server is not taking requests)") from None
+        future = self._loop.create_future()
+        self._pending[rid] = (future, self._loop.call_later(timeout, self._expire, rid, message, timeout))
+        if not self._check_soon:  # a send can consume the FD's edge: look once this loop turn
+            self._check_soon = True
+            self._loop.call_soon(self._on_readable)
+        reply = await future
         self._connected = True
         if isinstance(reply, ErrorResponse):
             raise ServerError(reply.error, reply)
@@ -297,7 +314,7 @@ class AsyncClient:
         return reply
 
     async def _command(self, agent_id: uuid.UUID, kind: ControlCommandType, payload: Any = None) -> CommandResponse:
-        reply = await self._request(ControlCommand(_rid(), agent_id, kind, payload), CommandResponse)
+        reply = await self._request(ControlCommand(next(self._ids), agent_id, kind, payload), CommandResponse)
         if not reply.success:
             raise ServerError(reply.error or "Command failed", reply)
         return reply
@@ -305,7 +322,7 @@ class AsyncClient:
     # -- the ZmqAgentRunner methods --
 
     async def spawn_remote(self, config: AgentConfig, timeout_secs: float | None = None) -> AgentInfo:
-        reply = await self._request(SpawnRequest(_rid(), config, int(timeout_secs) if timeout_secs else None),
+        reply = await self._request(SpawnRequest(next(self._ids), config, int(timeout_secs) if timeout_secs else None),
                                     SpawnResponse, timeout_secs)
         if not reply.success or reply.agent_info is None:
             raise ServerError(reply.error or "Spawn failed", reply)
@@ -313,7 +330,7 @@ class AsyncClient:
 
     async def list_remote_agents(self, filter_status: AgentStatus | None = None,
                                  limit: int | None = None) -> list[AgentInfo]:
-        reply = await self._request(ListAgentsRequest(_rid(), filter_status, limit), ListAgentsResponse)
+        reply = await self._request(ListAgentsRequest(next(self._ids), filter_status, limit), ListAgentsResponse)
         if not reply.success:
             raise ServerError(reply.error or "List agents failed", reply)
         return reply.agents
@@ -365,11 +382,11 @@ class AsyncClient:
         return _read_data(await self._command(agent_id, _C.READ_STDERR))
 
     async def health_check(self) -> HealthCheckResponse:
-        return await self._request(HealthCheckRequest(_rid()), HealthCheckResponse)
+        return await self._request(HealthCheckRequest(next(self._ids)), HealthCheckResponse)
 
     async def send_action_to_agent(self, agent_id: uuid.UUID, action: str, params: Any = None,
                                    timeout_secs: float | None = None) -> Any:
-        reply = await self._request(CustomActionRequest(_rid(), agent_id, action, params,
+        reply = await self._request(CustomActionRequest(next(self._ids), agent_id, action, params,
                                                         int(timeout_secs) if timeout_secs else None),
                                     CommandResponse, timeout_secs)
         if not reply.success:
@@ -379,7 +396,7 @@ class AsyncClient:
     async def query_agent_output(self, agent_id: uuid.UUID, stream: ZmqOutputStream = ZmqOutputStream.BOTH,
                                  filter: str | None = None, limit: int | None = None,
                                  offset: int | None = None) -> OutputQueryResponse:
-        reply = await self._request(OutputQueryRequest(_rid(), agent_id, stream, filter, limit, offset),
+        reply = await self._request(OutputQueryRequest(next(self._ids), agent_id, stream, filter, limit, offset),
                                     OutputQueryResponse)
         if not reply.success:
             raise ServerError(reply.error or "Output query failed", reply)
@@ -387,7 +404,7 @@ class AsyncClient:
 
     async def batch_control(self, agent_ids: list[uuid.UUID], command_type: ControlCommandType,
                             payload: Any = None, fail_fast: bool = False) -> BatchControlResponse:
-        return await self._request(BatchControlCommand(_rid(), list(agent_ids), command_type, payload, fail_fast),
+        return await self._request(BatchControlCommand(next(self._ids), list(agent_ids), command_type, payload, fail_fast),
                                    BatchControlResponse, 2 * self.config.request_timeout_secs)
 
     # -- subscriptions --
@@ -454,8 +471,13 @@ class AsyncClient:
                             sub.queue.put_nowait(message)
 
 
-def _rid() -> str:
-    return str(uuid.uuid4())
+def _request_ids() -> Iterator[str]:
+    """Request ids: unique per client (a random prefix) and cheap (a counter)."""
+    prefix = uuid.uuid4().hex[:12]
+    n = 0
+    while True:
+        n += 1
+        yield f"{prefix}-{n}"
 
 
 def _read_data(reply: CommandResponse) -> bytes | None:

@@ -132,16 +132,22 @@ class LateStub:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.delay = delay
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
+    def close(self) -> None:
+        """Stop the thread first: a socket must not be closed under the thread using it."""
+        self.stopped.set()
+        self.thread.join(5)
+        self.ctx.destroy(linger=0)
+
     def serve(self) -> None:
         first = True
-        while True:
-            try:
-                frames = self.sock.recv_multipart()
-            except zmq.ZMQError:
-                return
+        while not self.stopped.is_set():
+            if not self.sock.poll(50):
+                continue
+            frames = self.sock.recv_multipart()
             request = codec.decode(frames[-1])
             if first and request.request_id != "ok" and not isinstance(request, HealthCheckRequest):
                 time.sleep(self.delay)
@@ -167,8 +173,10 @@ def test_a_late_reply_is_not_taken_for_the_next_call() -> None:
         reply = await client._command(uuid.UUID(int=1), C.GET_STATUS)
         assert reply.data["for"] == reply.request_id
         await client.disconnect()
-    run(main())
-    stub.ctx.destroy(linger=0)
+    try:
+        run(main())
+    finally:
+        stub.close()
 
 
 def test_rust_rep_framing_stub() -> None:

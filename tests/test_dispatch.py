@@ -101,3 +101,31 @@ def test_requests_with_too_many_frames_are_dropped(pair) -> None:
 def test_compiled_twin_calls_libzmq_directly() -> None:
     from descartes_fast._speedups import _dispatch_c
     assert _dispatch_c.LIBZMQ_DIRECT
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_requester(variant) -> None:
+    implementation, direct = variant
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind("inproc://r")
+    dealer.connect("inproc://r")
+    replies: list = []
+    requester = _impl.load("dispatch", implementation).Requester(dealer, replies.append, direct=direct)
+    if direct is not None:
+        assert requester.direct is direct
+    for i in range(300):
+        requester.send(codec.encode(HealthCheckRequest(f"q{i}")))
+    for _ in range(300):
+        frames = router.recv_multipart()
+        assert frames[1] == b""  # [routing id, b"", payload]: the Rust REP framing
+        request = codec.decode(frames[2])
+        router.send_multipart([frames[0], b"", codec.encode(HealthCheckResponse(request.request_id, True, "1.0.0"))])
+    router.send_multipart([frames[0], b"no delimiter, not msgpack \xc1"])
+    router.send_multipart([frames[0], codec.encode(HealthCheckResponse("last", True, "1.0.0"))])
+    while len(replies) < 301:
+        assert dealer.poll(2000)
+        requester.drain()
+    assert [r.request_id for r in replies] == [f"q{i}" for i in range(300)] + ["last"]
+    assert requester.bad_replies == 1
+    ctx.destroy(linger=0)
