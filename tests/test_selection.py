@@ -108,6 +108,10 @@ def test_import_is_light() -> None:
                clean=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+    proc = run("import sys, descartes_fast; descartes_fast.AsyncClient; "
+               "print(sorted(m for m in ('zmq.asyncio', 'uvloop') if m in sys.modules))", clean=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"  # the client does not need zmq.asyncio or uvloop either
 
 
 def test_no_generated_c_in_git() -> None:
