@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from descartes_fast import codec  # noqa: E402
 from descartes_fast.client import AsyncClient, ZmqRunnerConfig  # noqa: E402
 from descartes_fast.schema import AgentConfig, ControlCommand, ControlCommandType, SpawnRequest  # noqa: E402
+from report import machine, print_targets  # noqa: E402
 from server_bench import OurServer, pct  # noqa: E402
 
 GET = ControlCommandType.GET_STATUS
@@ -160,16 +159,8 @@ def main() -> int:
         ("get_agent_status round trip p50 (µs)", p["ours"][50], p["raw"][50], "raw pyzmq sync",
          p["ours"][50] / p["raw"][50], "<= 1.3", p["ours"][50] / p["raw"][50] <= 1.3),
     ]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    print(f"machine: {cpu}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, "
-          f"{platform.python_implementation()} {platform.python_version()}")
-    print(f"| {'case':<50} | {'AsyncClient':>11} | {'reference':>10} | {'reference is':<21} | {'ratio':>5} | "
-          f"{'target':<7} | result |")
-    print("|" + "|".join("-" * w for w in (52, 13, 12, 23, 7, 9, 8)) + "|")
-    for case, value, ref, ref_name, ratio, target, ok in rows:
-        print(f"| {case:<50} | {value:>11,.1f} | {ref:>10,.1f} | {ref_name:<21} | {ratio:>5.2f} | {target:<7} | "
-              f"{'PASS' if ok else 'FAIL':<6} |")
+    print(machine())
+    print_targets(rows, "AsyncClient")
     print("latency µs p50 / p99: " + ", ".join(f"{k} {v[50]:.1f} / {v[99]:.1f}" for k, v in p.items()))
     print(f"throughput req/s: AsyncClient {t_ours:,.0f}, zmq.asyncio+uvloop {t_aio:,.0f}")
     if args.json:

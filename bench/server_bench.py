@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import socket
 import statistics
@@ -34,9 +32,12 @@ from pathlib import Path
 
 import zmq
 
-from descartes_fast import codec
-from descartes_fast.schema import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from descartes_fast import codec  # noqa: E402
+from descartes_fast.schema import (  # noqa: E402
     AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest)
+from report import machine, print_targets  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -273,16 +274,8 @@ def main() -> int:
             results["live_agents"]["shutdown_s"] = time.monotonic() - started
             results["live_agents"]["exit_status"] = code
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    print(f"machine: {cpu}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, "
-          f"{platform.python_implementation()} {platform.python_version()}, codec {_impl_name()}")
-    print(f"| {'case':<44} | {'measured':>10} | {'reference':>10} | {'reference is':<26} | {'ratio':>5} | "
-          f"{'target':<9} | result |")
-    print("|" + "|".join("-" * w for w in (46, 12, 12, 28, 7, 11, 8)) + "|")
-    for case, value, ref_value, ref_name, ratio, target, ok in rows:
-        print(f"| {case:<44} | {value:>10,.1f} | {ref_value:>10,.1f} | {ref_name:<26} | {ratio:>5.2f} | "
-              f"{target:<9} | {'PASS' if ok else 'FAIL':<6} |")
+    print(machine())
+    print_targets(rows)
     lat = results["latency_us"]
     print(f"latency µs (ours / echo): p50 {lat['ours'][50]:.1f} / {lat['echo'][50]:.1f}, "
           f"p99 {lat['ours'][99]:.1f} / {lat['echo'][99]:.1f}, p99.9 {lat['ours'][99.9]:.1f} / {lat['echo'][99.9]:.1f}")
@@ -292,11 +285,6 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, **results}, indent=1, default=str))
     return 0
-
-
-def _impl_name() -> str:
-    import descartes_fast
-    return descartes_fast.IMPLEMENTATION
 
 
 if __name__ == "__main__":
