@@ -207,10 +207,11 @@ def test_reference_error_texts(server) -> None:
 def test_pause_is_observed_on_the_process(server) -> None:
     looping = server.spawn("sh", "while true; do sleep 0.05; done")
     pid = _pid(server, looping)
-    assert server.control(looping, C.PAUSE, {"force": True}).data == {"mode": "forced", "paused": True}
-    _until(lambda: proc_state(pid) == "T")
+    reply = server.control(looping, C.PAUSE, {"force": True})
+    assert reply.data == {"mode": "forced", "paused": True}
+    _until(lambda: proc_state(pid) == "T", seen=lambda: (_describe(pid), server.control(looping, C.GET_STATUS)))
     server.control(looping, C.RESUME)
-    _until(lambda: proc_state(pid) != "T")
+    _until(lambda: proc_state(pid) != "T", seen=lambda: _describe(pid))
     cat = server.spawn("cat")  # cooperative: the reference's line arrives on the agent's stdin
     assert server.control(cat, C.PAUSE).data["mode"] == "cooperative"
     _until(lambda: server.control(cat, C.READ_STDOUT).data.get("data") == '{"type":"pause","action":"pause"}\n')
@@ -222,11 +223,21 @@ def _pid(server: Server, agent_id) -> int:
     return reply.data["result"]["pid"]
 
 
-def _until(check, timeout=10.0) -> None:
+def _until(check, timeout=10.0, seen=lambda: None) -> None:
+    """Wait for *check*; on timeout the message includes what *seen* reports."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "condition not reached"
+        assert time.monotonic() < deadline, f"condition not reached; seen: {seen()}"
         time.sleep(0.02)
+
+
+def _describe(pid: int) -> str:
+    """State of a process and of its group, for failure messages."""
+    try:
+        state = proc_state(pid)
+    except FileNotFoundError:
+        state = "gone"
+    return f"pid {pid} state {state}, live group members {live_group_members(pid)}"
 
 
 @pytest.mark.parametrize("kind", [C.STOP, C.KILL])

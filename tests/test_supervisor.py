@@ -154,6 +154,27 @@ def test_forced_pause_stops_the_process(run) -> None:
     run(main())
 
 
+def test_forced_pause_survives_a_member_dying(run) -> None:
+    # If the agent's group were orphaned (its own session), the kernel would send SIGHUP and
+    # SIGCONT to the whole stopped group when one member exits: the pause would be undone and
+    # the agent killed by the SIGHUP.
+    async def main():
+        sup, _ = supervisor()
+        agent = await sup.spawn(sh("sleep 1000 & echo $!; while true; do sleep 0.05; done"))
+        await until(lambda: agent.stdout.total_lines == 1)
+        grandchild = int(sup.read_next(agent.id, OUT))
+        sup.pause(agent.id, force=True)
+        await until(lambda: proc_state(agent.pid) == "T")
+        os.kill(grandchild, signal.SIGKILL)  # a member of the stopped group exits
+        await asyncio.sleep(0.5)
+        assert proc_state(agent.pid) == "T" and agent.running
+        sup.resume(agent.id)
+        await until(lambda: proc_state(agent.pid) != "T")
+        sup.kill(agent.id)
+        await sup.wait(agent.id)
+    run(main())
+
+
 def test_llm_backends_pause_by_sigstop(run) -> None:
     async def main():
         sup, _ = supervisor()
