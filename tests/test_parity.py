@@ -17,7 +17,7 @@ from typing import Any, Callable
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from descartes_fast import _layout as L
