@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import threading
 import uuid
 from dataclasses import dataclass, fields
@@ -534,19 +535,11 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(AsyncClient, name, None)
-        if method is None or name.startswith("_") or not asyncio.iscoroutinefunction(method):
-            raise AttributeError(name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = self._run(getattr(self._async, name)(*args, **kwargs))
-            if isinstance(result, (_Subscription, _Follow)):
-                return self._iterate(result)
-            return result
-        call.__name__ = name
-        call.__doc__ = method.__doc__
-        return call
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        result = self._run(getattr(self._async, name)(*args, **kwargs))
+        if isinstance(result, (_Subscription, _Follow)):
+            return self._iterate(result)  # an async iterator becomes a plain one
+        return result
 
     def _iterate(self, sub: _Subscription | _Follow) -> Iterator[Any]:
         try:
@@ -557,3 +550,20 @@ class Client:
                     return
         finally:
             self._run(sub.aclose())
+
+
+def _sync_method(name: str) -> Any:
+    source = getattr(AsyncClient, name)
+
+    def method(self: Client, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = source.__doc__
+    method.__signature__ = inspect.signature(source)  # type: ignore[attr-defined]
+    return method
+
+
+# Client gets every public coroutine method of AsyncClient, same signature and docstring.
+for _name, _member in vars(AsyncClient).items():
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_member) and not hasattr(Client, _name):
+        setattr(Client, _name, _sync_method(_name))

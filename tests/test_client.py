@@ -254,3 +254,12 @@ def test_sync_client_from_several_threads(server) -> None:
         events.close()
         assert client.is_connected()
     assert not client.is_connected()
+
+
+def test_client_has_every_async_method_with_its_signature() -> None:
+    import inspect
+    names = [n for n, m in vars(AsyncClient).items() if not n.startswith("_") and inspect.iscoroutinefunction(m)]
+    assert len(names) >= 20
+    for name in names:
+        assert name in vars(Client), name
+        assert inspect.signature(getattr(Client, name)) == inspect.signature(getattr(AsyncClient, name)), name
