@@ -196,6 +196,7 @@ class AsyncClient:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, 10_000)  # past this, _request waits (without blocking the loop)
         sock.connect(self._endpoint)
         self._sock = sock
         self._io = _impl.load("dispatch", _impl.IMPLEMENTATION).Requester(sock, self._on_reply)
@@ -296,11 +297,16 @@ class AsyncClient:
         rid = message.request_id
         timeout = timeout or self.config.request_timeout_secs
         payload = codec.encode(message)
-        try:
-            self._io.send(payload)
-        except zmq.Again:
-            raise ClientError(f"cannot send {message.TAG}: the send queue to {self._endpoint} is full "
-                              "(the server is not taking requests)") from None
+        deadline = self._loop.time() + timeout
+        while True:
+            try:
+                self._io.send(payload)
+                break
+            except zmq.Again:  # the send queue is full: wait for it to drain, up to the timeout
+                if self._loop.time() >= deadline:
+                    raise RequestTimeoutError(f"could not send {message.TAG} {rid} within {timeout} s: the "
+                                              f"send queue to {self._endpoint} stayed full") from None
+                await asyncio.sleep(0.001)
         future = self._loop.create_future()
         self._pending[rid] = (future, self._loop.call_later(timeout, self._expire, rid, message, timeout))
         if not self._check_soon:  # a send can consume the FD's edge: look once this loop turn
