@@ -1,15 +1,41 @@
-"""What every benchmark script prints: the machine, and a table of targets with PASS/FAIL."""
+"""What the benchmark scripts share: the targets (from targets.toml), the machine, the table."""
 
 from __future__ import annotations
 
 import os
 import platform
+import tomllib
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import descartes_fast
 
-#: one target line: case, measured, reference value, what the reference is, ratio, target, met?
-Row = tuple[str, float, float, str, float, str, bool]
+TARGETS: dict[str, dict[str, dict[str, Any]]] = tomllib.loads(
+    (Path(__file__).resolve().parent / "targets.toml").read_text())
+
+
+@dataclass
+class Row:
+    """One measured target."""
+
+    id: str                # "<group>.<name>" in targets.toml
+    case: str              # what was measured, with its unit
+    measured: float
+    reference: float
+    reference_is: str
+    ratio: float           # measured / reference
+    target: str = ""       # filled from targets.toml, e.g. ">= 1.5"
+    ok: bool = False
+
+    def __post_init__(self) -> None:
+        group, name = self.id.split(".", 1)
+        spec = TARGETS[group][name]
+        self.target = f"{spec['op']} {spec['ratio']}"
+        self.ok = self.ratio >= spec["ratio"] if spec["op"] == ">=" else self.ratio <= spec["ratio"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def machine() -> str:
@@ -23,8 +49,8 @@ def machine() -> str:
 def print_targets(rows: list[Row], measured: str = "measured") -> None:
     """A Markdown table: case, measured, reference, what the reference is, ratio, target, result."""
     header = ["case", measured, "reference", "reference is", "ratio", "target", "result"]
-    body = [[case, f"{value:,.1f}", f"{ref:,.1f}", ref_name, f"{ratio:.2f}", target, "PASS" if ok else "FAIL"]
-            for case, value, ref, ref_name, ratio, target, ok in rows]
+    body = [[r.case, f"{r.measured:,.1f}", f"{r.reference:,.1f}", r.reference_is, f"{r.ratio:.2f}", r.target,
+             "PASS" if r.ok else "FAIL"] for r in rows]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     right = {1, 2, 4}
     for i, r in enumerate([header, *body]):

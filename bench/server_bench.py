@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from descartes_fast import codec  # noqa: E402
 from descartes_fast.schema import (  # noqa: E402
     AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest)
-from report import machine, print_targets  # noqa: E402
+from report import Row, machine, print_targets  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -236,18 +236,18 @@ def main() -> int:
                 lat_ours += latencies(ours.endpoint, request, n_lat)
                 lat_echo += latencies(echo.endpoint, request, n_lat)
             t_ours, t_ref = statistics.median(thr_ours), statistics.median(thr_ref)
-            rows.append(("get_status throughput, 64 in flight (req/s)", t_ours, t_ref, "pyzmq+msgspec sync server",
-                         t_ours / t_ref, ">= 1.5", t_ours / t_ref >= 1.5))
+            rows.append(Row("server.throughput", "get_status throughput, 64 in flight (req/s)", t_ours, t_ref,
+                            "pyzmq+msgspec sync server", t_ours / t_ref))
             p50, p50_echo = pct(lat_ours, 50), pct(lat_echo, 50)
-            rows.append(("get_status round trip p50 (µs)", p50, p50_echo, "pyzmq sync echo",
-                         p50 / p50_echo, "<= 1.3", p50 / p50_echo <= 1.3))
+            rows.append(Row("server.p50", "get_status round trip p50 (µs)", p50, p50_echo, "pyzmq sync echo",
+                            p50 / p50_echo))
             results["latency_us"] = {"ours": {q: pct(lat_ours, q) for q in (50, 99, 99.9)},
                                      "echo": {q: pct(lat_echo, q) for q in (50, 99, 99.9)}}
             results["throughput"] = {"ours": thr_ours, "reference": thr_ref}
 
             rate, failed = spawn_rate(ours, n_spawn, 64)
-            rows.append(("spawn rate, /bin/true (spawns/s)", rate, 1000.0, "target", rate / 1000,
-                         ">= 1.0", rate >= 1000 and failed == 0))
+            rows.append(Row("server.spawn_rate", "spawn rate, /bin/true (spawns/s)", rate, 1000.0, "the floor",
+                            rate / 1000 if failed == 0 else 0.0))
             results["spawn"] = {"rate": rate, "failed": failed}
         finally:
             ours.close()
@@ -263,8 +263,9 @@ def main() -> int:
             health = live.call(HealthCheckRequest("h"))
             after = live.rss_kib()
             per_agent = (after - before) / 1000
-            rows.append(("1,000 live agents: server KiB per agent", per_agent, float(health.active_agents),
-                         "agents active", 1.0, "no errors", errors == 0 and health.active_agents == 1000))
+            rows.append(Row("server.live_agents", f"1,000 live agents, {per_agent:.1f} KiB each (active)",
+                            float(health.active_agents), 1000.0, "agents spawned",
+                            health.active_agents / 1000 if errors == 0 else 0.0))
             results["live_agents"] = {"errors": errors, "active": health.active_agents,
                                       "rss_before_kib": before, "rss_after_kib": after}
         finally:
@@ -282,7 +283,8 @@ def main() -> int:
     print(f"1,000 live agents: RSS {la['rss_before_kib']:,} -> {la['rss_after_kib']:,} KiB; "
           f"shutdown took {la['shutdown_s']:.1f} s, exit status {la['exit_status']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, **results}, indent=1, default=str))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "rows": [r.as_dict() for r in rows],
+                                               **results}, indent=1, default=str))
     return 0
 
 

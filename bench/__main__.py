@@ -1,0 +1,96 @@
+"""Run every target benchmark and report them together: ``python -m bench`` (from the repository root).
+
+    python -m bench [--quick] [--json OUT] [--compare OLD.json]
+
+It runs ``codec_ratios.py``, ``server_bench.py`` and ``client_bench.py`` (each in its own
+process, one after the other), checks each measured ratio against ``bench/targets.toml``,
+prints one table of measured value, reference, ratio, target and PASS/FAIL, and writes
+everything as JSON (default ``bench-results.json``). ``--compare OLD.json`` shows, for every
+target, how the ratio moved since that earlier run and marks what got slower. About two
+minutes by default, under one minute with ``--quick``. Exit status 1 if a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report import TARGETS, Row, machine, print_targets  # noqa: E402
+
+#: script -> extra arguments for --quick
+SCRIPTS = {"codec_ratios.py": ["--rounds", "5"], "server_bench.py": ["--quick"], "client_bench.py": ["--quick"]}
+#: a ratio this much worse than in the compared run counts as a regression
+REGRESSION = 0.05
+
+
+def run_all(quick: bool) -> tuple[list[Row], float]:
+    rows: list[Row] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for script, quick_args in SCRIPTS.items():
+            out = Path(tmp) / (script + ".json")
+            print(f"running {script}{' --quick' if quick else ''} ...", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, str(HERE / script), "--json", str(out),
+                                   *(quick_args if quick else [])], stdout=subprocess.DEVNULL)
+            if proc.returncode != 0 or not out.exists():
+                raise SystemExit(f"bench: {script} failed (exit status {proc.returncode})")
+            for data in json.loads(out.read_text())["rows"]:
+                rows.append(Row(data["id"], data["case"], data["measured"], data["reference"],
+                                data["reference_is"], data["ratio"]))
+    return rows, time.perf_counter() - started
+
+
+def _better(target_id: str, new: float, old: float) -> float:
+    """How much better the new ratio is (negative: worse), relative to the old one."""
+    group, name = target_id.split(".", 1)
+    change = (new - old) / old if old else 0.0
+    return change if TARGETS[group][name]["op"] == ">=" else -change
+
+
+def compare(rows: list[Row], old_path: str) -> None:
+    old = {r["id"]: r for r in json.loads(Path(old_path).read_text())["rows"]}
+    print(f"\ncompared with {old_path}:")
+    for row in rows:
+        before = old.get(row.id)
+        if before is None:
+            print(f"  {row.id:<22} new target")
+            continue
+        delta = _better(row.id, row.ratio, before["ratio"])
+        mark = "SLOWER" if delta < -REGRESSION else ("faster" if delta > REGRESSION else "same")
+        print(f"  {row.id:<22} ratio {before['ratio']:.2f} -> {row.ratio:.2f}  ({delta:+.0%}, {mark})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute)")
+    parser.add_argument("--json", default="bench-results.json", metavar="OUT",
+                        help="where to write the results (default: bench-results.json)")
+    parser.add_argument("--compare", metavar="OLD.json", help="show what changed since this earlier run")
+    args = parser.parse_args()
+    rows, wall = run_all(args.quick)
+    print(machine())
+    print(f"{len(rows)} targets from bench/targets.toml, measured in {wall:.0f} s"
+          f"{' (quick)' if args.quick else ''}; every reference measured in the same run\n")
+    print_targets(rows)
+    Path(args.json).write_text(json.dumps({"machine": machine(), "quick": args.quick, "wall_s": wall,
+                                           "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
+    print(f"\nwritten: {args.json}")
+    if args.compare:
+        compare(rows, args.compare)
+    missing = {f"{g}.{n}" for g, names in TARGETS.items() for n in names} - {r.id for r in rows}
+    if missing:
+        print(f"not measured: {', '.join(sorted(missing))}")
+    return 0 if all(r.ok for r in rows) and not missing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
