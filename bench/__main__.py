@@ -1,6 +1,6 @@
 """Run every target benchmark and report them together: ``python -m bench`` (from the repository root).
 
-    python -m bench [--quick] [--json OUT] [--compare OLD.json]
+    python -m bench [--quick] [--json OUT] [--compare OLD.json] [--plot OUT.png]
 
 It runs ``codec_ratios.py``, ``server_bench.py`` and ``client_bench.py`` (each in its own
 process, one after the other), checks each measured ratio against ``bench/targets.toml``,
@@ -31,8 +31,9 @@ SCRIPTS = {"codec_ratios.py": ["--rounds", "5"], "server_bench.py": ["--quick"],
 REGRESSION = 0.05
 
 
-def run_all(quick: bool) -> tuple[list[Row], float]:
+def run_all(quick: bool) -> tuple[list[Row], dict, float]:
     rows: list[Row] = []
+    details: dict = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for script, quick_args in SCRIPTS.items():
@@ -42,10 +43,50 @@ def run_all(quick: bool) -> tuple[list[Row], float]:
                                    *(quick_args if quick else [])], stdout=subprocess.DEVNULL)
             if proc.returncode != 0 or not out.exists():
                 raise SystemExit(f"bench: {script} failed (exit status {proc.returncode})")
-            for data in json.loads(out.read_text())["rows"]:
+            details[script] = json.loads(out.read_text())
+            for data in details[script]["rows"]:
                 rows.append(Row(data["id"], data["case"], data["measured"], data["reference"],
                                 data["reference_is"], data["ratio"]))
-    return rows, time.perf_counter() - started
+    return rows, details, time.perf_counter() - started
+
+
+def plot(results: dict, path: str) -> None:
+    """Throughput and latency against the references, from a results JSON, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    server = results["details"]["server_bench.py"]
+    client = results["details"]["client_bench.py"]
+    fig, (thr, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels, ours, refs = [], [], []
+    for s in server["sweep"]:
+        labels.append(f"server\n{s['transport']} x{s['in_flight']}")
+        ours.append(s["ours"])
+        refs.append(s["reference"])
+    labels.append("client\ntcp x64")
+    ours.append(client["throughput"]["ours"][len(client["throughput"]["ours"]) // 2])
+    refs.append(client["throughput"]["zmq.asyncio"][len(client["throughput"]["zmq.asyncio"]) // 2])
+    x = range(len(labels))
+    thr.bar([i - 0.2 for i in x], ours, 0.4, label="descartes_fast")
+    thr.bar([i + 0.2 for i in x], refs, 0.4, label="reference: sync pyzmq+msgspec server / zmq.asyncio client")
+    thr.set_xticks(list(x), labels, fontsize=8)
+    thr.set_ylabel("requests per second (get_status)")
+    thr.set_title("Throughput by requests in flight")
+    thr.legend(fontsize=7)
+    quantiles = ["50", "99", "99.9"]
+    lat_ours = [server["latency_us"]["ours"][q] for q in quantiles]
+    lat_echo = [server["latency_us"]["echo"][q] for q in quantiles]
+    x = range(len(quantiles))
+    lat.bar([i - 0.2 for i in x], lat_ours, 0.4, label="descartes_fast server (get_status)")
+    lat.bar([i + 0.2 for i in x], lat_echo, 0.4, label="reference: sync pyzmq echo")
+    lat.set_xticks(list(x), [f"p{q}" for q in quantiles])
+    lat.set_ylabel("round trip, µs (one request in flight, tcp)")
+    lat.set_title("Latency")
+    lat.legend(fontsize=7)
+    fig.suptitle(results["machine"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def _better(target_id: str, new: float, old: float) -> float:
@@ -75,15 +116,20 @@ def main() -> int:
     parser.add_argument("--json", default="bench-results.json", metavar="OUT",
                         help="where to write the results (default: bench-results.json)")
     parser.add_argument("--compare", metavar="OLD.json", help="show what changed since this earlier run")
+    parser.add_argument("--plot", metavar="OUT.png", help="also draw throughput and latency against the references")
     args = parser.parse_args()
-    rows, wall = run_all(args.quick)
+    rows, details, wall = run_all(args.quick)
     print(machine())
     print(f"{len(rows)} targets from bench/targets.toml, measured in {wall:.0f} s"
           f"{' (quick)' if args.quick else ''}; every reference measured in the same run\n")
     print_targets(rows)
-    Path(args.json).write_text(json.dumps({"machine": machine(), "quick": args.quick, "wall_s": wall,
-                                           "rows": [r.as_dict() for r in rows]}, indent=1) + "\n")
+    results = {"machine": machine(), "quick": args.quick, "wall_s": wall, "rows": [r.as_dict() for r in rows],
+               "details": details}
+    Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"\nwritten: {args.json}")
+    if args.plot:
+        plot(json.loads(Path(args.json).read_text()), args.plot)
+        print(f"plotted: {args.plot}")
     if args.compare:
         compare(rows, args.compare)
     missing = {f"{g}.{n}" for g, names in TARGETS.items() for n in names} - {r.id for r in rows}

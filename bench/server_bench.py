@@ -143,11 +143,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 class OurServer:
-    def __init__(self, tmp: Path, **flags: str) -> None:
+    def __init__(self, tmp: Path, endpoint: str | None = None, **flags: str) -> None:
         config = tmp / "bench.toml"
         config.write_text('[backends.true]\ncommand = ["/bin/true"]\nstdin = "null"\n'
                           '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n')
-        self.endpoint = f"tcp://127.0.0.1:{_port()}"
+        self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
         args = [sys.executable, "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", "none",
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1"]
         for k, v in flags.items():
@@ -176,16 +176,34 @@ class OurServer:
         return code
 
 
-def _child(role: str) -> subprocess.Popen:
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+def _child(role: str, endpoint: str | None = None) -> subprocess.Popen:
+    """A reference server in its own process, given time to bind."""
+    endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
     proc = subprocess.Popen([sys.executable, str(HERE), "--role", role, endpoint])
-    probe = zmq.Context.instance().socket(zmq.DEALER)
-    probe.setsockopt(zmq.LINGER, 0)
-    probe.connect(endpoint)
     proc.endpoint = endpoint  # type: ignore[attr-defined]
-    probe.close()
     time.sleep(0.5)
     return proc
+
+
+def sweep(tmp: Path, n: int) -> list[dict]:
+    """Throughput of ours and of the reference server at 1, 4 and 64 in flight, over TCP and IPC."""
+    out = []
+    for transport in ("tcp", "ipc"):
+        ours = OurServer(tmp, f"ipc://{tmp}/ours" if transport == "ipc" else None)
+        ref = _child("ref", f"ipc://{tmp}/ref" if transport == "ipc" else None)
+        try:
+            agent = ours.call(SpawnRequest("a", AgentConfig(model_backend="sleep"))).agent_info.id
+            request = codec.encode(ControlCommand("req-0001", agent, ControlCommandType.GET_STATUS))
+            for window in (1, 4, 64):
+                count = n // 8 if window == 1 else n // 2
+                out.append({"transport": transport, "in_flight": window,
+                            "ours": throughput(ours.endpoint, request, count, window),
+                            "reference": throughput(ref.endpoint, request, count, window)})
+        finally:
+            ours.close()
+            ref.kill()
+            ref.wait()
+    return out
 
 
 def spawn_rate(server: OurServer, total: int, window: int) -> tuple[float, int]:
@@ -255,6 +273,7 @@ def main() -> int:
                 child.kill()
                 child.wait()
 
+        results["sweep"] = sweep(Path(tmp), n_thr)
         live = OurServer(Path(tmp))
         try:
             before = live.rss_kib()
@@ -279,6 +298,8 @@ def main() -> int:
     lat = results["latency_us"]
     print(f"latency µs (ours / echo): p50 {lat['ours'][50]:.1f} / {lat['echo'][50]:.1f}, "
           f"p99 {lat['ours'][99]:.1f} / {lat['echo'][99]:.1f}, p99.9 {lat['ours'][99.9]:.1f} / {lat['echo'][99.9]:.1f}")
+    print("throughput by depth and transport (req/s, ours / pyzmq+msgspec reference): " + "; ".join(
+        f"{s['transport']} {s['in_flight']}: {s['ours']:,.0f} / {s['reference']:,.0f}" for s in results["sweep"]))
     la = results["live_agents"]
     print(f"1,000 live agents: RSS {la['rss_before_kib']:,} -> {la['rss_after_kib']:,} KiB; "
           f"shutdown took {la['shutdown_s']:.1f} s, exit status {la['exit_status']}")
