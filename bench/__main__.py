@@ -2,8 +2,8 @@
 
     python -m bench [--quick] [--json OUT] [--compare OLD.json] [--plot OUT.png]
 
-It runs ``codec_ratios.py``, ``server_bench.py`` and ``client_bench.py`` (each in its own
-process, one after the other), checks each measured ratio against ``bench/targets.toml``,
+It runs ``codec_ratios.py``, ``server_bench.py``, ``client_bench.py`` and ``pubsub_bench.py``
+(each in its own process, one after the other), checks each measured ratio against ``bench/targets.toml``,
 prints one table of measured value, reference, ratio, target and PASS/FAIL, and writes
 everything as JSON (default ``bench-results.json``). ``--compare OLD.json`` shows, for every
 target, how the ratio moved since that earlier run and marks what got slower. About two
@@ -26,7 +26,8 @@ sys.path.insert(0, str(HERE))
 from report import TARGETS, Row, machine, print_targets  # noqa: E402
 
 #: script -> extra arguments for --quick
-SCRIPTS = {"codec_ratios.py": ["--rounds", "5"], "server_bench.py": ["--quick"], "client_bench.py": ["--quick"]}
+SCRIPTS = {"codec_ratios.py": ["--rounds", "5"], "server_bench.py": ["--quick"], "client_bench.py": ["--quick"],
+           "pubsub_bench.py": ["--quick"]}
 #: a ratio this much worse than in the compared run counts as a regression
 REGRESSION = 0.05
 
@@ -126,6 +127,10 @@ def main() -> int:
     results = {"machine": machine(), "quick": args.quick, "wall_s": wall, "rows": [r.as_dict() for r in rows],
                "details": details}
     Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    for r in details["pubsub_bench.py"]["fanout"]:
+        o, ref = r["ours"], r["reference"]
+        print(f"PUB fan-out to {r['subscribers']} subscriber(s): {o['mb_per_s']:,.1f} MB/s ({o['msgs_per_s']:,.0f} msg/s, "
+              f"gaps {o['gaps']}) vs plain pyzmq publisher {ref['mb_per_s']:,.1f} MB/s (information, no target)")
     print(f"\nwritten: {args.json}")
     if args.plot:
         plot(json.loads(Path(args.json).read_text()), args.plot)

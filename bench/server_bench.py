@@ -143,12 +143,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 class OurServer:
-    def __init__(self, tmp: Path, endpoint: str | None = None, **flags: str) -> None:
+    def __init__(self, tmp: Path, endpoint: str | None = None, pub: str = "none", **flags: str) -> None:
         config = tmp / "bench.toml"
         config.write_text('[backends.true]\ncommand = ["/bin/true"]\nstdin = "null"\n'
-                          '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n')
+                          '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n'
+                          f'[backends.python]\ncommand = ["{sys.executable}", "-c", "{{task}}"]\nstdin = "null"\n')
         self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
-        args = [sys.executable, "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", "none",
+        args = [sys.executable, "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1"]
         for k, v in flags.items():
             args += ["--" + k.replace("_", "-"), v]
