@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import socket
 import statistics
@@ -186,6 +187,23 @@ def _child(role: str, endpoint: str | None = None) -> subprocess.Popen:
     return proc
 
 
+def c_echo(tmp: Path) -> tuple[subprocess.Popen | None, str]:
+    """Build and start bench/c/zmq_echo.c; (None, why) when it cannot be built here."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler"
+    binary = tmp / "zmq_echo"
+    build = subprocess.run([compiler, "-O2", "-o", str(binary), str(HERE.parent / "c" / "zmq_echo.c"), "-lzmq"],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        return None, "cannot build bench/c/zmq_echo.c (needs zmq.h and libzmq: apt-get install libzmq3-dev)"
+    endpoint = f"tcp://127.0.0.1:{_port()}"
+    proc = subprocess.Popen([str(binary), endpoint])
+    proc.endpoint = endpoint  # type: ignore[attr-defined]
+    time.sleep(0.3)
+    return proc, "built with " + compiler
+
+
 def sweep(tmp: Path, n: int) -> list[dict]:
     """Throughput of ours and of the reference server at 1, 4 and 64 in flight, over TCP and IPC."""
     out = []
@@ -275,6 +293,15 @@ def main() -> int:
                 child.wait()
 
         results["sweep"] = sweep(Path(tmp), n_thr)
+        echo_c, how = c_echo(Path(tmp))
+        results["c_echo"] = {"status": how}
+        if echo_c is not None:
+            try:
+                results["c_echo"].update(throughput_64=throughput(echo_c.endpoint, request, n_thr, 64),
+                                         p50_us=pct(latencies(echo_c.endpoint, request, n_lat), 50))
+            finally:
+                echo_c.kill()
+                echo_c.wait()
         live = OurServer(Path(tmp))
         try:
             before = live.rss_kib()
@@ -301,6 +328,12 @@ def main() -> int:
           f"p99 {lat['ours'][99]:.1f} / {lat['echo'][99]:.1f}, p99.9 {lat['ours'][99.9]:.1f} / {lat['echo'][99.9]:.1f}")
     print("throughput by depth and transport (req/s, ours / pyzmq+msgspec reference): " + "; ".join(
         f"{s['transport']} {s['in_flight']}: {s['ours']:,.0f} / {s['reference']:,.0f}" for s in results["sweep"]))
+    ce = results["c_echo"]
+    if "throughput_64" in ce:
+        print(f"C libzmq echo (no work, {ce['status']}): {ce['throughput_64']:,.0f} req/s with 64 in flight, "
+              f"p50 {ce['p50_us']:.1f} µs: the physical limit of this client and machine")
+    else:
+        print(f"C libzmq echo: not measured ({ce['status']})")
     la = results["live_agents"]
     print(f"1,000 live agents: RSS {la['rss_before_kib']:,} -> {la['rss_after_kib']:,} KiB; "
           f"shutdown took {la['shutdown_s']:.1f} s, exit status {la['exit_status']}")

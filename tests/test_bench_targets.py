@@ -44,3 +44,12 @@ def test_regressions_are_judged_in_the_target_direction() -> None:
     assert runner._better("server.throughput", 1.4, 2.0) < -runner.REGRESSION    # higher is better: slower
     assert runner._better("client.p50", 1.2, 1.0) < -runner.REGRESSION           # lower is better: slower
     assert runner._better("client.p50", 0.9, 1.0) > runner.REGRESSION
+
+
+def test_c_echo_says_why_it_was_not_built(tmp_path, monkeypatch) -> None:
+    server_bench = _load("server_bench")
+    monkeypatch.setattr(server_bench.shutil, "which", lambda name: None)
+    assert server_bench.c_echo(tmp_path) == (None, "no C compiler")
+    monkeypatch.setattr(server_bench.shutil, "which", lambda name: "/bin/false")  # a "compiler" that fails
+    proc, why = server_bench.c_echo(tmp_path)
+    assert proc is None and "apt-get install libzmq3-dev" in why
