@@ -61,7 +61,7 @@ def plot(results: dict, path: str) -> None:
     client = results["details"]["client_bench.py"]
     fig, (thr, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels, ours, refs = [], [], []
-    for s in server["sweep"]:
+    for s in (s for s in server["sweep"] if "in_flight" in s):
         labels.append(f"server\n{s['transport']} x{s['in_flight']}")
         ours.append(s["ours"])
         refs.append(s["reference"])

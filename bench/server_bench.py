@@ -218,6 +218,10 @@ def sweep(tmp: Path, n: int) -> list[dict]:
                 out.append({"transport": transport, "in_flight": window,
                             "ours": throughput(ours.endpoint, request, count, window),
                             "reference": throughput(ref.endpoint, request, count, window)})
+            lat_ours, lat_ref = latencies(ours.endpoint, request, n // 10), latencies(ref.endpoint, request, n // 10)
+            out.append({"transport": transport, "latency_us": {
+                "ours": {q: pct(lat_ours, q) for q in (50, 99, 99.9)},
+                "reference": {q: pct(lat_ref, q) for q in (50, 99, 99.9)}}})
         finally:
             ours.close()
             ref.kill()
@@ -327,7 +331,12 @@ def main() -> int:
     print(f"latency µs (ours / echo): p50 {lat['ours'][50]:.1f} / {lat['echo'][50]:.1f}, "
           f"p99 {lat['ours'][99]:.1f} / {lat['echo'][99]:.1f}, p99.9 {lat['ours'][99.9]:.1f} / {lat['echo'][99.9]:.1f}")
     print("throughput by depth and transport (req/s, ours / pyzmq+msgspec reference): " + "; ".join(
-        f"{s['transport']} {s['in_flight']}: {s['ours']:,.0f} / {s['reference']:,.0f}" for s in results["sweep"]))
+        f"{s['transport']} {s['in_flight']}: {s['ours']:,.0f} / {s['reference']:,.0f}"
+        for s in results["sweep"] if "in_flight" in s))
+    print("latency by transport (µs p50/p99/p99.9, ours; pyzmq+msgspec reference): " + "; ".join(
+        f"{s['transport']} " + "/".join(f"{s['latency_us']['ours'][q]:.0f}" for q in (50, 99, 99.9)) + "; "
+        + "/".join(f"{s['latency_us']['reference'][q]:.0f}" for q in (50, 99, 99.9))
+        for s in results["sweep"] if "latency_us" in s))
     ce = results["c_echo"]
     if "throughput_64" in ce:
         print(f"C libzmq echo (no work, {ce['status']}): {ce['throughput_64']:,.0f} req/s with 64 in flight, "
