@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import zmq
@@ -72,6 +73,40 @@ def reference_server(endpoint: str) -> None:
         reply = Response(cmd.request_id, cmd.agent_id, True, "running", {"status": "Running"}, None)
         frames[-1] = encoder.encode(reply)
         sock.send_multipart(frames)
+
+
+def asyncio_server(endpoint: str) -> None:
+    """The same work as reference_server, written the usual async way: zmq.asyncio on uvloop."""
+    import msgspec
+    import uvloop
+    import zmq.asyncio
+
+    class Command(msgspec.Struct, array_like=True, tag="control_command", tag_field="type"):
+        request_id: str
+        agent_id: bytes
+        command_type: str
+        payload: dict | None = None
+
+    class Response(msgspec.Struct, array_like=True, tag="command_response", tag_field="type"):
+        request_id: str
+        agent_id: bytes
+        success: bool
+        status: str | None
+        data: dict | None
+        error: str | None
+
+    async def serve() -> None:
+        decoder, encoder = msgspec.msgpack.Decoder(Command), msgspec.msgpack.Encoder()
+        sock = zmq.asyncio.Context().socket(zmq.ROUTER)
+        sock.bind(endpoint)
+        while True:
+            frames = await sock.recv_multipart()
+            cmd = decoder.decode(frames[-1])
+            frames[-1] = encoder.encode(Response(cmd.request_id, cmd.agent_id, True, "running",
+                                                 {"status": "Running"}, None))
+            await sock.send_multipart(frames)
+
+    uvloop.run(serve())
 
 
 def echo_server(endpoint: str) -> None:
@@ -258,7 +293,7 @@ def main() -> int:
     parser.add_argument("--role", nargs=2, metavar=("ROLE", "ENDPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        {"ref": reference_server, "echo": echo_server}[args.role[0]](args.role[1])
+        {"ref": reference_server, "aio": asyncio_server, "echo": echo_server}[args.role[0]](args.role[1])
         return 0
 
     n_thr, n_lat, n_spawn, reps = (20_000, 3_000, 500, 1) if args.quick else (100_000, 20_000, 2_000, 3)
@@ -296,6 +331,15 @@ def main() -> int:
                 child.kill()
                 child.wait()
 
+        aio = _child("aio")
+        try:
+            agent_id = uuid.UUID(int=1)  # the reference servers answer any agent
+            req = codec.encode(ControlCommand("req-0001", agent_id, ControlCommandType.GET_STATUS))
+            results["asyncio_server"] = {"throughput_64": throughput(aio.endpoint, req, n_thr // 2, 64),
+                                         "p50_us": pct(latencies(aio.endpoint, req, n_lat), 50)}
+        finally:
+            aio.kill()
+            aio.wait()
         results["sweep"] = sweep(Path(tmp), n_thr)
         echo_c, how = c_echo(Path(tmp))
         results["c_echo"] = {"status": how}
@@ -337,6 +381,9 @@ def main() -> int:
         f"{s['transport']} " + "/".join(f"{s['latency_us']['ours'][q]:.0f}" for q in (50, 99, 99.9)) + "; "
         + "/".join(f"{s['latency_us']['reference'][q]:.0f}" for q in (50, 99, 99.9))
         for s in results["sweep"] if "latency_us" in s))
+    aio = results["asyncio_server"]
+    print(f"zmq.asyncio + uvloop reference server (same work as the sync one): {aio['throughput_64']:,.0f} req/s "
+          f"with 64 in flight, p50 {aio['p50_us']:.1f} µs")
     ce = results["c_echo"]
     if "throughput_64" in ce:
         print(f"C libzmq echo (no work, {ce['status']}): {ce['throughput_64']:,.0f} req/s with 64 in flight, "
