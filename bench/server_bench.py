@@ -45,8 +45,11 @@ HERE = Path(__file__).resolve()
 
 # -- reference servers (run as child processes of this script) -----------------------------
 
-def reference_server(endpoint: str) -> None:
-    """Plain synchronous pyzmq + msgspec: decode get_status, build and encode the reply."""
+def _reference_codec():
+    """The reference servers' work: msgspec Structs for the request and the reply.
+
+    Returns ``handle(payload) -> reply bytes``: decode get_status, build the reply, encode it.
+    """
     import msgspec
 
     class Command(msgspec.Struct, array_like=True, tag="control_command", tag_field="type"):
@@ -63,47 +66,38 @@ def reference_server(endpoint: str) -> None:
         data: dict | None
         error: str | None
 
-    decoder = msgspec.msgpack.Decoder(Command)
-    encoder = msgspec.msgpack.Encoder()
+    decode, encode = msgspec.msgpack.Decoder(Command).decode, msgspec.msgpack.Encoder().encode
+
+    def handle(payload: bytes) -> bytes:
+        cmd = decode(payload)
+        return encode(Response(cmd.request_id, cmd.agent_id, True, "running", {"status": "Running"}, None))
+    return handle
+
+
+def reference_server(endpoint: str) -> None:
+    """Plain synchronous pyzmq + msgspec: decode get_status, build and encode the reply."""
+    handle = _reference_codec()
     sock = zmq.Context().socket(zmq.ROUTER)
     sock.bind(endpoint)
     while True:
         frames = sock.recv_multipart()
-        cmd = decoder.decode(frames[-1])
-        reply = Response(cmd.request_id, cmd.agent_id, True, "running", {"status": "Running"}, None)
-        frames[-1] = encoder.encode(reply)
+        frames[-1] = handle(frames[-1])
         sock.send_multipart(frames)
 
 
 def asyncio_server(endpoint: str) -> None:
     """The same work as reference_server, written the usual async way: zmq.asyncio on uvloop."""
-    import msgspec
     import uvloop
     import zmq.asyncio
 
-    class Command(msgspec.Struct, array_like=True, tag="control_command", tag_field="type"):
-        request_id: str
-        agent_id: bytes
-        command_type: str
-        payload: dict | None = None
-
-    class Response(msgspec.Struct, array_like=True, tag="command_response", tag_field="type"):
-        request_id: str
-        agent_id: bytes
-        success: bool
-        status: str | None
-        data: dict | None
-        error: str | None
+    handle = _reference_codec()
 
     async def serve() -> None:
-        decoder, encoder = msgspec.msgpack.Decoder(Command), msgspec.msgpack.Encoder()
         sock = zmq.asyncio.Context().socket(zmq.ROUTER)
         sock.bind(endpoint)
         while True:
             frames = await sock.recv_multipart()
-            cmd = decoder.decode(frames[-1])
-            frames[-1] = encoder.encode(Response(cmd.request_id, cmd.agent_id, True, "running",
-                                                 {"status": "Running"}, None))
+            frames[-1] = handle(frames[-1])
             await sock.send_multipart(frames)
 
     uvloop.run(serve())
