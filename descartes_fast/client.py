@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import inspect
 import threading
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -155,11 +156,8 @@ class AsyncClient:
     """An asyncio client; see the module docstring. Use ``async with AsyncClient(config):``."""
 
     def __init__(self, config: ZmqRunnerConfig | None = None, **overrides: Any) -> None:
-        self.config = config or ZmqRunnerConfig()
-        for key, value in overrides.items():
-            if key not in {f.name for f in fields(ZmqRunnerConfig)}:
-                raise TypeError(f"unknown setting {key!r}")
-            setattr(self.config, key, value)
+        # a copy: the caller's config is not changed (and unknown names raise TypeError)
+        self.config = dataclasses.replace(config or ZmqRunnerConfig(), **overrides)
         self._ctx = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._io: Any = None  # the Requester twin on _sock

@@ -263,3 +263,11 @@ def test_client_has_every_async_method_with_its_signature() -> None:
     for name in names:
         assert name in vars(Client), name
         assert inspect.signature(getattr(Client, name)) == inspect.signature(getattr(AsyncClient, name)), name
+
+
+def test_overrides_do_not_change_the_callers_config() -> None:
+    config = ZmqRunnerConfig(endpoint="tcp://127.0.0.1:1")
+    client = AsyncClient(config, request_timeout_secs=2)
+    assert client.config.request_timeout_secs == 2 and config.request_timeout_secs == 30
+    with pytest.raises(TypeError):
+        AsyncClient(config, no_such_setting=1)
