@@ -96,6 +96,13 @@ _path = _find_libzmq()
 LIBZMQ_DIRECT = _path is not None and df_resolve(_path.encode()) == 0
 
 
+cdef void* _handle_of(sock, direct) except? NULL:
+    """The socket's libzmq handle when libzmq is called directly (*direct*: None = when available)."""
+    if LIBZMQ_DIRECT and direct is not False:
+        return <void*><size_t>sock.underlying
+    return NULL
+
+
 cdef class Dispatcher:
     """Drain a ROUTER socket and route each request to ``handlers[type(message)]``."""
 
@@ -115,8 +122,7 @@ cdef class Dispatcher:
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
-        use = LIBZMQ_DIRECT if direct is None else (direct and LIBZMQ_DIRECT)
-        self._handle = <void*><size_t>sock.underlying if use else NULL
+        self._handle = _handle_of(sock, direct)
 
     @property
     def direct(self):
@@ -276,8 +282,7 @@ cdef class Requester:
         self.sock = sock
         self.on_reply = on_reply
         self.bad_replies = 0
-        use = LIBZMQ_DIRECT if direct is None else (direct and LIBZMQ_DIRECT)
-        self._handle = <void*><size_t>sock.underlying if use else NULL
+        self._handle = _handle_of(sock, direct)
 
     @property
     def direct(self):

@@ -119,7 +119,7 @@ class Controller:
             raise SupervisorError("Agent execution error: CustomAction command requires payload with "
                                   "'action' field")
         action = args.get("action") if isinstance(args.get("action"), str) else "unknown"
-        return self.custom(agent.id, action, args.get("params"))
+        return self.custom(agent, action, args.get("params"))
 
     def _stream_logs(self, agent: Agent, args: dict, payload: Any) -> Any:
         if self.pub_endpoint is None:
@@ -128,16 +128,15 @@ class Controller:
         return {"enabled": True, "pub_endpoint": self.pub_endpoint, "topic": str(agent.id),
                 "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter"}
 
-    def custom(self, agent_id: uuid.UUID, action: str, params: Any) -> dict[str, Any]:
+    def custom(self, agent: Agent, action: str, params: Any) -> dict[str, Any]:
         """The built-in custom actions of the reference: echo, ping, get_env."""
-        agent = self.sup.get(agent_id)
         if action == "echo":
             return {"action": "echo", "result": params}
         if action == "ping":
-            return {"action": "ping", "agent_id": str(agent_id), "result": "pong"}
+            return {"action": "ping", "agent_id": str(agent.id), "result": "pong"}
         if action == "get_env":
             since = (time.time_ns() - agent.started_at) // 1_000_000_000
-            return {"action": "get_env", "result": {"agent_id": str(agent_id), "last_status_update_secs": since,
+            return {"action": "get_env", "result": {"agent_id": str(agent.id), "last_status_update_secs": since,
                                                     "name": agent.config.name,
                                                     "status": debug_status(agent.status),
                                                     "pid": agent.pid, "exit_code": agent.exit_code}}
