@@ -55,7 +55,10 @@ def test_every_method(server) -> None:
             await client.resume_agent(info.id)
             assert await client.pause_agent(info.id, force=True) == "forced"
             await client.resume_agent(info.id)
-            await asyncio.sleep(0.3)
+            for _ in range(200):  # cat echoes both lines back
+                if (await client.query_agent_output(info.id)).total_lines >= 2:
+                    break
+                await asyncio.sleep(0.05)
             assert await client.read_agent_stdout(info.id) == b"text\n"
             assert await client.read_agent_stdout(info.id) == b"\xff\xfe bytes\n"  # exact bytes come back
             assert await client.read_agent_stderr(info.id) is None

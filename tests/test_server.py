@@ -134,7 +134,7 @@ def test_every_request_type(server) -> None:
     assert replies[C.SIGNAL].data == {"signal_sent": "SIGSTOP"} and replies[C.SIGNAL].status == AgentStatus.PAUSED
     assert replies[C.CUSTOM_ACTION].data == {"action": "echo", "result": [1, "x"]}
     assert replies[C.STREAM_LOGS].data["topic"] == str(agent) and replies[C.STREAM_LOGS].data["enabled"]
-    time.sleep(0.3)
+    _until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines >= 1)
     read = server.control(agent, C.READ_STDOUT)
     assert read.data == {"bytes": 6, "data": "hello\n"}
     empty = server.control(agent, C.READ_STDERR)

@@ -287,10 +287,10 @@ def test_query_filter_offset_limit(run) -> None:
 def test_signals(run) -> None:
     async def main():
         sup, _ = supervisor()
-        agent = await sup.spawn(sh("trap 'echo got-int' INT; while true; do sleep 0.05; done"))
-        await asyncio.sleep(0.2)
+        agent = await sup.spawn(sh("trap 'echo got-int' INT; echo ready; while true; do sleep 0.05; done"))
+        await until(lambda: agent.stdout.total_lines >= 1)  # the trap is in place
         assert sup.signal(agent.id, "SIGINT") == "SIGINT"
-        await until(lambda: agent.stdout.total_lines >= 1)
+        await until(lambda: agent.stdout.total_lines >= 2)
         assert sup.signal(agent.id, "Force_Pause") == "Force_Pause"
         assert agent.pause_mode == PauseMode.FORCED
         sup.signal(agent.id, "cont")
