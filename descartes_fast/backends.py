@@ -5,7 +5,8 @@ Built in:
 * ``claude`` / ``claude-code-cli``: the reference's argument order, plus ``--verbose`` right
   after ``--output-format stream-json`` (today's CLI refuses stream-json without it);
 * ``opencode``, ``codex``, ``gemini``: today's headless modes;
-* ``<program>-cli`` (any other name containing ``cli``): ``<program> <task>``;
+* ``<program>-cli`` (any other name containing ``cli``): ``<program> <task>``, only where the
+  spawn policy allows it (``allow_program_cli``; off by default: it runs any program on PATH);
 * ``demo``: the demo agent shipped in this package (no LLM CLI needed).
 
 The LLM CLIs get ``stdin = "close"`` (they wait for EOF on a piped stdin) and no cooperative
@@ -20,6 +21,7 @@ define more backends, or override a built-in one, as TOML::
     stdin = "pipe"               # pipe (default) | close | null
     cooperative_pause = false    # true if the program honours the JSON pause/resume lines
     extra_args = true            # honour AGENT_EXTRA_ARGS from the request's environment
+                                 # (if the [policy] table's allow_extra_args is true too)
 
 Placeholders: ``{task}``, ``{model}``, ``{system_prompt}``, ``{context}``, ``{name}``.
 """
@@ -36,7 +38,15 @@ from typing import Any, Final, Literal
 
 from descartes_fast.schema import AgentConfig
 
-__all__ = ["Backend", "BackendError", "BackendRegistry", "StdinMode", "Launch", "TOOL_LEVELS"]
+__all__ = [
+    "TOOL_LEVELS",
+    "Backend",
+    "BackendError",
+    "BackendRegistry",
+    "Launch",
+    "ProgramCliDisabled",
+    "StdinMode",
+]
 
 StdinMode = Literal["pipe", "close", "null"]
 _STDIN_MODES: Final = ("pipe", "close", "null")
@@ -60,6 +70,10 @@ TOOL_LEVELS: Final = {
 
 class BackendError(ValueError):
     """A backend that does not exist, or a config file that does not make sense."""
+
+
+class ProgramCliDisabled(BackendError):
+    """A ``<program>-cli`` name that only the disabled fallback rule would run."""
 
 
 @dataclass(frozen=True)
@@ -166,12 +180,25 @@ class BackendRegistry:
     def names(self) -> list[str]:
         return sorted(self._backends)
 
-    def resolve(self, name: str) -> Backend:
-        """The backend for ``AgentConfig.model_backend`` (the reference's rules and error text)."""
+    def __contains__(self, name: object) -> bool:
+        return name in self._backends
+
+    def resolve(self, name: str, allow_program_cli: bool = False) -> Backend:
+        """The backend for ``AgentConfig.model_backend`` (the reference's rules and error text).
+
+        The reference's fallback (a name containing ``cli`` runs ``<program> <task>``) applies
+        only with *allow_program_cli*; otherwise such a name raises ProgramCliDisabled.
+        """
         if name in self._backends:
             return self._backends[name]
         if "cli" in name:
             program = name.split("-", 1)[0]
+            if not allow_program_cli:
+                raise ProgramCliDisabled(
+                    f"backend '{name}' is not configured, and running '<program>-cli' backends as "
+                    f"'<program> <task>' (here: '{program}') is disabled; the server's operator can "
+                    "enable it with allow_program_cli = true in the [policy] table, or define "
+                    f"[backends.{name}]")
             return Backend(name, (program, "{task}"), stdin="close", cooperative_pause=False)
         raise BackendError(f"Unsupported model backend for process spawning: {name}. Use API mode instead.")
 

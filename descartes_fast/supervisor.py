@@ -8,27 +8,63 @@ queryable until the retention limits evict them. What happens is reported to a
 
 Error texts follow the Rust reference (§4.4, §4.6) where it has one, so a Rust client sees
 the messages it knows.
+
+A :class:`~descartes_fast.policy.SpawnPolicy` decides what a spawn request may ask for (backends,
+environment, working directory, AGENT_EXTRA_ARGS) and the limits each agent runs under: CPU
+time and open files (``prlimit`` on the new process), the resident memory of its process group
+(a watchdog on the event loop) and wall-clock time (a loop timer). An agent ended by a limit
+ends ``failed``, with the limit named in its final status message.
+
+Processes that leave the agent's process group (``setsid``, ``setpgid``) escape the group
+signals and the memory watchdog; RLIMIT_CPU is per process (each child gets its own budget).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import os
 import re
+import resource
 import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
-from descartes_fast.backends import BackendError, BackendRegistry, Launch
+from descartes_fast.backends import (
+    BackendError,
+    BackendRegistry,
+    Launch,
+    ProgramCliDisabled,
+)
+from descartes_fast.policy import PolicyRefusal, SpawnPolicy
 from descartes_fast.schema import (
-    AgentConfig, AgentInfo, AgentStatus, LogStreamType, PauseMode, StatusUpdateType)
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    LogStreamType,
+    PauseMode,
+    StatusUpdateType,
+)
 
-__all__ = ["Supervisor", "Agent", "OutputBuffer", "Listener", "SupervisorError", "SpawnError",
-           "AgentLimitError", "AgentNotFoundError", "PAUSE_LINE", "RESUME_LINE", "SIGNALS"]
+__all__ = [
+    "PAUSE_LINE",
+    "RESUME_LINE",
+    "SIGNALS",
+    "Agent",
+    "AgentLimitError",
+    "AgentNotFoundError",
+    "ClientLimitError",
+    "Listener",
+    "OutputBuffer",
+    "SpawnError",
+    "SpawnPolicyError",
+    "Supervisor",
+    "SupervisorError",
+]
 
 #: the cooperative pause protocol: exact lines written to the agent's stdin (reference §4.6)
 PAUSE_LINE = b'{"type":"pause","action":"pause"}\n'
@@ -45,6 +81,10 @@ SIGNALS: dict[str, str] = {
 _READ_SIZE = 65536
 _ACTIVE = (AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNING, AgentStatus.THINKING,
            AgentStatus.PAUSED)
+_MEMORY_TICK: Final = 0.25     # seconds between scans of the memory watchdog
+_CPU_HARD_EXTRA: Final = 5     # RLIMIT_CPU hard limit = soft + this (SIGXCPU first, SIGKILL at hard)
+_MiB: Final = 1024 * 1024
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
 class SupervisorError(Exception):
@@ -57,6 +97,14 @@ class SpawnError(SupervisorError):
 
 class AgentLimitError(SpawnError):
     """``max_agents`` agents are active already (the reference replies without a prefix)."""
+
+
+class SpawnPolicyError(SpawnError):
+    """The spawn policy refuses the request; the text says what and why."""
+
+
+class ClientLimitError(AgentLimitError, SpawnPolicyError):
+    """The client has ``max_agents_per_client`` active agents already (no prefix, like AgentLimitError)."""
 
 
 class AgentNotFoundError(SupervisorError):
@@ -160,12 +208,18 @@ class Agent:
     reason: str | None = None
     stdout: OutputBuffer = field(default_factory=lambda: OutputBuffer(1))
     stderr: OutputBuffer = field(default_factory=lambda: OutputBuffer(1))
+    owner: str | None = None              # the client identity that spawned it (None: not counted)
+    cpu_secs: int | None = None           # the limits it runs under (None: none)
+    memory_mb: int | None = None
+    wall_secs: float | None = None
+    limit_hit: bool = False               # a limit ended it: ``failed`` with ``reason``, whatever the exit
     process: subprocess.Popen | None = field(default=None, repr=False)
     exited: asyncio.Future | None = field(default=None, repr=False)
     stdin_fd: int | None = field(default=None, repr=False)
     _pending_stdin: bytearray = field(default_factory=bytearray, repr=False)
     _unsent: dict = field(default_factory=dict, repr=False)  # stream -> partial line not yet published
     _close_stdin_when_flushed: bool = field(default=False, repr=False)
+    _wall_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def info(self) -> AgentInfo:
         return AgentInfo(self.id, self.config.name, self.status, self.config.model_backend,
@@ -180,6 +234,22 @@ class Agent:
         return self.stdout if stream == LogStreamType.STDOUT else self.stderr
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """Does nothing: stands in for SIG_IGN (see _give_agents_default_signals)."""
+
+
+def _give_agents_default_signals() -> None:
+    """A process started in the background ignores SIGINT and SIGQUIT, and exec keeps an ignored
+    signal ignored: its agents could not be interrupted. A handler that does nothing keeps this
+    process ignoring them, and exec resets a handled signal to the default for the agents."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            try:
+                signal.signal(sig, _ignore)
+            except ValueError:
+                pass  # not the main thread: agents inherit the ignore
+
+
 class Supervisor:
     """Spawns and controls agents; see the module docstring.
 
@@ -191,13 +261,15 @@ class Supervisor:
     output_limit : bytes kept per agent (half per stream); older lines are dropped
     retention : seconds a finished agent stays queryable
     max_retained : finished agents kept at most (the oldest go first)
+    policy : what requests may ask for and the per-agent limits (default: ``SpawnPolicy()``)
     """
 
     def __init__(self, backends: BackendRegistry | None = None, *, max_agents: int = 100,
                  stop_grace: float = 2.0, output_limit: int = 8 * 1024 * 1024,
                  retention: float = 3600.0, max_retained: int = 1000,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, policy: SpawnPolicy | None = None) -> None:
         self.backends = backends or BackendRegistry()
+        self.policy = policy or SpawnPolicy()
         self.max_agents = max_agents
         self.stop_grace = stop_grace
         self.output_limit = output_limit
@@ -207,6 +279,10 @@ class Supervisor:
         self._agents: dict[uuid.UUID, Agent] = {}
         self._finished: collections.deque[uuid.UUID] = collections.deque()
         self._env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
+        _give_agents_default_signals()
+        self._starting: collections.Counter[str | None] = collections.Counter()  # spawns under way, by owner
+        self._memory_watched: set[Agent] = set()
+        self._memory_timer: asyncio.TimerHandle | None = None
 
     # -- registry --
 
@@ -223,8 +299,10 @@ class Supervisor:
         found = [a for a in self._agents.values() if status is None or a.status == status]
         return found if limit is None else found[:limit]
 
-    def active_count(self) -> int:
-        return sum(1 for a in self._agents.values() if a.status in _ACTIVE)
+    def active_count(self, owner: str | None = None) -> int:
+        """Active agents (of *owner* only, if given)."""
+        return sum(1 for a in self._agents.values()
+                   if a.status in _ACTIVE and (owner is None or a.owner == owner))
 
     def _evict(self) -> None:
         if not self._finished:
@@ -241,23 +319,53 @@ class Supervisor:
 
     # -- lifecycle --
 
-    async def spawn(self, config: AgentConfig) -> Agent:
-        """Start an agent; raises SpawnError with the reference's texts."""
-        if self.active_count() >= self.max_agents:
+    async def spawn(self, config: AgentConfig, *, owner: str | None = None, timeout_secs: int | None = None,
+                    metadata: dict[str, str] | None = None) -> Agent:
+        """Start an agent; raises SpawnError with the reference's texts, SpawnPolicyError for what
+        the policy refuses (ClientLimitError past ``max_agents_per_client``).
+
+        *owner* is the client identity counted by ``max_agents_per_client`` (None: not counted),
+        *timeout_secs* the request's wall-clock limit (0 or None: none; ``max_wall_secs`` caps
+        it), *metadata* the request's metadata (``cwd`` chooses the working directory).
+        """
+        policy = self.policy
+        if self.active_count() + sum(self._starting.values()) >= self.max_agents:
             raise AgentLimitError(f"Maximum agent limit reached: {self.max_agents}")
+        per_client = policy.max_agents_per_client
+        if per_client is not None and owner is not None:
+            count = self.active_count(owner) + self._starting[owner]
+            if count >= per_client:
+                raise ClientLimitError(f"spawn refused: client '{owner}' already has {count} active "
+                                       f"agent{'' if count == 1 else 's'} (max_agents_per_client = {per_client})")
         try:
-            launch = self.backends.resolve(config.model_backend).build(config)
+            cwd = policy.check_request(config, metadata)
+            backend = self.backends.resolve(config.model_backend, allow_program_cli=policy.allow_program_cli)
+            launch = backend.build(config)
+        except (PolicyRefusal, ProgramCliDisabled) as exc:
+            raise SpawnPolicyError(f"spawn refused by this server's policy: {exc}") from None
         except BackendError as exc:
             raise SpawnError(f"Agent spawn failed: {exc}") from None
+        agent_id = uuid.uuid4()
+        make_dir = None
+        if cwd is None and launch.cwd is None and policy.workdir is not None:
+            make_dir = os.path.join(policy.workdir, str(agent_id))
+        launch = dataclasses.replace(launch, cwd=cwd or make_dir or launch.cwd)
         loop = asyncio.get_running_loop()
+        self._starting[owner] += 1
         try:
-            process = await loop.run_in_executor(None, self._popen, launch)
+            process = await loop.run_in_executor(None, self._start, launch, make_dir, policy)
         except (OSError, ValueError) as exc:
             raise SpawnError(f"Agent spawn failed: Failed to spawn process for backend "
                              f"'{config.model_backend}': {exc}") from None
+        finally:
+            self._starting[owner] -= 1
+            if not self._starting[owner]:
+                del self._starting[owner]
         half = max(1, self.output_limit // 2)
-        agent = Agent(uuid.uuid4(), config, launch, time.time_ns(), pid=process.pid, process=process,
-                      stdout=OutputBuffer(half), stderr=OutputBuffer(half), exited=loop.create_future())
+        agent = Agent(agent_id, config, launch, time.time_ns(), pid=process.pid, process=process,
+                      stdout=OutputBuffer(half), stderr=OutputBuffer(half), exited=loop.create_future(),
+                      owner=owner, cpu_secs=policy.cpu_secs, memory_mb=policy.memory_mb,
+                      wall_secs=policy.wall_limit(timeout_secs))
         self._agents[agent.id] = agent
         if launch.stdin == "pipe":
             agent.stdin_fd = process.stdin.fileno()
@@ -267,8 +375,49 @@ class Supervisor:
             loop.add_reader(pipe.fileno(), self._on_readable, agent, stream)
         pidfd = os.pidfd_open(process.pid)
         loop.add_reader(pidfd, self._on_exit, agent, pidfd)
+        if agent.wall_secs is not None:
+            agent._wall_timer = loop.call_later(agent.wall_secs, self._wall_expired, agent)
+        if agent.memory_mb is not None:
+            self._memory_watched.add(agent)
+            if self._memory_timer is None:
+                self._memory_timer = loop.call_later(_MEMORY_TICK, self._watch_memory)
         self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, "spawned")
         return agent
+
+    def _start(self, launch: Launch, make_dir: str | None, policy: SpawnPolicy) -> subprocess.Popen:
+        """In a worker thread: the agent's directory (a new one under ``workdir``), the process,
+        its resource limits."""
+        if make_dir is not None:
+            try:
+                os.makedirs(os.path.dirname(make_dir), mode=0o700, exist_ok=True)
+                os.mkdir(make_dir, 0o700)
+                os.chmod(make_dir, 0o700)  # whatever the umask
+            except OSError as exc:
+                raise SpawnError(f"Agent spawn failed: cannot create the agent's working directory "
+                                 f"'{make_dir}': {exc.strerror}") from None
+        try:
+            process = self._popen(launch)
+        except BaseException:
+            if make_dir is not None:
+                try:
+                    os.rmdir(make_dir)
+                except OSError:
+                    pass
+            raise
+        try:
+            _apply_rlimits(process.pid, policy)
+        except OSError as exc:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise SpawnError(f"Agent spawn failed: cannot apply the resource limits (cpu_secs = "
+                             f"{policy.cpu_secs}, open_files = {policy.open_files}): {exc.strerror}") from None
+        return process
 
     def _popen(self, launch: Launch) -> subprocess.Popen:
         stdin = subprocess.DEVNULL if launch.stdin == "null" else subprocess.PIPE
@@ -317,7 +466,7 @@ class Supervisor:
                     break
 
     def _on_exit(self, agent: Agent, pidfd: int) -> None:
-        pid, status = os.waitpid(agent.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(agent.pid, os.WNOHANG)
         if pid == 0:
             return
         loop = asyncio.get_running_loop()
@@ -326,10 +475,19 @@ class Supervisor:
         agent.exit_code = os.waitstatus_to_exitcode(status)
         agent.process.returncode = agent.exit_code
         agent.ended_at = time.monotonic()
+        if agent._wall_timer is not None:
+            agent._wall_timer.cancel()
+            agent._wall_timer = None
+        self._memory_watched.discard(agent)
         self._close_stdin(agent)
         self._drain(agent)
+        if agent.status != AgentStatus.TERMINATED and not agent.limit_hit and \
+                self._cpu_exceeded(agent, usage.ru_utime + usage.ru_stime):
+            agent.reason = f"CPU time limit of {agent.cpu_secs} s exceeded (SIGXCPU)"
+            agent.limit_hit = True
+            self._signal_group(agent, signal.SIGKILL)  # what is left of its group is over the limit too
         if agent.status != AgentStatus.TERMINATED:  # stop and kill are sticky
-            ok = agent.exit_code == 0
+            ok = agent.exit_code == 0 and not agent.limit_hit
             agent.status = AgentStatus.COMPLETED if ok else AgentStatus.FAILED
             if not ok and agent.reason is None:
                 code = agent.exit_code
@@ -339,6 +497,50 @@ class Supervisor:
         self._finished.append(agent.id)
         agent.exited.set_result(agent.exit_code)
         self._evict()
+
+    @staticmethod
+    def _cpu_exceeded(agent: Agent, cpu_used: float) -> bool:
+        """Killed by SIGXCPU (the soft limit), or by SIGKILL at the hard limit."""
+        if agent.cpu_secs is None:
+            return False
+        return agent.exit_code == -signal.SIGXCPU or (
+            agent.exit_code == -signal.SIGKILL and cpu_used >= agent.cpu_secs + _CPU_HARD_EXTRA - 0.5)
+
+    # -- limits --
+
+    def _limit_exceeded(self, agent: Agent, reason: str, graceful: bool) -> None:
+        """End *agent* for exceeding a limit: SIGTERM (SIGKILL after ``stop_grace``) or SIGKILL
+        at once; it ends ``failed`` with *reason* (unless stopped or killed already)."""
+        if agent.status != AgentStatus.TERMINATED:
+            agent.reason = reason
+            agent.limit_hit = True
+        if graceful:
+            self._signal_group(agent, signal.SIGTERM)
+            self._signal_group(agent, signal.SIGCONT)  # a stopped group must wake to die
+            asyncio.get_running_loop().call_later(self.stop_grace, self._signal_group, agent, signal.SIGKILL)
+        else:
+            self._signal_group(agent, signal.SIGKILL)
+
+    def _wall_expired(self, agent: Agent) -> None:
+        agent._wall_timer = None
+        if agent.running and not agent.limit_hit:
+            self._limit_exceeded(agent, f"wall-clock limit of {agent.wall_secs:g} s exceeded", graceful=True)
+
+    def _watch_memory(self) -> None:
+        """Every ``_MEMORY_TICK`` while a memory-limited agent runs: SIGKILL the groups whose
+        resident memory is over their limit. (No RLIMIT_AS: it limits address space, not memory,
+        and V8/node reserves far more address space than it uses.)"""
+        self._memory_timer = None
+        watched = {a.pid: a for a in self._memory_watched if a.running and not a.limit_hit}
+        if not watched:
+            return
+        for pgid, rss in _group_rss(set(watched)).items():
+            agent = watched[pgid]
+            if rss > agent.memory_mb * _MiB:
+                used = -(-rss // _MiB)
+                self._limit_exceeded(agent, f"memory limit exceeded: {used} MiB resident in the process "
+                                            f"group > {agent.memory_mb} MiB (memory_mb)", graceful=False)
+        self._memory_timer = asyncio.get_running_loop().call_later(_MEMORY_TICK, self._watch_memory)
 
     async def wait(self, agent_id: uuid.UUID) -> int:
         """The agent's exit code, once its process has exited."""
@@ -515,6 +717,9 @@ class Supervisor:
             if agent.status != AgentStatus.TERMINATED:
                 agent.reason = "server shutdown"
                 self._set(agent, AgentStatus.TERMINATED, "server shutdown", StatusUpdateType.TERMINATED)
+        if self._memory_timer is not None:
+            self._memory_timer.cancel()
+            self._memory_timer = None
         if not live:
             return
         futures = [asyncio.shield(a.exited) for a in live]
@@ -524,4 +729,46 @@ class Supervisor:
                 if agent.running:
                     self._signal_group(agent, signal.SIGKILL)
             await asyncio.wait(futures, timeout=5.0)
+
+
+def _apply_rlimits(pid: int, policy: SpawnPolicy) -> None:
+    """CPU time and open-file limits of the new process *pid*.
+
+    Set with prlimit right after Popen returns, so the program runs unlimited for the few
+    microseconds between its exec and this call (a child it forks in that window keeps the
+    server's limits). preexec_fn would close the window but is not safe here: agents are spawned
+    from a thread pool, and forking a threaded process then running Python code can deadlock.
+    """
+    try:
+        if policy.cpu_secs is not None:
+            resource.prlimit(pid, resource.RLIMIT_CPU, (policy.cpu_secs, policy.cpu_secs + _CPU_HARD_EXTRA))
+        if policy.open_files is not None:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (policy.open_files, policy.open_files))
+    except ProcessLookupError:
+        pass  # it has exited already
+
+
+def _group_rss(pgids: set[int]) -> dict[int, int]:
+    """Resident bytes of every process group in *pgids*: one pass over /proc.
+
+    A page shared by several processes counts once per process (conservative)."""
+    totals = dict.fromkeys(pgids, 0)
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                fd = os.open(f"/proc/{entry.name}/stat", os.O_RDONLY)
+                try:
+                    data = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue  # gone meanwhile
+            fields = data[data.rfind(b")") + 2:].split()  # fields from 3 (state) on: pgrp = 5, rss = 24
+            if len(fields) > 21:
+                pgrp = int(fields[2])
+                if pgrp in totals:
+                    totals[pgrp] += int(fields[21]) * _PAGE
+    return totals
 

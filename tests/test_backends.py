@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from descartes_fast.backends import BackendError, BackendRegistry
+from descartes_fast.backends import BackendError, BackendRegistry, ProgramCliDisabled
 from descartes_fast.schema import AgentConfig
 
 REG = BackendRegistry()
 
 
 def launch(backend: str, **cfg):
-    return REG.resolve(backend).build(AgentConfig(model_backend=backend, task="fix it", **cfg))
+    return REG.resolve(backend, allow_program_cli=True).build(AgentConfig(model_backend=backend, task="fix it", **cfg))
 
 
 def test_claude_follows_the_reference_order_plus_verbose() -> None:
@@ -44,6 +44,13 @@ def test_demo_backend_runs_the_packaged_agent() -> None:
     got = launch("demo")
     assert got.argv == [sys.executable, "-m", "descartes_fast.demo_agent", "--task", "fix it"]
     assert (got.stdin, got.cooperative_pause) == ("pipe", True)
+
+
+def test_program_cli_rule_only_when_allowed() -> None:
+    with pytest.raises(ProgramCliDisabled, match=r"^backend 'aider-cli' is not configured, .*\(here: 'aider'\) "
+                                                 r"is disabled; .*allow_program_cli = true"):
+        REG.resolve("aider-cli")
+    assert REG.resolve("claude-code-cli").build(AgentConfig(task="t")).argv[0] == "claude"  # a real built-in
 
 
 def test_unknown_backend_has_the_reference_text() -> None:
