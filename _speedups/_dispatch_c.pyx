@@ -11,7 +11,8 @@ calls instead (``LIBZMQ_DIRECT`` says which).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcpy, strlen
 
 import zmq
 
@@ -35,6 +36,7 @@ cdef extern from *:
     static int (*df_msg_close)(df_zmq_msg *);
     static int (*df_send)(void *, const void *, size_t, int);
     static int (*df_errno)(void);
+    static const char *(*df_msg_gets)(const df_zmq_msg *, const char *);
 
     /* Resolve the functions from an already loaded libzmq; 0 on success. */
     static int df_resolve(const char *path) {
@@ -48,8 +50,9 @@ cdef extern from *:
         df_msg_close = (int (*)(df_zmq_msg *))dlsym(lib, "zmq_msg_close");
         df_send = (int (*)(void *, const void *, size_t, int))dlsym(lib, "zmq_send");
         df_errno = (int (*)(void))dlsym(lib, "zmq_errno");
+        df_msg_gets = (const char *(*)(const df_zmq_msg *, const char *))dlsym(lib, "zmq_msg_gets");
         return (df_msg_init && df_msg_recv && df_msg_data && df_msg_size && df_msg_more &&
-                df_msg_close && df_send && df_errno) ? 0 : -1;
+                df_msg_close && df_send && df_errno && df_msg_gets) ? 0 : -1;
     }
     """
     ctypedef struct df_zmq_msg:
@@ -63,6 +66,7 @@ cdef extern from *:
     int df_msg_close(df_zmq_msg* m)
     int df_send(void* sock, const void* buf, size_t n, int flags)
     int df_errno()
+    const char* df_msg_gets(const df_zmq_msg* m, const char* prop)
     int EAGAIN
     object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
     bint PyBytes_CheckExact(object o)
@@ -103,6 +107,19 @@ cdef void* _handle_of(sock, direct) except? NULL:
     return NULL
 
 
+cdef inline object _msg_property(df_zmq_msg* msg, const char* name):
+    """A connection property libzmq attached to a received frame (None when it has none)."""
+    cdef const char* value = df_msg_gets(msg, name)
+    return None if value == NULL else PyUnicode_DecodeUTF8(value, strlen(value), "replace")
+
+
+def _frame_property(frame, name):
+    try:
+        return frame.get(name)
+    except (AttributeError, zmq.ZMQError):
+        return None
+
+
 cdef class Dispatcher:
     """Drain a ROUTER socket and route each request to ``handlers[type(message)]``."""
 
@@ -112,13 +129,15 @@ cdef class Dispatcher:
     cdef public Py_ssize_t received
     cdef public Py_ssize_t bad_frames
     cdef public Py_ssize_t decode_errors
+    cdef public object gate
     cdef void* _handle
     cdef df_zmq_msg _frames[MAX_FRAMES_C]
 
-    def __init__(self, sock, handlers, on_error, direct=None):
+    def __init__(self, sock, handlers, on_error, direct=None, gate=None):
         self.sock = sock
         self.handlers = handlers
         self.on_error = on_error
+        self.gate = gate
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
@@ -196,6 +215,14 @@ cdef class Dispatcher:
                                               <Py_ssize_t>df_msg_size(&self._frames[i]))
                     for i in range(env_len)]
         size = <Py_ssize_t>df_msg_size(&self._frames[payload_at])
+        if self.gate is not None:
+            refusal = self.gate.check(_msg_property(&self._frames[0], b"User-Id"),
+                                      _msg_property(&self._frames[0], b"Peer-Address"))
+            if refusal is not None:
+                if refusal.reply:
+                    self.reply(envelope, self.on_error(
+                        PyBytes_FromStringAndSize(<char*>df_msg_data(&self._frames[payload_at]), size), refusal))
+                return None
         view = PyMemoryView_FromMemory(<char*>df_msg_data(&self._frames[payload_at]), size, PyBUF_READ)
         try:
             if size > _max_size:
@@ -236,6 +263,13 @@ cdef class Dispatcher:
             self.bad_frames += 1
             return None
         envelope = [bytes(f) for f in envelope]
+        if self.gate is not None:
+            refusal = self.gate.check(_frame_property(frames[0], "User-Id"),
+                                      _frame_property(frames[0], "Peer-Address"))
+            if refusal is not None:
+                if refusal.reply:
+                    self.reply(envelope, self.on_error(payload, refusal))
+                return None
         try:
             if len(payload) > _max_size:
                 raise MessageTooLargeError(len(payload), _max_size)

@@ -14,11 +14,20 @@ SERVER_DESCRIPTION = (
     "variable; flags win over variables, variables over the file.")
 SERVER_EPILOG = """examples:
   descartes-fast-server                           loopback, ports 5555 (requests) and 5556 (events)
-  descartes-fast-server --config server.toml      settings and extra backends from a file
+  descartes-fast-server --config server.toml      settings, spawn policy and backends from a file
   DESCARTES_FAST_MAX_AGENTS=500 descartes-fast-server --log-level DEBUG
+  descartes-fast-server --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556 \
+      --curve-secret-key keys/server.key_secret --authorized-keys keys/clients
+                                                  across machines: encrypted, clients by key
 
-backends: claude, claude-code-cli, opencode, codex, gemini, <program>-cli and demo are built in;
-a config file can add more:
+security: a non-loopback endpoint is refused unless CURVE is on (--curve-secret-key and
+--authorized-keys; make keys with 'descartes-fast keygen NAME') or --insecure is given.
+SIGHUP re-reads --authorized-keys: a removed key loses access at once. What a request may
+spawn (backends, environment, working directory, CPU/memory/open-file/wall-clock limits,
+agents per client) is set in the config file's [policy] table; see README, section Security.
+
+backends: claude, claude-code-cli, opencode, codex, gemini and demo are built in (<program>-cli
+only with [policy] allow_program_cli = true); a config file can add more:
   [backends.mytool]
   command = ["mytool", "--task", "{task}", ["--model", "{model}"]]
   stdin = "pipe"              # pipe | close | null
@@ -50,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "a decode error, and time the compiled and pure-Python codecs against msgpack. "
                     "Takes a few seconds.")
     codec_demo.add_argument("--rounds", type=int, default=5, help="timing rounds per measurement (default 5)")
+    keygen = commands.add_parser(
+        "keygen", help="write a CURVE key pair: NAME.key (public) and NAME.key_secret",
+        description="Write a CurveZMQ key pair in pyzmq's certificate format: NAME.key holds the public "
+                    "key (give it to the other side: a client's goes in the server's --authorized-keys "
+                    "directory, the server's to its clients as --server-key), NAME.key_secret holds both "
+                    "halves and is written readable by its owner only (give it to --curve-secret-key on "
+                    "a server, --client-key on a client).")
+    keygen.add_argument("name", metavar="NAME", help="file name without suffix, e.g. worker-1 or alice")
+    keygen.add_argument("--dir", default=".", help="directory to write to (created if needed; default: .)")
+    keygen.add_argument("--force", action="store_true", help="replace existing files of that name")
     serve = commands.add_parser("serve", help="run the agent server (same as descartes-fast-server)",
                                 description=SERVER_DESCRIPTION, epilog=SERVER_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,11 +86,12 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     import zmq
 
     from descartes_fast import settings
-    from descartes_fast.server import AgentServer
+    from descartes_fast.server import AgentServer, SecurityError
 
     try:
         config, level, loop_name = settings.resolve(args)
-    except settings.SettingsError as exc:
+        config.check_security()
+    except (settings.SettingsError, SecurityError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -79,6 +99,9 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     server = AgentServer(config)
     try:
         server.bind()
+    except SecurityError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     except zmq.ZMQError as exc:
         logging.getLogger("descartes_fast.server").error("cannot bind %s / %s: %s", config.bind, config.pub, exc)
         return 1
@@ -88,6 +111,19 @@ def serve(args: argparse.Namespace, prog: str) -> int:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(server.run())
+    return 0
+
+
+def keygen(args: argparse.Namespace) -> int:
+    """``descartes-fast keygen``: 0 when written, 2 if the name is bad or the files exist."""
+    from descartes_fast.security import SecurityError, keygen as write_keys
+
+    try:
+        public, secret = write_keys(args.name, args.dir, force=args.force)
+    except SecurityError as exc:
+        print(f"descartes-fast keygen: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key: {public}   (share it)\nsecret key: {secret}   (keep it; mode 0600)")
     return 0
 
 
@@ -129,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         return codec_demo.main(rounds=max(1, args.rounds))
     if args.command == "serve":
         return serve(args, "descartes-fast serve")
+    if args.command == "keygen":
+        return keygen(args)
     from descartes_fast import cli
     if args.command in cli.COMMANDS:
         return cli.run(args)

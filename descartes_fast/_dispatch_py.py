@@ -35,15 +35,20 @@ class Dispatcher:
         large or does not decode (``exc`` is the ProtocolError)
     direct : whether to call libzmq directly when possible; the compiled twin can (None means
         when available), this twin always goes through pyzmq
+    gate : if given, ``gate.check(user_id, peer_address)`` is asked before each request is
+        decoded (see :class:`descartes_fast.admission.Gate`); a refusal with ``reply`` set is
+        answered through ``on_error(payload, refusal)``, any other is dropped
     """
 
     direct = False
 
     def __init__(self, sock: zmq.Socket, handlers: dict[type, Callable[[Any, list], Message | None]],
-                 on_error: Callable[[Any, ProtocolError], Message], direct: bool | None = None) -> None:
+                 on_error: Callable[[Any, Exception], Message], direct: bool | None = None,
+                 gate: Any = None) -> None:
         self.sock = sock
         self.handlers = handlers
         self.on_error = on_error
+        self.gate = gate
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
@@ -72,6 +77,13 @@ class Dispatcher:
         except FrameError:
             self.bad_frames += 1
             return
+        if self.gate is not None:
+            refusal = self.gate.check(_frame_property(frames[0], "User-Id"),
+                                     _frame_property(frames[0], "Peer-Address"))
+            if refusal is not None:
+                if refusal.reply:
+                    self.reply(envelope, self.on_error(payload, refusal))
+                return
         try:
             if len(payload) > MAX_MESSAGE_SIZE:
                 raise MessageTooLargeError(len(payload), MAX_MESSAGE_SIZE)
@@ -90,6 +102,14 @@ class Dispatcher:
             self.sock.send_multipart(build_reply(envelope, _codec.encode(message)), zmq.NOBLOCK)
         except zmq.Again:
             pass  # the peer's queue is full or it has gone: ROUTER drops, so do we
+
+
+def _frame_property(frame: Any, name: str) -> str | None:
+    """A connection property libzmq attached to a received frame (None when it has none)."""
+    try:
+        return frame.get(name)
+    except (AttributeError, zmq.ZMQError):
+        return None
 
 
 class Requester:

@@ -2,7 +2,9 @@
 
 Endpoints come from ``--endpoint`` / ``--pub-endpoint``, else ``DESCARTES_FAST_BIND`` /
 ``DESCARTES_FAST_PUB``, else the config file's ``[server]`` table (the same settings the
-server reads), else loopback defaults. Output is a table, or JSON with ``--json`` (one
+server reads), else loopback defaults. CURVE keys come from ``--server-key`` / ``--client-key``,
+else ``DESCARTES_FAST_SERVER_KEY`` / ``DESCARTES_FAST_CLIENT_KEY``, else the config file's
+``[client]`` table (``server_key``, ``client_key``; relative to the file). Output is a table, or JSON with ``--json`` (one
 object per line for ``logs`` and ``events``).
 """
 
@@ -19,6 +21,7 @@ from typing import Any, Callable
 
 from descartes_fast.client import Client, ClientError, RequestTimeoutError, ServerError, ZmqRunnerConfig
 from descartes_fast.schema import AgentConfig, AgentInfo, AgentStatus, ControlCommandType, ZmqOutputStream
+from descartes_fast.security import SecurityError
 
 __all__ = ["add_commands", "run", "COMMANDS", "EXIT_CODES"]
 
@@ -51,7 +54,13 @@ def add_commands(commands: Any) -> None:
                                            "the config file's [server] bind, else tcp://127.0.0.1:5555)")
     common.add_argument("--pub-endpoint", help="server event endpoint (env: DESCARTES_FAST_PUB; default: the "
                                                "config file's [server] pub, else tcp://127.0.0.1:5556)")
-    common.add_argument("--config", metavar="FILE", help="TOML file with a [server] table (env: DESCARTES_FAST_CONFIG)")
+    common.add_argument("--server-key", metavar="FILE", help="the server's public key file (NAME.key) when it "
+                                                             "uses CURVE (env: DESCARTES_FAST_SERVER_KEY)")
+    common.add_argument("--client-key", metavar="FILE", help="this client's secret key file (NAME.key_secret "
+                                                             "from 'descartes-fast keygen'; env: "
+                                                             "DESCARTES_FAST_CLIENT_KEY)")
+    common.add_argument("--config", metavar="FILE", help="TOML file with [server] and [client] tables "
+                                                         "(env: DESCARTES_FAST_CONFIG)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
@@ -103,35 +112,44 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--force", action="store_true", help="with pause: always SIGSTOP")
 
 
-def endpoints(args: argparse.Namespace) -> tuple[str, str]:
-    """(request endpoint, event endpoint) from flags, environment, config file, defaults."""
-    table: dict[str, Any] = {}
+def connection(args: argparse.Namespace) -> dict[str, Any]:
+    """endpoint, pub_endpoint, server_key and client_key from flags, environment, config file, defaults."""
+    data: dict[str, Any] = {}
     path = args.config or os.environ.get("DESCARTES_FAST_CONFIG")
     if path:
         try:
-            table = tomllib.loads(Path(path).read_text()).get("server", {})
+            data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise _Usage(f"cannot read config file {path}: {exc}") from None
-    endpoint = args.endpoint or os.environ.get("DESCARTES_FAST_BIND") or table.get("bind") or "tcp://127.0.0.1:5555"
-    pub = args.pub_endpoint or os.environ.get("DESCARTES_FAST_PUB") or table.get("pub") or "tcp://127.0.0.1:5556"
+    server, client = data.get("server", {}), data.get("client", {})
+    endpoint = args.endpoint or os.environ.get("DESCARTES_FAST_BIND") or server.get("bind") or "tcp://127.0.0.1:5555"
+    pub = args.pub_endpoint or os.environ.get("DESCARTES_FAST_PUB") or server.get("pub") or "tcp://127.0.0.1:5556"
     local = lambda e: e.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")  # noqa: E731
-    return local(endpoint), local(pub)
+    keys = {}
+    for name in ("server_key", "client_key"):
+        in_file = client.get(name)
+        keys[name] = (getattr(args, name) or os.environ.get("DESCARTES_FAST_" + name.upper())
+                      or (str(Path(path).parent / in_file) if isinstance(in_file, str) else None))
+    return {"endpoint": local(endpoint), "pub_endpoint": local(pub), **keys}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one client command; returns the exit status (see EXIT_CODES)."""
     try:
-        endpoint, pub = endpoints(args)
-    except _Usage as exc:
+        where = connection(args)
+        client = Client(ZmqRunnerConfig(**where, request_timeout_secs=args.timeout,
+                                        connection_timeout_secs=args.timeout, enable_heartbeat=False,
+                                        auto_reconnect=False))
+    except (_Usage, SecurityError) as exc:
         return _fail(exc, 2)
-    config = ZmqRunnerConfig(endpoint=endpoint, pub_endpoint=pub, request_timeout_secs=args.timeout,
-                             connection_timeout_secs=args.timeout, enable_heartbeat=False, auto_reconnect=False)
-    client = Client(config)
+    endpoint = where["endpoint"]
     try:
         client.connect()
         return _HANDLERS[args.command](client, args)
     except RequestTimeoutError as exc:
-        return _fail(f"the server at {endpoint} did not answer: {exc}", 3)
+        hint = ("a CURVE server does not answer a client whose key is not in its allowlist" if where["server_key"]
+                else "if the server uses CURVE, give --server-key and --client-key")
+        return _fail(f"the server at {endpoint} did not answer: {exc} ({hint})", 3)
     except ServerError as exc:
         return _fail(exc, 4 if str(exc).startswith("Agent not found") else 1)
     except (ClientError, _Usage) as exc:

@@ -5,7 +5,9 @@ defects: many requests in flight on one DEALER socket, replies matched by ``requ
 (a late reply after a timeout is dropped, never taken for the next call), typed errors with
 the server's text, stdin sent as text or bytes (not base64), status and log subscriptions
 that really subscribe, and an ``is_connected()`` that tells the truth (application-level
-health checks; no ZMTP heartbeats, which Rust peers cannot parse).
+health checks; no ZMTP heartbeats, which Rust peers cannot parse). With ``server_key`` and
+``client_key`` set, both sockets use CURVE (encrypted, and authenticated by the server's
+allowlist); a server that does not know the key never answers, so calls time out.
 
 The receive path does not pay ``zmq.asyncio``'s per-message cost: the socket's FD is watched
 by the event loop, every queued reply is taken when it fires, and futures are resolved in
@@ -29,6 +31,7 @@ import zmq
 from descartes_fast import _impl, codec
 from descartes_fast.errors import ProtocolError
 from descartes_fast.frames import log_topic, parse_pub_frame, status_topic
+from descartes_fast.security import SecurityError, curve_client, load_public_key, load_secret_key
 from descartes_fast.schema import (
     AgentConfig, AgentInfo, AgentStatus, BatchControlCommand, BatchControlResponse, CommandResponse,
     ControlCommand, ControlCommandType, CustomActionRequest, ErrorResponse, HealthCheckRequest,
@@ -83,6 +86,13 @@ class ZmqRunnerConfig:
     #: descartes_fast addition: the PUB endpoint; by default the server's ``stream_logs`` answer,
     #: with its host replaced by the request endpoint's
     pub_endpoint: str | None = None
+    #: descartes_fast addition, for a CURVE server: its public key file (``NAME.key``) ...
+    server_key: str | None = None
+    #: ... and this client's secret key file (``NAME.key_secret``, from ``descartes-fast keygen``)
+    client_key: str | None = None
+    #: descartes_fast addition: events kept per subscription for a consumer that falls behind
+    #: (the oldest go first, counted in ``dropped``)
+    subscription_queue: int = 100_000
 
 
 class _Subscription:
@@ -90,7 +100,15 @@ class _Subscription:
 
     def __init__(self, client: AsyncClient, topic: bytes, kind: type) -> None:
         self.client, self.topic, self.kind = client, topic, kind
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue = asyncio.Queue(client.config.subscription_queue)
+        self.dropped = 0
+
+    def offer(self, item: Any) -> None:
+        """Queue *item*; when full, the oldest queued item makes room."""
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(item)
 
     def __aiter__(self) -> _Subscription:
         return self
@@ -103,7 +121,7 @@ class _Subscription:
 
     async def aclose(self) -> None:
         self.client._unsubscribe(self)
-        self.queue.put_nowait(None)
+        self.offer(None)
 
 
 class _Follow:
@@ -158,6 +176,7 @@ class AsyncClient:
     def __init__(self, config: ZmqRunnerConfig | None = None, **overrides: Any) -> None:
         # a copy: the caller's config is not changed (and unknown names raise TypeError)
         self.config = dataclasses.replace(config or ZmqRunnerConfig(), **overrides)
+        self._curve = _curve_keys(self.config)
         self._ctx = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._io: Any = None  # the Requester twin on _sock
@@ -195,6 +214,8 @@ class AsyncClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDHWM, 10_000)  # past this, _request waits (without blocking the loop)
+        if self._curve:
+            curve_client(sock, *self._curve)
         sock.connect(self._endpoint)
         self._sock = sock
         self._io = _impl.load("dispatch", _impl.IMPLEMENTATION).Requester(sock, self._on_reply)
@@ -218,7 +239,7 @@ class AsyncClient:
             self._sub = None
         for subs in self._subs.values():
             for sub in subs:
-                sub.queue.put_nowait(None)
+                sub.offer(None)
         self._subs.clear()
         for future, timer in self._pending.values():
             timer.cancel()
@@ -433,7 +454,9 @@ class AsyncClient:
         if self._sub is None:
             self._sub = self._ctx.socket(zmq.SUB)
             self._sub.setsockopt(zmq.LINGER, 0)
-            self._sub.setsockopt(zmq.RCVHWM, 0)
+            self._sub.setsockopt(zmq.RCVHWM, 100_000)
+            if self._curve:
+                curve_client(self._sub, *self._curve)
             self._sub.connect(await self._pub_endpoint(agent_id))
             self._loop.add_reader(self._sub.getsockopt(zmq.FD), self._on_event)
         sub = _Subscription(self, topic, kind)
@@ -473,7 +496,7 @@ class AsyncClient:
                 if topic.startswith(prefix):
                     for sub in subs:
                         if isinstance(message, sub.kind):
-                            sub.queue.put_nowait(message)
+                            sub.offer(message)
 
 
 def _request_ids() -> Iterator[str]:
@@ -571,3 +594,13 @@ def _sync_method(name: str) -> Any:
 for _name, _member in vars(AsyncClient).items():
     if not _name.startswith("_") and inspect.iscoroutinefunction(_member) and not hasattr(Client, _name):
         setattr(Client, _name, _sync_method(_name))
+
+
+def _curve_keys(config: ZmqRunnerConfig) -> tuple[bytes, bytes, bytes] | None:
+    """(server public, client public, client secret) when CURVE is configured; raises SecurityError."""
+    if config.server_key is None and config.client_key is None:
+        return None
+    if config.server_key is None or config.client_key is None:
+        raise SecurityError("CURVE needs both server_key (the server's NAME.key) and client_key (this "
+                            "client's NAME.key_secret)")
+    return (load_public_key(config.server_key), *load_secret_key(config.client_key))

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import uuid
@@ -25,6 +26,12 @@ from descartes_fast.schema import (
     AgentConfig, AgentStatus, ControlCommand, ControlCommandType, CustomActionRequest,
     HealthCheckRequest, ListAgentsRequest, LogStreamMessage, OutputQueryRequest, SpawnRequest,
     StatusUpdate, StatusUpdateType, ZmqOutputStream)
+
+#: the demo agents take their pace from AGENT_EXTRA_ARGS, which the default spawn policy refuses
+DEMO_CONFIG = """[policy]
+backends = ["demo"]
+allow_extra_args = true
+"""
 
 SWARM = [  # name, task, extra demo-agent arguments
     ("planner", "plan the parser refactor", "--steps 6 --interval 0.25"),
@@ -93,9 +100,12 @@ def main() -> int:
     port, pub_port = _free_port(), _free_port()
     endpoint, pub = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{pub_port}"
     print(f"starting descartes-fast serve on {endpoint} (events on {pub})", flush=True)
+    config = tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="descartes-demo-")
+    config.write(DEMO_CONFIG)
+    config.flush()
     server = subprocess.Popen([sys.executable, "-m", "descartes_fast", "serve", "--bind", endpoint, "--pub", pub,
-                               "--server-id", "demo-server", "--log-level", "WARNING", "--stop-grace", "1"],
-                              env={**os.environ})
+                               "--config", config.name, "--server-id", "demo-server", "--log-level", "WARNING",
+                               "--stop-grace", "1"], env={**os.environ})
     ctx = zmq.Context()
     try:
         return _run(ctx, endpoint, pub)

@@ -4,6 +4,12 @@ Requests are drained from the ROUTER socket whenever it is readable, by the disp
 (compiled when available): no per-message future, no one-await-per-message receive. Replies
 go out at once, except for spawns, which run as tasks so a slow spawn blocks nobody.
 Log chunks and status updates go out on PUB as one frame each (PROTOCOL.md §2).
+
+Security (README "Security"): with a secret key and an allowlist both sockets are CURVE
+servers and :class:`~descartes_fast.security.ZapHandler` admits the listed client keys;
+without them the server binds loopback (or ipc) only, unless ``insecure`` is set. Every
+request passes the :class:`~descartes_fast.admission.Gate` (allowlist again, rate limit)
+before it is decoded; queues are bounded by high-water marks, messages by ZMQ_MAXMSGSIZE.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import socket
 import time
@@ -20,30 +27,37 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 import descartes_fast
 from descartes_fast import _impl
+from descartes_fast.admission import Gate, Refusal
 from descartes_fast.backends import BackendRegistry
 from descartes_fast.codec import get_implementation
 from descartes_fast.control import Controller
 from descartes_fast.errors import ProtocolError
 from descartes_fast.frames import HEARTBEAT_TOPIC, log_topic, pub_frame, status_topic
+from descartes_fast.policy import SpawnPolicy
 from descartes_fast.schema import (
-    MESSAGE_TYPES, PROTOCOL_VERSION, BatchControlCommand, CommandResponse,
+    MAX_MESSAGE_SIZE, MESSAGE_TYPES, PROTOCOL_VERSION, BatchControlCommand, CommandResponse,
     ControlCommand, CustomActionRequest, ErrorResponse, HealthCheckRequest, HealthCheckResponse,
     ListAgentsRequest, ListAgentsResponse, LogStreamMessage, LogStreamType, Message,
     OutputQueryRequest, OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate,
     StatusUpdateType)
-from descartes_fast.supervisor import Agent, AgentLimitError, SpawnError, Supervisor
+from descartes_fast.security import SecurityError, ZapHandler, curve_server, is_local_endpoint, load_secret_key
+from descartes_fast.supervisor import Agent, AgentLimitError, SpawnError, SpawnPolicyError, Supervisor
 
-__all__ = ["ServerConfig", "AgentServer", "TRANSPORT_MAX_MESSAGE_SIZE"]
+__all__ = ["ServerConfig", "AgentServer", "SecurityError"]
 
 log = logging.getLogger("descartes_fast.server")
 
-#: ZMQ_MAXMSGSIZE: libzmq drops the connection of a peer sending more. Between
-#: MAX_MESSAGE_SIZE and this, the request is read and answered with an error reply.
-TRANSPORT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 _NIL = uuid.UUID(int=0)
+_TAGS = {cls.TAG: cls.__name__ for cls in MESSAGE_TYPES}
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_ERRORS = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mechanism mismatch: one side uses CURVE, the other not",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error: the client may have a wrong server key"}
 
 
 @dataclass
@@ -59,7 +73,32 @@ class ServerConfig:
     output_limit: int = 8 * 1024 * 1024
     retention: float = 3600.0
     backends: BackendRegistry = field(default_factory=BackendRegistry)
+    policy: SpawnPolicy = field(default_factory=SpawnPolicy)
+    curve_secret_key: str | None = None   # the server's .key_secret file
+    authorized_keys: str | None = None    # directory of the clients' .key files
+    insecure: bool = False                # allow non-loopback endpoints without CURVE
+    rate_limit: float = 10_000.0          # requests per second per client identity (0: none)
+    rate_burst: float | None = None       # default: one second's worth
+    hwm: int = 1000                       # messages queued per peer, each way, on the request socket
+    pub_hwm: int = 10_000                 # messages queued per subscriber
     implementation: str = _impl.IMPLEMENTATION
+
+    @property
+    def curve(self) -> bool:
+        return self.curve_secret_key is not None
+
+    def check_security(self) -> None:
+        """Raise SecurityError for a configuration that would expose the server unprotected."""
+        if (self.curve_secret_key is None) != (self.authorized_keys is None):
+            raise SecurityError("CURVE needs both --curve-secret-key (this server's NAME.key_secret) and "
+                                "--authorized-keys (the directory of the clients' .key files)")
+        exposed = [e for e in (self.bind, self.pub) if e and not is_local_endpoint(e)]
+        if exposed and not self.curve and not self.insecure:
+            raise SecurityError(
+                f"refusing to serve {' and '.join(exposed)} without encryption: anyone who can reach it could "
+                f"run programs on this machine as user {_user()}. Give --curve-secret-key and --authorized-keys "
+                f"(make keys with 'descartes-fast keygen'; README, section Security), bind 127.0.0.1, or "
+                f"add --insecure on a network you trust (Rust peers need it: they cannot use CURVE)")
 
 
 class AgentServer:
@@ -70,11 +109,17 @@ class AgentServer:
         self.codec = get_implementation(config.implementation)
         self.supervisor = Supervisor(config.backends, max_agents=config.max_agents, stop_grace=config.stop_grace,
                                      output_limit=config.output_limit, retention=config.retention,
-                                     listener=self)
+                                     policy=config.policy, listener=self)
         self.controller = Controller(self.supervisor, config.pub)
         self.started = time.monotonic()
-        self.stats = {"spawned": 0, "spawn_failures": 0, "pub_dropped": 0}
+        self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_dropped": 0,
+                      "disconnects": 0, "handshake_failures": 0}
+        self._handshake_logged: dict[str, float] = {}  # reason -> when last logged
         self._ctx = zmq.Context()
+        self.zap: ZapHandler | None = None
+        self.gate = Gate(config.rate_limit, config.rate_burst,
+                         allowlist=(lambda: self.zap.keys if self.zap else {}) if config.curve else None)
+        self._monitor: zmq.Socket | None = None
         self._router = self._ctx.socket(zmq.ROUTER)
         self._pub = self._ctx.socket(zmq.PUB) if config.pub else None
         self._seq: dict[tuple[uuid.UUID, LogStreamType], int] = {}
@@ -89,22 +134,32 @@ class AgentServer:
             BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents, OutputQueryRequest: c.output_query,
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
-        self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._bad_request)
+        self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate)
 
     # -- lifecycle --
 
     def bind(self) -> None:
-        """Bind both sockets (separately from serving, so tests can bind port 0)."""
+        """Check the security settings and bind both sockets (separately from serving, so
+        tests can bind port 0); raises SecurityError or zmq.ZMQError."""
+        config = self.config
+        config.check_security()
+        if config.curve:
+            public, secret = load_secret_key(config.curve_secret_key)
+            self.zap = ZapHandler(self._ctx, config.authorized_keys)  # before any CURVE socket binds
+            curve_server(self._router, public, secret, "requests")
+            if self._pub is not None:
+                curve_server(self._pub, public, secret, "events")
         for sock in filter(None, (self._router, self._pub)):
             sock.setsockopt(zmq.LINGER, 1000)
-            sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_MESSAGE_SIZE)
-        self._router.setsockopt(zmq.RCVHWM, 100_000)
-        self._router.setsockopt(zmq.SNDHWM, 100_000)
-        self._router.bind(self.config.bind)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)  # PROTOCOL.md §1: never buffer more
+        self._router.setsockopt(zmq.RCVHWM, config.hwm)
+        self._router.setsockopt(zmq.SNDHWM, config.hwm)
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
+        self._router.bind(config.bind)
         self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if self._pub is not None:
-            self._pub.setsockopt(zmq.SNDHWM, 100_000)
-            self._pub.bind(self.config.pub)
+            self._pub.setsockopt(zmq.SNDHWM, config.pub_hwm)
+            self._pub.bind(config.pub)
             self.endpoints["pub"] = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
 
     async def serve(self) -> None:
@@ -113,20 +168,40 @@ class AgentServer:
             self.bind()
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        config = self.config
         log.info("descartes_fast %s server %s: implementation=%s, requests on %s, events on %s, "
-                 "max_agents=%d, backends: %s", descartes_fast.__version__, self.config.server_id,
-                 self.config.implementation, self.endpoints["bind"], self.endpoints.get("pub", "(none)"),
-                 self.config.max_agents, ", ".join(self.config.backends.names()))
+                 "max_agents=%d, backends: %s", descartes_fast.__version__, config.server_id,
+                 config.implementation, self.endpoints["bind"], self.endpoints.get("pub", "(none)"),
+                 config.max_agents, ", ".join(config.backends.names()))
+        if self.zap is not None:
+            self.zap.start()
+            log.info("CURVE on: %d authorized client key(s) from %s (SIGHUP reloads them)",
+                     len(self.zap.keys), config.authorized_keys)
+        elif config.insecure:
+            log.warning("INSECURE (--insecure): no encryption or authentication on %s; anyone who can reach "
+                        "it can run programs on this machine", " and ".join(self.endpoints.values()))
+        else:
+            log.info("no CURVE: serving this machine only (%s)", " and ".join(self.endpoints.values()))
+        log.info("limits: %s requests/s per client, queues of %d per peer and %d per subscriber, "
+                 "messages up to %d bytes", f"{config.rate_limit:g}" if config.rate_limit else "no limit on",
+                 config.hwm, config.pub_hwm, MAX_MESSAGE_SIZE)
+        loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
+        self._on_monitor()  # the FD is edge-triggered: take what is queued already
         loop.add_reader(self._router.getsockopt(zmq.FD), self._on_readable)
         self._on_readable()  # requests may have queued before the reader was added
         heartbeat = asyncio.create_task(self._heartbeats())
         await self._stopping.wait()
         log.info("shutting down: no new requests; stopping agents (grace %.1f s)", self.config.stop_grace)
         loop.remove_reader(self._router.getsockopt(zmq.FD))
+        loop.remove_reader(self._monitor.getsockopt(zmq.FD))
         heartbeat.cancel()
         await self.supervisor.shutdown()
         for task in list(self._tasks):
             await asyncio.wait([task], timeout=5)
+        self._router.disable_monitor()
+        self._monitor.close()
+        if self.zap is not None:
+            self.zap.close()
         self._router.close()
         if self._pub is not None:
             self._pub.close()  # LINGER lets queued events flush
@@ -142,9 +217,46 @@ class AgentServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
         await self.serve()
 
+    def reload_keys(self) -> None:
+        """SIGHUP: read the allowlist again. A removed key's requests are dropped from now on,
+        and its subscriptions end (the event socket is re-bound; good subscribers reconnect)."""
+        if self.zap is None:
+            log.info("SIGHUP: no --authorized-keys to reload")
+            return
+        removed = self.zap.reload()
+        if removed and self._pub is not None:
+            endpoint = self.endpoints["pub"]
+            self._pub.unbind(endpoint)
+            self._pub.bind(endpoint)
+            log.info("event socket re-bound so that %s stop receiving events", ", ".join(sorted(removed)))
+
     # -- requests --
+
+    def _on_monitor(self) -> None:
+        """Count dropped request connections (a peer that went away, or that sent more than
+        MAX_MESSAGE_SIZE: libzmq does not say which) and failed handshakes."""
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.stats["disconnects"] += 1
+                continue
+            self.stats["handshake_failures"] += 1
+            now = time.monotonic()
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                continue  # the ZAP handler has said who and why
+            reason = (f"{zmq.Event(event['event']).name}: " + (
+                _HANDSHAKE_ERRORS.get(event["value"], hex(event["value"]))
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else os.strerror(event["value"])))
+            if now - self._handshake_logged.get(reason, -60.0) >= 60.0:  # a refused peer retries every 100 ms
+                self._handshake_logged[reason] = now
+                log.warning("a client failed the %s handshake on %s (%s)", "CURVE" if self.zap else "ZMTP",
+                            event["endpoint"].decode(errors="replace"), reason)
 
     def _on_readable(self) -> None:
         """Take what is queued; come back soon if more is (ZeroMQ's FD is edge-triggered)."""
@@ -161,15 +273,20 @@ class AgentServer:
             asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _spawn(self, msg: SpawnRequest, envelope: list) -> None:
-        task = asyncio.get_running_loop().create_task(self._do_spawn(msg, envelope))
+        task = asyncio.get_running_loop().create_task(self._do_spawn(msg, envelope, self.gate.identity))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return None
 
-    async def _do_spawn(self, msg: SpawnRequest, envelope: list) -> None:
+    async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str) -> None:
         sid = self.config.server_id
         try:
-            agent = await self.supervisor.spawn(msg.config)
+            agent = await self.supervisor.spawn(msg.config, owner=owner, timeout_secs=msg.timeout_secs,
+                                                metadata=msg.metadata)
+        except SpawnPolicyError as exc:
+            self.stats["spawns_refused"] += 1
+            log.warning("refused spawn %s (%s) from %s: %s", msg.request_id, msg.config.model_backend, owner, exc)
+            reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)
         except AgentLimitError as exc:
             reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)
         except SpawnError as exc:
@@ -178,18 +295,20 @@ class AgentServer:
             reply = SpawnResponse(msg.request_id, False, None, f"Failed to spawn agent: {exc}", sid)
         else:
             self.stats["spawned"] += 1
-            log.info("spawned agent %s (%s, pid %d) for %s", agent.id, msg.config.model_backend, agent.pid,
-                     msg.request_id)
+            log.info("spawned agent %s (%s, pid %d) for %s from %s", agent.id, msg.config.model_backend,
+                     agent.pid, msg.request_id, owner)
             reply = SpawnResponse(msg.request_id, True, agent.info(), None, sid)
         self._reply_later(envelope, reply)
 
     def health(self, request_id: str) -> HealthCheckResponse:
-        d = self.dispatcher
+        d, g, z = self.dispatcher, self.gate, self.zap
         metadata = {"server_id": self.config.server_id, "endpoint": self.config.bind,
                     "max_agents": str(self.config.max_agents), "implementation": self.config.implementation,
-                    "version": descartes_fast.__version__, "requests": str(d.received),
-                    "decode_errors": str(d.decode_errors), "bad_frames": str(d.bad_frames),
-                    **{k: str(v) for k, v in self.stats.items()}}
+                    "version": descartes_fast.__version__, "security": "curve" if z else "none",
+                    "requests": str(d.received), "decode_errors": str(d.decode_errors),
+                    "bad_frames": str(d.bad_frames), "rate_limited": str(g.rate_limited),
+                    "unauthorized": str(g.unauthorized), "auth_accepted": str(z.accepted if z else 0),
+                    "auth_refused": str(z.refused if z else 0), **{k: str(v) for k, v in self.stats.items()}}
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)
 
@@ -197,12 +316,14 @@ class AgentServer:
         return ErrorResponse(getattr(msg, "request_id", ""),
                              f"unexpected message type '{msg.TAG}': this server answers requests only")
 
-    def _bad_request(self, payload: Any, exc: ProtocolError) -> Message:
-        """The reply to a request that does not decode (PROTOCOL.md §3)."""
-        request_id, agent_id = _salvage(payload)
-        text = f"invalid request: {exc}"
-        kind = getattr(exc, "message_type", None)
-        log.info("refused a request (%s): %s", type(exc).__name__, exc)
+    def _refuse(self, payload: Any, exc: ProtocolError | Refusal) -> Message:
+        """The reply to a request that does not decode (PROTOCOL.md §3) or is refused by the gate."""
+        request_id, agent_id, tag = _salvage(payload)
+        if isinstance(exc, Refusal):
+            text, kind = str(exc), _TAGS.get(tag)
+        else:
+            text, kind = f"invalid request: {exc}", getattr(exc, "message_type", None)
+            log.info("refused a request (%s): %s", type(exc).__name__, exc)
         if kind == "SpawnRequest":
             return SpawnResponse(request_id, False, None, text, self.config.server_id)
         if kind in ("ControlCommand", "CustomActionRequest"):
@@ -250,19 +371,31 @@ class AgentServer:
             await asyncio.sleep(self.config.heartbeat_interval)
 
 
-def _salvage(payload: Any) -> tuple[str, uuid.UUID]:
-    """request_id and agent_id from an invalid request, where they can be read at all."""
+def _salvage(payload: Any) -> tuple[str, uuid.UUID, Any]:
+    """request_id, agent_id and type tag of a request that was not decoded, where they can be
+    read at all (from the first 64 KiB: nothing large is unpacked twice)."""
     try:
-        value = msgpack.unpackb(bytes(payload), raw=False, strict_map_key=False)
+        value = msgpack.unpackb(bytes(memoryview(payload)[:65536]), raw=False, strict_map_key=False)
     except Exception:  # anything at all: this is best effort on bytes already known to be bad
-        return "", _NIL
+        return "", _NIL, None
     fields: dict[str, Any] = {}
+    tag = None
     if isinstance(value, list) and len(value) > 1:
+        tag = value[0]
         fields = {"request_id": value[1], "agent_id": value[2] if len(value) > 2 else None}
     elif isinstance(value, dict):
         fields = value
+        tag = fields.get("type")
     request_id = fields.get("request_id")
     agent_id = fields.get("agent_id")
     return (request_id if isinstance(request_id, str) else "",
-            uuid.UUID(bytes=agent_id) if isinstance(agent_id, bytes) and len(agent_id) == 16 else _NIL)
+            uuid.UUID(bytes=agent_id) if isinstance(agent_id, bytes) and len(agent_id) == 16 else _NIL,
+            tag if isinstance(tag, str) else None)
 
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -1,13 +1,20 @@
 """Server settings: defaults < TOML config file < DESCARTES_FAST_* variables < command-line flags.
 
-The config file's ``[server]`` table takes the same names as the flags (with ``_``), and its
-``[backends.NAME]`` tables define backends (see :mod:`descartes_fast.backends`)::
+The config file's ``[server]`` table takes the same names as the flags (with ``_``), its
+``[backends.NAME]`` tables define backends (see :mod:`descartes_fast.backends`) and its
+``[policy]`` table says what a spawn request may do (see :mod:`descartes_fast.policy`)::
 
     [server]
-    bind = "tcp://127.0.0.1:5555"
-    pub = "tcp://127.0.0.1:5556"      # "none" for no event socket
+    bind = "tcp://0.0.0.0:5555"
+    pub = "tcp://0.0.0.0:5556"        # "none" for no event socket
     server_id = "worker-7"
     max_agents = 100
+    curve_secret_key = "keys/worker-7.key_secret"   # relative to this file
+    authorized_keys = "keys/clients"
+
+    [policy]
+    backends = ["claude", "opencode"]
+    memory_mb = 4096
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from descartes_fast.backends import BackendError, BackendRegistry
+from descartes_fast.policy import PolicyError, SpawnPolicy
 from descartes_fast.server import ServerConfig
 
 __all__ = ["SETTINGS", "add_arguments", "resolve", "SettingsError"]
@@ -35,6 +43,7 @@ class Setting:
     kind: Callable[[str], Any]
     default: Any
     help: str
+    flag: bool = False  # a switch: --name sets it, no value
 
     @property
     def env(self) -> str:
@@ -55,6 +64,29 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("use true or false")
+
+
+def _not_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        out = kind(value)
+        if out < 0:
+            raise ValueError("must be 0 or more")
+        return out
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _path(value: str) -> str:
+    return str(Path(value).expanduser())
+
+
 SETTINGS = (
     Setting("bind", str, "tcp://127.0.0.1:5555", "ROUTER endpoint for requests"),
     Setting("pub", _pub, "tcp://127.0.0.1:5556", "PUB endpoint for log chunks and status updates ('none' for none)"),
@@ -64,6 +96,16 @@ SETTINGS = (
     Setting("heartbeat_interval", _positive(float), 10.0, "seconds between server heartbeats on PUB"),
     Setting("output_limit", _positive(int), 8 * 1024 * 1024, "bytes of output kept per agent"),
     Setting("retention", _positive(float), 3600.0, "seconds a finished agent stays queryable"),
+    Setting("curve_secret_key", _path, None, "this server's secret key file (NAME.key_secret from "
+            "'descartes-fast keygen'); turns on CURVE encryption and authentication"),
+    Setting("authorized_keys", _path, None, "directory of the public key files (*.key) of the clients "
+            "allowed in; re-read on SIGHUP"),
+    Setting("insecure", _bool, False, "allow non-loopback endpoints without CURVE (trusted networks and "
+            "Rust peers only)", flag=True),
+    Setting("rate_limit", _not_negative(float), 10_000.0, "requests per second per client (0: no limit)"),
+    Setting("rate_burst", _positive(float), None, "requests a quiet client may send at once"),
+    Setting("hwm", _positive(int), 1000, "messages queued per client, each way, before more are dropped"),
+    Setting("pub_hwm", _positive(int), 10_000, "events queued per subscriber before more are dropped"),
     Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
 )
@@ -75,8 +117,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TOML file with [server] settings and [backends.NAME] tables "
                              "(env: DESCARTES_FAST_CONFIG)")
     for s in SETTINGS:
-        shown = "host-pid" if s.default is None else s.default
-        parser.add_argument("--" + s.name.replace("_", "-"), dest=s.name, metavar=s.name.split("_")[-1].upper(),
+        option = "--" + s.name.replace("_", "-")
+        if s.flag:
+            parser.add_argument(option, dest=s.name, action="store_const", const="true",
+                                help=f"{s.help} (env: {s.env}=1)")
+            continue
+        shown = {"server_id": "host-pid", "rate_burst": "the rate limit"}.get(s.name, s.default)
+        shown = "none" if shown is None else shown
+        parser.add_argument(option, dest=s.name, metavar=s.name.split("_")[-1].upper(),
                             help=f"{s.help} (default: {shown}; env: {s.env})")
 
 
@@ -85,18 +133,26 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
     path = args.config or os.environ.get("DESCARTES_FAST_CONFIG")
     table: dict[str, Any] = {}
     backends = BackendRegistry()
+    policy = SpawnPolicy()
     if path:
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read config file {path}: {exc}") from None
-        table = data.get("server", {})
+        table = dict(data.get("server", {}))
         unknown = set(table) - {s.name for s in SETTINGS}
         if unknown:
             raise SettingsError(f"{path}: unknown [server] setting(s): {', '.join(sorted(unknown))}")
+        unknown = set(data) - {"server", "backends", "policy", "client"}
+        if unknown:
+            raise SettingsError(f"{path}: unknown table(s): {', '.join(sorted(unknown))}")
+        for key in ("curve_secret_key", "authorized_keys"):  # relative to the config file
+            if isinstance(table.get(key), str):
+                table[key] = str(Path(path).parent / Path(table[key]).expanduser())
         try:
             backends = BackendRegistry.from_tables(data.get("backends", {}), source=path)
-        except BackendError as exc:
+            policy = SpawnPolicy.from_table(data.get("policy", {}), source=path)
+        except (BackendError, PolicyError) as exc:
             raise SettingsError(str(exc)) from None
     values: dict[str, Any] = {}
     for s in SETTINGS:
@@ -114,7 +170,11 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
         raise SettingsError(f"loop {values['loop']!r}: use uvloop or asyncio")
     config = ServerConfig(bind=values["bind"], pub=values["pub"], max_agents=values["max_agents"],
                           stop_grace=values["stop_grace"], heartbeat_interval=values["heartbeat_interval"],
-                          output_limit=values["output_limit"], retention=values["retention"], backends=backends)
+                          output_limit=values["output_limit"], retention=values["retention"], backends=backends,
+                          policy=policy, curve_secret_key=values["curve_secret_key"],
+                          authorized_keys=values["authorized_keys"], insecure=values["insecure"],
+                          rate_limit=values["rate_limit"], rate_burst=values["rate_burst"], hwm=values["hwm"],
+                          pub_hwm=values["pub_hwm"])
     if values["server_id"]:
         config.server_id = values["server_id"]
     return config, values["log_level"], values["loop"]
