@@ -12,7 +12,7 @@ calls instead (``LIBZMQ_DIRECT`` says which).
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memcpy, strlen
+from libc.string cimport memcpy, strcmp, strlen
 
 import zmq
 
@@ -107,10 +107,27 @@ cdef void* _handle_of(sock, direct) except? NULL:
     return NULL
 
 
-cdef inline object _msg_property(df_zmq_msg* msg, const char* name):
-    """A connection property libzmq attached to a received frame (None when it has none)."""
-    cdef const char* value = df_msg_gets(msg, name)
-    return None if value == NULL else PyUnicode_DecodeUTF8(value, strlen(value), "replace")
+cdef class _Property:
+    """A connection property libzmq attached to received frames, as str (None when absent);
+    the last value is kept, so a run of requests from one peer decodes it once."""
+
+    cdef bytes name
+    cdef bytes raw
+    cdef object text
+
+    def __cinit__(self, bytes name):
+        self.name = name
+        self.raw = b""
+        self.text = None
+
+    cdef object of(self, df_zmq_msg* msg):
+        cdef const char* value = df_msg_gets(msg, PyBytes_AS_STRING(self.name))
+        if value == NULL:
+            return None
+        if self.text is None or strcmp(value, PyBytes_AS_STRING(self.raw)) != 0:
+            self.raw = value
+            self.text = PyUnicode_DecodeUTF8(value, strlen(value), "replace")
+        return self.text
 
 
 def _frame_property(frame, name):
@@ -130,6 +147,8 @@ cdef class Dispatcher:
     cdef public Py_ssize_t bad_frames
     cdef public Py_ssize_t decode_errors
     cdef public object gate
+    cdef _Property _user_id
+    cdef _Property _peer
     cdef void* _handle
     cdef df_zmq_msg _frames[MAX_FRAMES_C]
 
@@ -138,6 +157,8 @@ cdef class Dispatcher:
         self.handlers = handlers
         self.on_error = on_error
         self.gate = gate
+        self._user_id = _Property(b"User-Id")
+        self._peer = _Property(b"Peer-Address")
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
@@ -216,8 +237,7 @@ cdef class Dispatcher:
                     for i in range(env_len)]
         size = <Py_ssize_t>df_msg_size(&self._frames[payload_at])
         if self.gate is not None:
-            refusal = self.gate.check(_msg_property(&self._frames[0], b"User-Id"),
-                                      _msg_property(&self._frames[0], b"Peer-Address"))
+            refusal = self.gate.check(self._user_id.of(&self._frames[0]), self._peer.of(&self._frames[0]))
             if refusal is not None:
                 if refusal.reply:
                     self.reply(envelope, self.on_error(

@@ -16,7 +16,7 @@ SERVER_EPILOG = """examples:
   descartes-fast-server                           loopback, ports 5555 (requests) and 5556 (events)
   descartes-fast-server --config server.toml      settings, spawn policy and backends from a file
   DESCARTES_FAST_MAX_AGENTS=500 descartes-fast-server --log-level DEBUG
-  descartes-fast-server --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556 \
+  descartes-fast-server --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556
       --curve-secret-key keys/server.key_secret --authorized-keys keys/clients
                                                   across machines: encrypted, clients by key
 

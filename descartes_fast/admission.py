@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from time import monotonic as _monotonic
 from typing import Callable, Mapping
 
 __all__ = ["Gate", "Refusal"]
@@ -52,6 +53,7 @@ class Gate:
         self.rate_limited = 0
         self.unauthorized = 0
         self._buckets: dict[str, list[float]] = {}  # identity -> [tokens, last refill, last notice]
+        self._identities: dict[str | None, str] = {}  # Peer-Address -> identity
         self._refused = Refusal(f"rate limit exceeded: this server allows {rate:g} requests per second "
                                 f"per client", reply=True)
         self._drop = Refusal("dropped", reply=False)
@@ -69,20 +71,24 @@ class Gate:
             self.unauthorized += 1  # CURVE is on, so a connection without a user id is not ours
             return self._drop
         else:
-            identity = _peer_identity(peer)
+            identity = self._identities.get(peer)
+            if identity is None:
+                if len(self._identities) >= _MAX_TRACKED:
+                    self._identities.clear()
+                identity = self._identities[peer] = _peer_identity(peer)
         self.identity = identity
-        if self.rate <= 0:
+        if not self.rate:
             return None
-        now = time.monotonic()
+        now = _monotonic()
         bucket = self._buckets.get(identity)
         if bucket is None:
             if len(self._buckets) >= _MAX_TRACKED:
                 self._forget_idle(now)
             bucket = self._buckets[identity] = [self.burst, now, 0.0]
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
         bucket[1] = now
         if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
+            bucket[0] = (tokens if tokens < self.burst else self.burst) - 1.0
             return None
         bucket[0] = tokens
         self.rate_limited += 1

@@ -182,6 +182,10 @@ class AgentServer:
                         "it can run programs on this machine", " and ".join(self.endpoints.values()))
         else:
             log.info("no CURVE: serving this machine only (%s)", " and ".join(self.endpoints.values()))
+        unknown = sorted(n for n in (config.policy.backends or ()) if n not in config.backends)
+        if unknown:
+            log.warning("[policy] backends names unknown backend(s): %s (known: %s)", ", ".join(unknown),
+                        ", ".join(config.backends.names()))
         log.info("limits: %s requests/s per client, queues of %d per peer and %d per subscriber, "
                  "messages up to %d bytes", f"{config.rate_limit:g}" if config.rate_limit else "no limit on",
                  config.hwm, config.pub_hwm, MAX_MESSAGE_SIZE)

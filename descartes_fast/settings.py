@@ -44,6 +44,7 @@ class Setting:
     default: Any
     help: str
     flag: bool = False  # a switch: --name sets it, no value
+    metavar: str | None = None
 
     @property
     def env(self) -> str:
@@ -97,9 +98,9 @@ SETTINGS = (
     Setting("output_limit", _positive(int), 8 * 1024 * 1024, "bytes of output kept per agent"),
     Setting("retention", _positive(float), 3600.0, "seconds a finished agent stays queryable"),
     Setting("curve_secret_key", _path, None, "this server's secret key file (NAME.key_secret from "
-            "'descartes-fast keygen'); turns on CURVE encryption and authentication"),
+            "'descartes-fast keygen'); turns on CURVE encryption and authentication", metavar="FILE"),
     Setting("authorized_keys", _path, None, "directory of the public key files (*.key) of the clients "
-            "allowed in; re-read on SIGHUP"),
+            "allowed in; re-read on SIGHUP", metavar="DIR"),
     Setting("insecure", _bool, False, "allow non-loopback endpoints without CURVE (trusted networks and "
             "Rust peers only)", flag=True),
     Setting("rate_limit", _not_negative(float), 10_000.0, "requests per second per client (0: no limit)"),
@@ -114,8 +115,8 @@ SETTINGS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's flags (every one also settable in the config file and the environment)."""
     parser.add_argument("--config", metavar="FILE",
-                        help="TOML file with [server] settings and [backends.NAME] tables "
-                             "(env: DESCARTES_FAST_CONFIG)")
+                        help="TOML file with [server] settings, a [policy] table and [backends.NAME] "
+                             "tables (env: DESCARTES_FAST_CONFIG)")
     for s in SETTINGS:
         option = "--" + s.name.replace("_", "-")
         if s.flag:
@@ -124,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         shown = {"server_id": "host-pid", "rate_burst": "the rate limit"}.get(s.name, s.default)
         shown = "none" if shown is None else shown
-        parser.add_argument(option, dest=s.name, metavar=s.name.split("_")[-1].upper(),
+        parser.add_argument(option, dest=s.name, metavar=s.metavar or s.name.split("_")[-1].upper(),
                             help=f"{s.help} (default: {shown}; env: {s.env})")
 
 

@@ -129,3 +129,23 @@ def test_requester(variant) -> None:
     assert [r.request_id for r in replies] == [f"q{i}" for i in range(300)] + ["last"]
     assert requester.bad_replies == 1
     ctx.destroy(linger=0)
+
+
+def test_the_gate_is_asked_before_decoding(pair) -> None:
+    from descartes_fast.admission import Refusal
+    dispatcher, dealer, _ = pair
+    asked: list = []
+    verdicts = [None, Refusal("slow down", reply=True), Refusal("dropped", reply=False)]
+
+    class Gate:
+        def check(self, user_id, peer):
+            asked.append((user_id, peer))
+            return verdicts.pop(0)
+
+    dispatcher.gate = Gate()
+    req = codec.encode(HealthCheckRequest("g"))
+    assert isinstance(codec.decode(roundtrip(dispatcher, dealer, b"", req)[1]), HealthCheckResponse)
+    assert codec.decode(roundtrip(dispatcher, dealer, b"", b"\xc1")[1]) == ErrorResponse("", "Refusal: slow down")
+    assert roundtrip(dispatcher, dealer, b"", req) is None  # dropped, and no decode error counted
+    assert asked == [(None, None)] * 3  # inproc connections have no user id or peer address
+    assert (dispatcher.received, dispatcher.decode_errors) == (3, 0)
