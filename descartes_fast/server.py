@@ -79,7 +79,7 @@ class ServerConfig:
     insecure: bool = False                # allow non-loopback endpoints without CURVE
     rate_limit: float = 10_000.0          # requests per second per client identity (0: none)
     rate_burst: float | None = None       # default: one second's worth
-    hwm: int = 1000                       # messages queued per peer, each way, on the request socket
+    hwm: int = 1000                       # requests queued per client (its replies: 10x that)
     pub_hwm: int = 10_000                 # messages queued per subscriber
     implementation: str = _impl.IMPLEMENTATION
 
@@ -152,8 +152,10 @@ class AgentServer:
         for sock in filter(None, (self._router, self._pub)):
             sock.setsockopt(zmq.LINGER, 1000)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)  # PROTOCOL.md §1: never buffer more
+        # a full request queue holds the client back (nothing is lost); a full reply queue
+        # drops replies, so it has room for a burst of replies to all a client has in flight
         self._router.setsockopt(zmq.RCVHWM, config.hwm)
-        self._router.setsockopt(zmq.SNDHWM, config.hwm)
+        self._router.setsockopt(zmq.SNDHWM, 10 * config.hwm)
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         self._router.bind(config.bind)
         self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -186,9 +188,10 @@ class AgentServer:
         if unknown:
             log.warning("[policy] backends names unknown backend(s): %s (known: %s)", ", ".join(unknown),
                         ", ".join(config.backends.names()))
-        log.info("limits: %s requests/s per client, queues of %d per peer and %d per subscriber, "
-                 "messages up to %d bytes", f"{config.rate_limit:g}" if config.rate_limit else "no limit on",
-                 config.hwm, config.pub_hwm, MAX_MESSAGE_SIZE)
+        log.info("limits: %s requests/s per client, queues of %d requests and %d replies per client and %d "
+                 "events per subscriber, messages up to %d bytes",
+                 f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, 10 * config.hwm,
+                 config.pub_hwm, MAX_MESSAGE_SIZE)
         loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
         self._on_monitor()  # the FD is edge-triggered: take what is queued already
         loop.add_reader(self._router.getsockopt(zmq.FD), self._on_readable)

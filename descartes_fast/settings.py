@@ -105,7 +105,8 @@ SETTINGS = (
             "Rust peers only)", flag=True),
     Setting("rate_limit", _not_negative(float), 10_000.0, "requests per second per client (0: no limit)"),
     Setting("rate_burst", _positive(float), None, "requests a quiet client may send at once"),
-    Setting("hwm", _positive(int), 1000, "messages queued per client, each way, before more are dropped"),
+    Setting("hwm", _positive(int), 1000, "requests queued per client before it is held back (its replies: "
+            "10 times that, then dropped)"),
     Setting("pub_hwm", _positive(int), 10_000, "events queued per subscriber before more are dropped"),
     Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
