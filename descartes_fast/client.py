@@ -212,7 +212,7 @@ class AsyncClient:
     def _open(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)  # bounded, and far above what we have in flight
         sock.setsockopt(zmq.SNDHWM, 10_000)  # past this, _request waits (without blocking the loop)
         if self._curve:
             curve_client(sock, *self._curve)

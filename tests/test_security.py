@@ -144,10 +144,11 @@ def keys(tmp_path) -> dict[str, tuple[bytes, bytes]]:
     return out
 
 
-def curve_server(tmp_path, keys, impl="cython", *flags: str) -> Server:
+def curve_server(tmp_path, keys, impl="cython", *flags: str, **kw) -> Server:
+    """A CURVE server admitting alice and bob; its own sockets (``call``, ``spawn``) are bob's."""
     return Server(tmp_path, impl, "--curve-secret-key", str(tmp_path / "server" / "server.key_secret"),
                   "--authorized-keys", str(tmp_path / "clients"), *flags, log_level="INFO",
-                  curve=(keys["server"][0], *keys["bob"]))
+                  curve=(keys["server"][0], *keys["bob"]), **kw)
 
 
 def client_socket(server: Server, kind: int, who: tuple[bytes, bytes] | None, keys) -> zmq.Socket:
@@ -301,6 +302,26 @@ def test_agents_over_their_memory_or_time_limit_fail_with_the_reason(tmp_path) -
                     final[update.agent_id] = update.message
         assert "memory limit exceeded" in final.get(hog, "") and "memory_mb" in final[hog], final
         assert "wall-clock limit of 1 s exceeded" in final.get(slow, ""), final
+    finally:
+        server.close()
+
+
+def test_agents_per_client_are_counted_per_key(tmp_path, keys) -> None:
+    server = curve_server(tmp_path, keys, policy="max_agents_per_client = 1")
+    try:
+        alice = client_socket(server, zmq.DEALER, keys["alice"], keys)
+
+        def spawn(sock: zmq.Socket):
+            request = SpawnRequest("s", AgentConfig(model_backend="sh", task="sleep 30"))
+            sock.send_multipart([b"", codec.encode(request)])
+            assert sock.poll(10_000)
+            return codec.decode(sock.recv_multipart()[-1])
+        assert spawn(alice).success
+        second = spawn(alice)
+        assert not second.success
+        assert "client 'key:alice' already has 1 active agent (max_agents_per_client = 1)" in second.error
+        assert server.spawn("sh", "sleep 30")  # bob (the Server's own socket) has his own count
+        assert "from key:alice" in server.log() and "from key:bob" in server.log()
     finally:
         server.close()
 
