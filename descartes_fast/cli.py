@@ -69,8 +69,8 @@ def add_commands(commands: Any) -> None:
                                    epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     p = sub("spawn", "start an agent on the server")
-    p.add_argument("backend", help="model backend: claude, opencode, codex, gemini, <program>-cli, demo, or one "
-                                   "from the server's config")
+    p.add_argument("backend", help="model backend: claude, opencode, codex, gemini, demo, one from the "
+                                   "server's config, or <program>-cli if the server's policy allows it")
     p.add_argument("task", help="what the agent should do")
     p.add_argument("--name", default="", help="a name for the agent")
     p.add_argument("--model", help="model to ask the backend for")
@@ -79,6 +79,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--tool-level", help="tool level (claude: minimal, readonly, full, ...)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent "
                                                                                   "(repeatable)")
+    p.add_argument("--time-limit", type=float, metavar="SECS", help="end the agent (failed) after this many "
+                                                                    "seconds of wall-clock time")
     p = sub("list", "list the server's agents")
     p.add_argument("--status", type=AgentStatus, choices=list(AgentStatus), metavar="STATUS",
                    help="only agents with this status")
@@ -190,7 +192,8 @@ def _spawn(client: Client, args: argparse.Namespace) -> int:
         env[key] = value
     info = client.spawn_remote(AgentConfig(name=args.name, model_backend=args.backend, task=args.task,
                                            context=args.context, system_prompt=args.system_prompt,
-                                           environment=env, model=args.model, tool_level=args.tool_level))
+                                           environment=env, model=args.model, tool_level=args.tool_level),
+                                args.time_limit)
     return _emit(args, _info(info), f"{info.id}  {info.status}  {info.model_backend}  {info.task}")
 
 

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import dataclasses
 import inspect
+import math
 import threading
 import uuid
 from dataclasses import dataclass
@@ -348,8 +349,11 @@ class AsyncClient:
     # -- the ZmqAgentRunner methods --
 
     async def spawn_remote(self, config: AgentConfig, timeout_secs: float | None = None) -> AgentInfo:
-        reply = await self._request(SpawnRequest(next(self._ids), config, int(timeout_secs) if timeout_secs else None),
-                                    SpawnResponse, timeout_secs)
+        """Start an agent. *timeout_secs* is the request's field: a descartes_fast server ends the
+        agent (``failed``) after that much wall-clock time (the Rust server ignores it). Unlike the
+        Rust client, this does not wait that long for the reply: ``request_timeout_secs`` applies."""
+        limit = math.ceil(timeout_secs) if timeout_secs else None
+        reply = await self._request(SpawnRequest(next(self._ids), config, limit), SpawnResponse)
         if not reply.success or reply.agent_info is None:
             raise ServerError(reply.error or "Spawn failed", reply)
         return reply.agent_info

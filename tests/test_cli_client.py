@@ -84,3 +84,12 @@ def test_errors_have_one_line_and_an_exit_code(server) -> None:
     proc = cli(None, "health", "--endpoint", "tcp://127.0.0.1:9", "--timeout", "0.5")
     assert proc.returncode == 3 and "did not answer" in proc.stderr.decode()
     assert len(proc.stderr.decode().strip().splitlines()) == 1
+
+
+def test_spawn_with_a_time_limit(server) -> None:
+    agent = js(server, "spawn", "sh", "sleep 30", "--time-limit", "0.5")[0]["id"]
+    deadline = time.monotonic() + 15
+    while (status := js(server, "status", agent)[0]["status"]) == "running":
+        assert time.monotonic() < deadline, "the agent outlived its time limit"
+        time.sleep(0.2)
+    assert status == "failed"
