@@ -39,18 +39,16 @@ from golden import load as load_golden
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-from test_parity import assert_parity, outcome
+from test_parity import _nodes, assert_parity, outcome
 from test_server import Server
 
 from descartes_fast import _layout as L
 from descartes_fast.codec import Implementation, get_implementation
 from descartes_fast.errors import ProtocolError
 from descartes_fast.schema import (
-    MAX_MESSAGE_SIZE,
     HealthCheckRequest,
     HealthCheckResponse,
     Message,
-    SpawnRequest,
     SpawnResponse,
 )
 
@@ -258,17 +256,6 @@ def _hostile_values() -> st.SearchStrategy[Any]:
 _HOSTILE = _hostile_values()
 
 
-def _nodes(tree: Any, path: tuple = ()) -> list[tuple]:
-    out = [path]
-    if isinstance(tree, list):
-        for i, e in enumerate(tree):
-            out += _nodes(e, path + (i,))
-    elif isinstance(tree, dict):
-        for k, e in tree.items():
-            out += _nodes(e, path + (k,))
-    return out
-
-
 def _replace(tree: Any, path: tuple, new: Any) -> Any:
     if not path:
         return new
@@ -366,31 +353,16 @@ def test_huge_declared_lengths_fail_fast(impl, head):
 # -- the live server ----------------------------------------------------------------------
 
 
-def predict(frames: list[bytes]) -> tuple[str, list[bytes], bytes | None]:
-    """What the server does with the request a DEALER sends as *frames*: (kind, envelope, payload).
+def _harness(name: str):
+    path = Path(__file__).resolve().parents[1] / "fuzz" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_harness_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    Kind ``"drop"`` (counted in bad_frames, no reply), ``"error"`` (counted in decode_errors,
-    one error reply), ``"reply"`` or ``"spawn"`` (one reply, a spawn's later). *envelope* is
-    what the DEALER gets back before the reply payload. Written from the rules (PROTOCOL.md,
-    _frames_py.split_request's docstring), not from the code.
-    """
-    routed = [b"<routing id>", *frames]
-    if len(routed) > MAX_FRAMES:
-        return "drop", [], None
-    delimiter = next((i for i in range(1, len(routed)) if not routed[i]), None)
-    if delimiter is None:
-        envelope, payload = [], routed[1]
-    elif delimiter == len(routed) - 1:
-        return "drop", [], None
-    else:
-        envelope, payload = routed[1:delimiter + 1], routed[delimiter + 1]
-    if len(payload) > MAX_MESSAGE_SIZE:
-        return "error", envelope, payload
-    try:
-        message = PURE.decode(payload)
-    except ProtocolError:
-        return "error", envelope, payload
-    return ("spawn" if isinstance(message, SpawnRequest) else "reply"), envelope, payload
+
+#: what the server does with a request: the frames harness's rules, one source for both
+predict = _harness("fuzz_frames").predict
 
 
 def salvaged_request_id(payload: bytes) -> str | None:
@@ -613,12 +585,6 @@ def test_server_still_serves_after_fuzzing(fuzz_server):
 # -- the atheris harnesses keep working ---------------------------------------------------
 
 
-def _harness(name: str):
-    path = Path(__file__).resolve().parents[1] / "fuzz" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_harness_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", ["fuzz_decode", "fuzz_frames"])
