@@ -73,7 +73,35 @@ def test_settings_precedence(tmp_path, monkeypatch) -> None:
     assert (config.max_agents, config.server_id) == (9, "env")
 
 
+def test_security_settings_from_file_environment_and_flags(tmp_path, monkeypatch) -> None:
+    for name in ("CONFIG", "CURVE_SECRET_KEY", "AUTHORIZED_KEYS", "INSECURE", "RATE_LIMIT"):
+        monkeypatch.delenv(f"DESCARTES_FAST_{name}", raising=False)
+    config, *_ = settings.resolve(_args())
+    assert (config.curve, config.insecure, config.rate_limit, config.hwm, config.pub_hwm) == (
+        False, False, 10_000.0, 1000, 10_000)
+    path = tmp_path / "etc" / "s.toml"
+    path.parent.mkdir()
+    path.write_text('[server]\ncurve_secret_key = "keys/s.key_secret"\nauthorized_keys = "clients"\n'
+                    'insecure = true\nrate_limit = 0\n[policy]\nmax_agents_per_client = 2\n')
+    config, *_ = settings.resolve(_args(config=path))
+    assert config.curve_secret_key == str(tmp_path / "etc" / "keys" / "s.key_secret")  # relative to the file
+    assert config.authorized_keys == str(tmp_path / "etc" / "clients")
+    assert (config.insecure, config.rate_limit, config.policy.max_agents_per_client) == (True, 0.0, 2)
+    monkeypatch.setenv("DESCARTES_FAST_INSECURE", "0")
+    monkeypatch.setenv("DESCARTES_FAST_AUTHORIZED_KEYS", "/srv/clients")
+    config, *_ = settings.resolve(_args(config=path))
+    assert (config.insecure, config.authorized_keys) == (False, "/srv/clients")
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser)
+    config, *_ = settings.resolve(parser.parse_args(["--config", str(path), "--insecure"]))
+    assert config.insecure
+
+
 @pytest.mark.parametrize("content,text", [
+    ("[server]\ninsecure = 'maybe'\n", "use true or false"),
+    ("[server]\nrate_limit = -1\n", "must be 0 or more"),
+    ("[policy]\nmemory_mb = -5\n", "[policy] memory_mb must be greater than 0"),
+    ("[polcy]\n", "unknown table(s): polcy"),
     ("[server]\nmax_agent = 3\n", "unknown [server] setting"),
     ("[server]\nmax_agents = 0\n", "must be greater than 0"),
     ("[server]\nlog_level = 'loud'\n", "log level"),
