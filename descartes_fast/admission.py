@@ -13,11 +13,10 @@ the name its rate limit and agent count are kept under:
 from __future__ import annotations
 
 import logging
-import time
 from time import monotonic as _monotonic
-from typing import Callable, Mapping
+from typing import Callable, Hashable, Mapping
 
-__all__ = ["Gate", "Refusal"]
+__all__ = ["Gate", "Refusal", "Throttle"]
 
 log = logging.getLogger("descartes_fast.admission")
 
@@ -31,6 +30,34 @@ class Refusal(Exception):
     def __init__(self, text: str, reply: bool) -> None:
         super().__init__(text)
         self.reply = reply
+
+
+class Throttle:
+    """When a repeated event is worth saying again: at most once per *interval* per key.
+
+    A refused client retries every 100 ms, a flooding one far more often; this keeps the log
+    (and refusal replies) to one per interval. At most ``_MAX_TRACKED`` keys are remembered.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._said: dict[Hashable, list] = {}  # key -> [when last said, times unsaid since]
+
+    def due(self, key: Hashable) -> int | None:
+        """None to stay quiet; otherwise how many times the event went unsaid since last said."""
+        now = _monotonic()
+        said = self._said.get(key)
+        if said is None:
+            if len(self._said) >= _MAX_TRACKED:
+                self._said.clear()
+            self._said[key] = [now, 0]
+            return 0
+        if now - said[0] >= self.interval:
+            unsaid = said[1]
+            said[0], said[1] = now, 0
+            return unsaid
+        said[1] += 1
+        return None
 
 
 class Gate:
@@ -52,7 +79,8 @@ class Gate:
         self.identity = "local"  # of the request last admitted (read by handlers)
         self.rate_limited = 0
         self.unauthorized = 0
-        self._buckets: dict[str, list[float]] = {}  # identity -> [tokens, last refill, last notice]
+        self._buckets: dict[str, list[float]] = {}  # identity -> [tokens, last refill]
+        self._notices = Throttle(_NOTICE_EVERY)
         self._identities: dict[str | None, str] = {}  # Peer-Address -> identity
         self._refused = Refusal(f"rate limit exceeded: this server allows {rate:g} requests per second "
                                 f"per client", reply=True)
@@ -64,7 +92,8 @@ class Gate:
             name = self.allowlist().get(user_id) if self.allowlist is not None else user_id
             if name is None:
                 self.unauthorized += 1
-                self._notice(f"key:{user_id}", "refused requests from key %s: it is no longer authorized", user_id)
+                if self._notices.due("key:" + user_id) is not None:
+                    log.warning("refused requests from key %s: it is no longer authorized", user_id)
                 return self._drop
             identity = "key:" + name
         elif self.allowlist is not None:
@@ -84,7 +113,7 @@ class Gate:
         if bucket is None:
             if len(self._buckets) >= _MAX_TRACKED:
                 self._forget_idle(now)
-            bucket = self._buckets[identity] = [self.burst, now, 0.0]
+            bucket = self._buckets[identity] = [self.burst, now]
         tokens = bucket[0] + (now - bucket[1]) * self.rate
         bucket[1] = now
         if tokens >= 1.0:
@@ -92,23 +121,15 @@ class Gate:
             return None
         bucket[0] = tokens
         self.rate_limited += 1
-        if now - bucket[2] >= _NOTICE_EVERY:
-            bucket[2] = now
+        if self._notices.due(identity) is not None:
             log.warning("client %s is over the rate limit (%g requests/s): refusing its requests", identity,
                         self.rate)
             return self._refused
         return self._drop
 
-    def _notice(self, key: str, text: str, *args: object) -> None:
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(key, [0.0, now, 0.0])
-        if now - bucket[2] >= _NOTICE_EVERY:
-            bucket[2] = now
-            log.warning(text, *args)
-
     def _forget_idle(self, now: float) -> None:
         """Drop the buckets that have refilled (their clients have been quiet)."""
-        full = [k for k, (tokens, last, _) in self._buckets.items()
+        full = [k for k, (tokens, last) in self._buckets.items()
                 if tokens + (now - last) * self.rate >= self.burst]
         for key in full or list(self._buckets)[: len(self._buckets) // 2]:
             del self._buckets[key]

@@ -13,12 +13,13 @@ import asyncio
 import ipaddress
 import logging
 import os
-import time
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.utils import z85
+
+from descartes_fast.admission import Throttle
 
 __all__ = ["SecurityError", "keygen", "load_secret_key", "load_public_key", "load_allowlist",
            "ZapHandler", "is_local_endpoint", "curve_server", "curve_client"]
@@ -156,7 +157,7 @@ class ZapHandler:
         self.keys = load_allowlist(self.directory)
         self.accepted = 0
         self.refused = 0
-        self._last_refusal: dict[str, list[float]] = {}  # key -> [logged at, attempts since]
+        self._refusals = Throttle(_REPEAT_LOG_AFTER)  # per client key
         self._sock = ctx.socket(zmq.REP)
         self._sock.linger = 0
         self._sock.bind(ZAP_ENDPOINT)
@@ -214,15 +215,10 @@ class ZapHandler:
         name = self.keys.get(key)
         if name is None:
             self.refused += 1
-            seen = self._last_refusal.setdefault(key, [-_REPEAT_LOG_AFTER, 0])
-            seen[1] += 1
-            now = time.monotonic()
-            if now - seen[0] >= _REPEAT_LOG_AFTER:
-                if len(self._last_refusal) > 10_000:
-                    self._last_refusal = {key: seen}
-                again = f" ({seen[1] - 1} more attempts since last logged)" if seen[1] > 1 else ""
+            unsaid = self._refusals.due(key)
+            if unsaid is not None:
+                again = f" ({unsaid} more attempts since last logged)" if unsaid else ""
                 log.warning("refused client key %s from %s: not in %s%s", key, where, self.directory, again)
-                seen[:] = [now, 0]
             return [version, request_id, b"400", b"key not authorized", b"", b""]
         self.accepted += 1
         log.info("accepted client %r (key %s) from %s", name, key, where)

@@ -31,7 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 import descartes_fast
 from descartes_fast import _impl
-from descartes_fast.admission import Gate, Refusal
+from descartes_fast.admission import Gate, Refusal, Throttle
 from descartes_fast.backends import BackendRegistry
 from descartes_fast.codec import get_implementation
 from descartes_fast.control import Controller
@@ -114,7 +114,7 @@ class AgentServer:
         self.started = time.monotonic()
         self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_dropped": 0,
                       "disconnects": 0, "handshake_failures": 0}
-        self._handshake_logged: dict[str, float] = {}  # reason -> when last logged
+        self._handshake_log = Throttle(60.0)  # per reason: a refused peer retries every 100 ms
         self._ctx = zmq.Context()
         self.zap: ZapHandler | None = None
         self.gate = Gate(config.rate_limit, config.rate_burst,
@@ -254,14 +254,12 @@ class AgentServer:
                 self.stats["disconnects"] += 1
                 continue
             self.stats["handshake_failures"] += 1
-            now = time.monotonic()
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 continue  # the ZAP handler has said who and why
             reason = (f"{zmq.Event(event['event']).name}: " + (
                 _HANDSHAKE_ERRORS.get(event["value"], hex(event["value"]))
                 if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else os.strerror(event["value"])))
-            if now - self._handshake_logged.get(reason, -60.0) >= 60.0:  # a refused peer retries every 100 ms
-                self._handshake_logged[reason] = now
+            if self._handshake_log.due(reason) is not None:
                 log.warning("a client failed the %s handshake on %s (%s)", "CURVE" if self.zap else "ZMTP",
                             event["endpoint"].decode(errors="replace"), reason)
 
@@ -398,7 +396,6 @@ def _salvage(payload: Any) -> tuple[str, uuid.UUID, Any]:
     return (request_id if isinstance(request_id, str) else "",
             uuid.UUID(bytes=agent_id) if isinstance(agent_id, bytes) and len(agent_id) == 16 else _NIL,
             tag if isinstance(tag, str) else None)
-
 
 
 def _user() -> str:

@@ -17,7 +17,7 @@ import zmq
 from zmq.utils import z85
 
 from descartes_fast import codec
-from descartes_fast.admission import Gate, Refusal
+from descartes_fast.admission import Gate, Refusal, Throttle
 from descartes_fast.schema import (
     AgentConfig, AgentStatus, ErrorResponse, HealthCheckRequest, HealthCheckResponse, SpawnRequest, StatusUpdate)
 from descartes_fast.security import (
@@ -117,6 +117,14 @@ def test_gate_limits_each_identity_and_replies_once_per_second() -> None:
     assert gate.rate_limited == 2
     time.sleep(0.25)  # a token refills every 0.2 s
     assert gate.check(None, "10.0.0.1") is None
+
+
+def test_throttle_says_a_repeated_event_once_per_interval_with_the_count_left_unsaid() -> None:
+    throttle = Throttle(0.2)
+    assert throttle.due("a") == 0 and throttle.due("b") == 0  # each key on its own
+    assert [throttle.due("a") for _ in range(3)] == [None] * 3
+    time.sleep(0.25)
+    assert throttle.due("a") == 3 and throttle.due("a") is None
 
 
 def test_gate_checks_every_request_against_the_current_allowlist() -> None:
