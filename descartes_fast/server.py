@@ -87,6 +87,11 @@ class ServerConfig:
     def curve(self) -> bool:
         return self.curve_secret_key is not None
 
+    @property
+    def reply_hwm(self) -> int:
+        """Replies queued per client: room for a burst of replies to all a client has in flight."""
+        return 10 * self.hwm
+
     def check_security(self) -> None:
         """Raise SecurityError for a configuration that would expose the server unprotected."""
         if (self.curve_secret_key is None) != (self.authorized_keys is None):
@@ -152,10 +157,9 @@ class AgentServer:
         for sock in filter(None, (self._router, self._pub)):
             sock.setsockopt(zmq.LINGER, 1000)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)  # PROTOCOL.md §1: never buffer more
-        # a full request queue holds the client back (nothing is lost); a full reply queue
-        # drops replies, so it has room for a burst of replies to all a client has in flight
+        # a full request queue holds the client back (nothing is lost); a full reply queue drops
         self._router.setsockopt(zmq.RCVHWM, config.hwm)
-        self._router.setsockopt(zmq.SNDHWM, 10 * config.hwm)
+        self._router.setsockopt(zmq.SNDHWM, config.reply_hwm)
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         self._router.bind(config.bind)
         self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -190,7 +194,7 @@ class AgentServer:
                         ", ".join(config.backends.names()))
         log.info("limits: %s requests/s per client, queues of %d requests and %d replies per client and %d "
                  "events per subscriber, messages up to %d bytes",
-                 f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, 10 * config.hwm,
+                 f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, config.reply_hwm,
                  config.pub_hwm, MAX_MESSAGE_SIZE)
         loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
         self._on_monitor()  # the FD is edge-triggered: take what is queued already
