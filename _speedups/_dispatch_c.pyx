@@ -236,24 +236,33 @@ cdef class Dispatcher:
                                               <Py_ssize_t>df_msg_size(&self._frames[i]))
                     for i in range(env_len)]
         size = <Py_ssize_t>df_msg_size(&self._frames[payload_at])
+        user_id = peer = None
         if self.gate is not None:
-            refusal = self.gate.check(self._user_id.of(&self._frames[0]), self._peer.of(&self._frames[0]))
+            user_id, peer = self._user_id.of(&self._frames[0]), self._peer.of(&self._frames[0])
+        view = PyMemoryView_FromMemory(<char*>df_msg_data(&self._frames[payload_at]), size, PyBUF_READ)
+        try:
+            self._route(envelope, view, size, user_id, peer)
+        finally:
+            view.release()  # the frame is closed after this; nothing may keep pointing into it
+        return None
+
+    cdef _route(self, list envelope, payload, Py_ssize_t size, user_id, peer):
+        """What both receive paths do with a request: gate, size check, decode, handler, reply.
+        *payload* may point into a frame about to be closed: ``on_error`` gets a copy."""
+        if self.gate is not None:
+            refusal = self.gate.check(user_id, peer)
             if refusal is not None:
                 if refusal.reply:
-                    self.reply(envelope, self.on_error(
-                        PyBytes_FromStringAndSize(<char*>df_msg_data(&self._frames[payload_at]), size), refusal))
+                    self.reply(envelope, self.on_error(bytes(payload), refusal))
                 return None
-        view = PyMemoryView_FromMemory(<char*>df_msg_data(&self._frames[payload_at]), size, PyBUF_READ)
         try:
             if size > _max_size:
                 raise MessageTooLargeError(size, _max_size)
-            message = decode(view)
+            message = decode(payload)
         except ProtocolError as exc:
             self.decode_errors += 1
-            self.reply(envelope, self.on_error(view.tobytes(), exc))
+            self.reply(envelope, self.on_error(bytes(payload), exc))
             return None
-        finally:
-            view.release()  # the frame is closed after this; nothing may keep pointing into it
         reply = self.handlers[type(message)](message, envelope)
         if reply is not None:
             self.reply(envelope, reply)
@@ -282,25 +291,10 @@ cdef class Dispatcher:
         except FrameError:
             self.bad_frames += 1
             return None
-        envelope = [bytes(f) for f in envelope]
+        user_id = peer = None
         if self.gate is not None:
-            refusal = self.gate.check(_frame_property(frames[0], "User-Id"),
-                                      _frame_property(frames[0], "Peer-Address"))
-            if refusal is not None:
-                if refusal.reply:
-                    self.reply(envelope, self.on_error(payload, refusal))
-                return None
-        try:
-            if len(payload) > _max_size:
-                raise MessageTooLargeError(len(payload), _max_size)
-            message = decode(payload)
-        except ProtocolError as exc:
-            self.decode_errors += 1
-            self.reply(envelope, self.on_error(payload, exc))
-            return None
-        reply = self.handlers[type(message)](message, envelope)
-        if reply is not None:
-            self.reply(envelope, reply)
+            user_id, peer = _frame_property(frames[0], "User-Id"), _frame_property(frames[0], "Peer-Address")
+        self._route([bytes(f) for f in envelope], payload, len(payload), user_id, peer)
         return None
 
     cpdef reply(self, envelope, message):
