@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from test_parity import _nodes, assert_parity, outcome
 from test_server import Server
+from test_supervisor import rss_kib
 
 from descartes_fast import _layout as L
 from descartes_fast.codec import Implementation, get_implementation
@@ -443,14 +444,6 @@ def requests(draw) -> list[bytes]:
     return [draw(_JUNK)] * n + [b"", draw(_PAYLOADS, label="payload")]
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class FuzzClient:
     """A live server, a raw DEALER socket to it, and what it has been sent so far."""
 
@@ -460,7 +453,7 @@ class FuzzClient:
         self.sentinels = iter(range(1 << 62))
         self.dirty = False
         self.counters = self.sync([])  # also makes sure the DEALER is connected
-        self.rss_start = _rss_kib(self.server.proc.pid)
+        self.rss_start = rss_kib(self.server.proc.pid)
 
     def sync(self, spawns: dict[str, list[bytes]], expected: list[tuple[str, list[bytes], Any]] = ()) -> dict:
         """Read the replies to what was sent, then a health check's; return its counters.
@@ -536,7 +529,7 @@ class FuzzClient:
         self.counters = counters
         log = self.server.log()
         assert "Traceback" not in log and "Exception in callback" not in log, log[-3000:]
-        rss = _rss_kib(proc.pid)
+        rss = rss_kib(proc.pid)
         assert rss < 200 * 1024, f"server RSS {rss} KiB"
         assert rss - self.rss_start < 100 * 1024, f"server RSS grew from {self.rss_start} to {rss} KiB"
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import zmq
@@ -24,6 +23,7 @@ from descartes_fast.security import (
     SecurityError, ZapHandler, is_local_endpoint, keygen, load_allowlist, load_public_key, load_secret_key)
 
 from test_server import Server, _until
+from test_supervisor import rss_kib
 
 PY = sys.executable
 
@@ -31,13 +31,6 @@ PY = sys.executable
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
     return subprocess.run([PY, "-m", "descartes_fast", *args], capture_output=True, text=True, timeout=60, env=env)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # -- keys --
@@ -160,15 +153,9 @@ def curve_server(tmp_path, keys, impl="cython", *flags: str, **kw) -> Server:
 
 
 def client_socket(server: Server, kind: int, who: tuple[bytes, bytes] | None, keys) -> zmq.Socket:
-    sock = server.ctx.socket(kind)
-    sock.linger = 0
-    if who is not None:
-        sock.curve_serverkey = keys["server"][0]
-        sock.curve_publickey, sock.curve_secretkey = who
-    if kind == zmq.SUB:
-        sock.subscribe(b"")
-    sock.connect(server.pub if kind == zmq.SUB else server.bind)
-    return sock
+    """A socket of the client with keys *who* (None: no CURVE); a SUB subscribes to everything."""
+    return server.socket(kind, curve=(keys["server"][0], *who) if who else None,
+                         **({"SUBSCRIBE": b""} if kind == zmq.SUB else {}))
 
 
 def ask(sock: zmq.Socket, request_id: str, timeout_ms: int = 1500):

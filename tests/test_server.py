@@ -74,12 +74,14 @@ class Server:
         self.req = self.socket(zmq.REQ)
         assert self.call(HealthCheckRequest("ready")).healthy
 
-    def socket(self, kind: int, **opts) -> zmq.Socket:
+    def socket(self, kind: int, curve: tuple[bytes, bytes, bytes] | None | bool = True, **opts) -> zmq.Socket:
+        """A socket to the server; *curve*: this Server's keys (True), other keys, or None for no CURVE."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, 15000)
-        if self.curve:
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.curve
+        curve = self.curve if curve is True else curve
+        if curve:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
         for name, value in opts.items():
             sock.setsockopt(getattr(zmq, name), value)
         sock.connect(self.pub if kind == zmq.SUB else self.bind)

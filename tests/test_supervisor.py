@@ -95,6 +95,15 @@ def proc_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of process *pid*, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 async def until(check, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
