@@ -515,9 +515,7 @@ class Supervisor:
             agent.reason = reason
             agent.limit_hit = True
         if graceful:
-            self._signal_group(agent, signal.SIGTERM)
-            self._signal_group(agent, signal.SIGCONT)  # a stopped group must wake to die
-            asyncio.get_running_loop().call_later(self.stop_grace, self._signal_group, agent, signal.SIGKILL)
+            self._terminate_group(agent)
         else:
             self._signal_group(agent, signal.SIGKILL)
 
@@ -559,13 +557,17 @@ class Supervisor:
         except ProcessLookupError:
             pass  # the whole group is gone already
 
+    def _terminate_group(self, agent: Agent) -> None:
+        """SIGTERM to the agent's group, SIGKILL after ``stop_grace``."""
+        self._signal_group(agent, signal.SIGTERM)
+        self._signal_group(agent, signal.SIGCONT)  # a stopped group must wake to die
+        asyncio.get_running_loop().call_later(self.stop_grace, self._signal_group, agent, signal.SIGKILL)
+
     def stop(self, agent_id: uuid.UUID) -> Agent:
         """SIGTERM to the agent's group, SIGKILL after ``stop_grace``; ``terminated`` at once."""
         agent = self.get(agent_id)
         if agent.running:
-            self._signal_group(agent, signal.SIGTERM)
-            self._signal_group(agent, signal.SIGCONT)  # a stopped group must wake to die
-            asyncio.get_running_loop().call_later(self.stop_grace, self._signal_group, agent, signal.SIGKILL)
+            self._terminate_group(agent)
             agent.reason = "stopped"
             self._set(agent, AgentStatus.TERMINATED, "stopped", StatusUpdateType.TERMINATED)
         return agent
