@@ -1,8 +1,9 @@
-"""Shared by tests/ and bench/: the implementation fixture that runs everything for both twins.
+"""Shared by tests/ and bench/: the one list of implementations every twin-dependent test runs for.
 
-The compiled twin's parameter is marked ``c_extension``; ``--no-c-extensions``
-deselects it (for a pure-Python install). Otherwise a compiled twin that cannot be
-imported is a test ERROR, never a silent skip.
+``implementation`` is ``"cython"`` or ``"python"``; the compiled one is marked ``c_extension``,
+and ``--no-c-extensions`` deselects it (for a pure-Python install). Otherwise a compiled twin
+that cannot be imported is a test ERROR, never a silent skip; a server started for ``"cython"``
+must run on the compiled twins (``tests/support/server.py`` checks its health metadata).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import argparse
 
 import pytest
 
-from descartes_fast.codec import Implementation, get_implementation
+from descartes_fast.wire.codec import Implementation, get_implementation
+
+#: every test that depends on the twins runs once per entry
+IMPLEMENTATIONS = [pytest.param("cython", marks=pytest.mark.c_extension, id="c"), pytest.param("python", id="py")]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,12 +31,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = keep
 
 
-@pytest.fixture(scope="session",
-                params=[pytest.param("cython", marks=pytest.mark.c_extension), "python"],
-                ids=["c", "py"])
-def impl(request: pytest.FixtureRequest) -> Implementation:
-    """One twin (codec and frame helpers); every test using it runs for both."""
-    return get_implementation(request.param)
+@pytest.fixture(scope="session", params=IMPLEMENTATIONS)
+def implementation(request: pytest.FixtureRequest) -> str:
+    """``"cython"`` or ``"python"``: every test using it runs for both twins."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def main_implementation(request: pytest.FixtureRequest) -> str:
+    """The twins a test that is not about twins runs on: compiled, unless ``--no-c-extensions``."""
+    return "cython" if request.config.getoption("--c-extensions") else "python"
+
+
+@pytest.fixture(scope="session")
+def impl(implementation: str) -> Implementation:
+    """One twin (codec and frame helpers)."""
+    return get_implementation(implementation)
 
 
 @pytest.fixture(scope="session")

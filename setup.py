@@ -6,33 +6,29 @@ DESCARTES_FAST_REQUIRE_EXTENSIONS=1  a failed compile fails the install
 DESCARTES_FAST_CYTHON_TRACE=1        line tracing for coverage of compiled code
 """
 
-import os
+import runpy
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
-_ON = {"1", "true", "yes", "on"}
-_OFF = {"", "0", "false", "no", "off"}
+# The twin table and the flag parser of the package itself (a file that imports only os), so the
+# build and the package cannot disagree about which modules are compiled or what a flag means.
+_TWINS = runpy.run_path(str(Path(__file__).parent / "descartes_fast" / "_twins.py"))
 
 
-def _flag(name):  # same rules as descartes_fast._impl.env_flag (a test compares them)
-    value = os.environ.get(name, "").strip().lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    sys.exit(f"{name}={value!r}: use 1/0, true/false, yes/no or on/off")
+def _flag(name):
+    try:
+        return _TWINS["env_flag"](name)
+    except ValueError as exc:
+        sys.exit(str(exc))
 
 
 NO_EXT = _flag("DESCARTES_FAST_NO_EXTENSIONS") or sys.implementation.name != "cpython"
 REQUIRE = _flag("DESCARTES_FAST_REQUIRE_EXTENSIONS")
 
-#: extension module -> Cython source; tests/test_build.py checks this against _impl.TWINS
-SPEEDUPS = {
-    "descartes_fast._speedups._codec_c": "_speedups/_codec_c.pyx",
-    "descartes_fast._speedups._frames_c": "_speedups/_frames_c.pyx",
-    "descartes_fast._speedups._dispatch_c": "_speedups/_dispatch_c.pyx",
-}
+#: compiled module -> its Cython source, from the twin table (``_speedups/<path of the module>.pyx``)
+SPEEDUPS = {compiled: _TWINS["source_of"](compiled) for _pure, compiled in _TWINS["TWINS"].values()}
 
 
 def _banner(text):

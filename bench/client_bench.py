@@ -33,9 +33,9 @@ import zmq.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast import codec  # noqa: E402
+from descartes_fast.wire import codec  # noqa: E402
 from descartes_fast.client import AsyncClient, ZmqRunnerConfig  # noqa: E402
-from descartes_fast.schema import AgentConfig, ControlCommand, ControlCommandType, SpawnRequest  # noqa: E402
+from descartes_fast.wire.schema import AgentConfig, ControlCommand, ControlCommandType, SpawnRequest  # noqa: E402
 from report import Row, machine, print_targets  # noqa: E402
 from server_bench import OurServer, pct  # noqa: E402
 

@@ -11,7 +11,7 @@ side by side in one process:
   Struct types decoding the same bytes into Structs;
 * pure:    the pure-Python twin, for information only.
 
-Method (as in PERF-ANCHORS.md §0): ``timeit.Timer`` per candidate, each calibrated to about
+Method: ``timeit.Timer`` per candidate, each calibrated to about
 ``--target`` seconds per round; the rounds are interleaved round-robin across all
 candidates (the starting candidate rotates each round); the figure is the median of the
 rounds in ns/op (the ~10 ns timeit loop is not subtracted, for any candidate). The ratio is
@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast.codec import get_implementation  # noqa: E402
+from descartes_fast.wire.codec import get_implementation  # noqa: E402
 from messages import (CASES, SpawnRequestS, StatusUpdateS, msgspec_decoder,  # noqa: E402
                       msgspec_encoder)
 from report import Row  # noqa: E402
@@ -92,7 +92,7 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    compiled = sys.modules.get("descartes_fast._speedups._codec_c")
+    compiled = sys.modules.get("descartes_fast.wire._codec_c")
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),

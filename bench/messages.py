@@ -13,7 +13,7 @@ once from it outside any timing:
   encoding is the same bytes as the compact form.
 
 The msgspec classes are declared here by hand (field order from ``schema.py`` /
-reference §1.3-1.4), so comparing their bytes with our encoder's is an independent check.
+docs/protocol.md §4), so comparing their bytes with our encoder's is an independent check.
 UUIDs stay :class:`uuid.UUID` (the encoder uses ``uuid_format="bytes"``, giving bin8 of 16
 bytes like rmp-serde), enums stay the schema's StrEnum classes, timestamps are
 ``tuple[int, int]`` and LogStream data is ``list[int]``.
@@ -28,8 +28,8 @@ from typing import Any, Union
 import msgpack
 import msgspec
 
-from descartes_fast import _layout as L
-from descartes_fast.schema import (
+from descartes_fast.wire import layout as L
+from descartes_fast.wire.schema import (
     AgentConfig, AgentInfo, AgentStatus, AttachInfo, CommandResponse, ControlCommand,
     ControlCommandType, ListAgentsResponse, LogStreamMessage, LogStreamType, PauseMode,
     SpawnRequest, SpawnResponse, StatusUpdate, StatusUpdateType)

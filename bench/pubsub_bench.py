@@ -24,9 +24,9 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast import codec  # noqa: E402
-from descartes_fast.frames import parse_pub_frame  # noqa: E402
-from descartes_fast.schema import AgentConfig, LogStreamMessage, SpawnRequest, StatusUpdate  # noqa: E402
+from descartes_fast.wire import codec  # noqa: E402
+from descartes_fast.wire.frames import parse_pub_frame  # noqa: E402
+from descartes_fast.wire.schema import AgentConfig, LogStreamMessage, SpawnRequest, StatusUpdate  # noqa: E402
 from report import machine  # noqa: E402
 from server_bench import OurServer  # noqa: E402
 

@@ -35,8 +35,8 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast import codec  # noqa: E402
-from descartes_fast.schema import (  # noqa: E402
+from descartes_fast.wire import codec  # noqa: E402
+from descartes_fast.wire.schema import (  # noqa: E402
     AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest)
 from report import Row, machine, print_targets  # noqa: E402
 
@@ -179,7 +179,7 @@ class OurServer:
                           '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n'
                           f'[backends.python]\ncommand = ["{sys.executable}", "-c", "{{task}}"]\nstdin = "null"\n')
         self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
-        args = [sys.executable, "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
+        args = [sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1",
                 "--rate-limit", "0"]  # one benchmark client is one identity: a per-client limit would cap it
         for k, v in flags.items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from descartes_fast.codec import get_implementation
+from descartes_fast.wire.codec import get_implementation
 from messages import CASE_IDS, CASES, msgspec_decoder, msgspec_encoder
 
 MSGSPEC_ENC = msgspec_encoder()

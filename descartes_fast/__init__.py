@@ -1,25 +1,43 @@
 """descartes_fast: run and control fleets of agent processes over ZeroMQ.
 
-Wire-compatible with the Rust Descartes ZMQ subsystem. ``AsyncClient`` and ``Client`` talk
-to a server (:mod:`descartes_fast.client`); the codec lives in :mod:`descartes_fast.codec`,
-the message classes in :mod:`descartes_fast.schema`, the errors in :mod:`descartes_fast.errors`.
+Wire-compatible with the Rust Descartes ZMQ subsystem. The data flows through the folders in
+this order: :mod:`~descartes_fast.wire` (messages, codec, frames) → :mod:`~descartes_fast.agents`
+(processes and their output) → :mod:`~descartes_fast.server` / :mod:`~descartes_fast.client` →
+:mod:`~descartes_fast.cli`.
+
+``AsyncClient`` and ``Client`` talk to a server; :mod:`descartes_fast.codec`,
+:mod:`descartes_fast.schema` and :mod:`descartes_fast.errors` are the codec, the message classes
+and the errors (the same modules as under ``descartes_fast.wire``).
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from descartes_fast._impl import HAS_EXTENSIONS, IMPLEMENTATION
-from descartes_fast.schema import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
+from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
+from descartes_fast.wire.errors import (
+    DecodeError, EncodeError, FrameError, MessageTooLargeError, ProtocolError)
+from descartes_fast.wire.schema import AgentConfig, AgentInfo, AgentStatus
+
+if TYPE_CHECKING:
+    from descartes_fast.client import (
+        AsyncClient, Client, ClientError, NotConnectedError, RequestTimeoutError, ServerError, UnexpectedReplyError,
+        ZmqRunnerConfig)
 
 __version__ = "0.1.0"
 __all__ = ["IMPLEMENTATION", "HAS_EXTENSIONS", "MAX_MESSAGE_SIZE", "PROTOCOL_VERSION", "__version__",
-           "AsyncClient", "Client", "ZmqRunnerConfig"]
+           "AgentConfig", "AgentInfo", "AgentStatus", "ProtocolError", "DecodeError", "EncodeError", "FrameError",
+           "MessageTooLargeError", "AsyncClient", "Client", "ZmqRunnerConfig", "ClientError", "NotConnectedError",
+           "RequestTimeoutError", "ServerError", "UnexpectedReplyError"]
 
-_LAZY = {"AsyncClient", "Client", "ZmqRunnerConfig"}
+_FROM_CLIENT = {"AsyncClient", "Client", "ZmqRunnerConfig", "ClientError", "NotConnectedError",
+                "RequestTimeoutError", "ServerError", "UnexpectedReplyError"}
 
 
 def __getattr__(name: str) -> Any:
     # The client pulls in pyzmq; importing the package alone should not.
-    if name in _LAZY:
+    if name in _FROM_CLIENT:
         from descartes_fast import client
         return getattr(client, name)
     raise AttributeError(f"module 'descartes_fast' has no attribute {name!r}")

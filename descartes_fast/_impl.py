@@ -3,45 +3,22 @@
 ``DESCARTES_FAST_NO_EXTENSIONS=1`` forces the pure twins; ``DESCARTES_FAST_REQUIRE_EXTENSIONS=1``
 makes a missing compiled twin an import error instead of a warning. Both accept only
 1/0, true/false, yes/no, on/off (or empty); anything else is an error, so a typo
-cannot silently pick the wrong twin. ``setup.py`` reads the same variables.
+cannot silently pick the wrong twin. ``setup.py`` reads the same variables and the same
+twin table (:mod:`descartes_fast._twins`).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import warnings
 from types import ModuleType
 from typing import Final
 
-_ON: Final = frozenset({"1", "true", "yes", "on"})
-_OFF: Final = frozenset({"", "0", "false", "no", "off"})
+from descartes_fast._twins import API, TWINS, env_flag
 
-#: area -> (pure module, compiled module); every pair must expose the same API names
-TWINS: Final = {
-    "codec": ("descartes_fast._codec_py", "descartes_fast._speedups._codec_c"),
-    "frames": ("descartes_fast._frames_py", "descartes_fast._speedups._frames_c"),
-    "dispatch": ("descartes_fast._dispatch_py", "descartes_fast._speedups._dispatch_c"),
-}
-#: the names each twin of an area provides (a parity test checks both)
-API: Final = {
-    "codec": ("encode", "decode"),
-    "frames": ("split_request", "build_reply", "pub_frame", "parse_pub_frame", "log_topic",
-               "status_topic", "HEARTBEAT_TOPIC"),
-    "dispatch": ("Dispatcher", "Requester", "MAX_FRAMES"),
-}
-
-
-def env_flag(name: str) -> bool:
-    """Parse a boolean environment variable strictly."""
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in _ON:
-        return True
-    if raw in _OFF:
-        return False
-    raise ValueError(f"{name}={raw!r}: use 1/0, true/false, yes/no or on/off")
-
+__all__ = ["API", "TWINS", "env_flag", "load", "IMPLEMENTATION", "HAS_EXTENSIONS", "NO_EXTENSIONS",
+           "REQUIRE_EXTENSIONS"]
 
 NO_EXTENSIONS: Final = (env_flag("DESCARTES_FAST_NO_EXTENSIONS")
                         or sys.implementation.name != "cpython")

@@ -11,7 +11,7 @@ Each input is decoded by the pure-Python twin and, when it is built, by the comp
 A crash (libFuzzer writes the input to ``crash-<sha1>``, in the current directory or
 under ``-artifact_prefix=``) is any of:
 
-* an exception other than :class:`~descartes_fast.errors.ProtocolError` from ``decode``;
+* an exception other than :class:`~descartes_fast.wire.errors.ProtocolError` from ``decode``;
 * an accepted input whose message does not round-trip: ``encode`` fails, the re-encoded
   bytes decode to a different message, or ``encode(decode(encode(m))) != encode(m)``;
 * the twins disagreeing: not the same message, or not the same exception type and text;
@@ -36,12 +36,12 @@ from typing import Any
 
 import msgpack
 
-from descartes_fast import _layout as L
-from descartes_fast.codec import Implementation, get_implementation
-from descartes_fast.errors import ProtocolError
-from descartes_fast.schema import Message
+from descartes_fast.wire import layout as L
+from descartes_fast.wire.codec import Implementation, get_implementation
+from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.schema import Message
 
-GOLDEN_PATH = Path(__file__).resolve().parents[2] / "shared" / "protocol" / "golden-vectors.json"
+GOLDEN_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden-vectors.json"
 
 
 def twins() -> list[Implementation]:

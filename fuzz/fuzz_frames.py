@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or i
 from fuzz_decode import golden_payloads, run
 
 from descartes_fast import _impl
-from descartes_fast.codec import get_implementation
-from descartes_fast.errors import ProtocolError
-from descartes_fast.schema import (
+from descartes_fast.wire.codec import get_implementation
+from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.schema import (
     MAX_MESSAGE_SIZE,
     MESSAGE_TYPES,
     HealthCheckRequest,
@@ -52,7 +52,7 @@ from descartes_fast.schema import (
 from descartes_fast.server import AgentServer
 
 PURE = get_implementation("python")
-MAX_FRAMES = _impl.load("dispatch", "python").MAX_FRAMES
+from descartes_fast.wire.constants import MAX_FRAMES  # noqa: E402
 ROUTING_ID = b"fuzz-peer"
 _SERVER = SimpleNamespace(config=SimpleNamespace(server_id="fuzz"))
 
@@ -163,7 +163,7 @@ def predict(frames: list[bytes]) -> tuple[str, list[bytes], bytes | None]:
 
     Kind ``"drop"`` (counted in bad_frames, no reply), ``"error"`` (counted in decode_errors,
     one error reply), ``"reply"`` or ``"spawn"`` (one reply, a spawn's later). *envelope* is
-    what the DEALER gets back before the reply payload. Written from the rules (PROTOCOL.md,
+    what the DEALER gets back before the reply payload. Written from the rules (docs/protocol.md §5,
     _frames_py.split_request's docstring), not from the code; tests/test_fuzz.py uses it too.
     """
     routed = [ROUTING_ID, *frames]

@@ -1,4 +1,4 @@
-"""Command lines of the built-in and config-file backends (reference §4.4, PROTOCOL.md §4)."""
+"""Command lines of the built-in and config-file backends (docs/protocol.md §7.6)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from descartes_fast.backends import BackendError, BackendRegistry, ProgramCliDisabled
-from descartes_fast.schema import AgentConfig
+from descartes_fast.agents.backends import BackendError, BackendRegistry, ProgramCliDisabled
+from descartes_fast.wire.schema import AgentConfig
 
 REG = BackendRegistry()
 
@@ -42,7 +42,7 @@ def test_other_builtins(backend, argv) -> None:
 
 def test_demo_backend_runs_the_packaged_agent() -> None:
     got = launch("demo")
-    assert got.argv == [sys.executable, "-m", "descartes_fast.demo_agent", "--task", "fix it"]
+    assert got.argv == [sys.executable, "-P", "-m", "descartes_fast.demo.agent", "--task", "fix it"]
     assert (got.stdin, got.cooperative_pause) == ("pipe", True)
 
 

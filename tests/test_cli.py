@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from descartes_fast import settings
-from descartes_fast.__main__ import build_parser
+from descartes_fast.server import settings
+from descartes_fast.cli import build_parser
 
 
 def test_demo_runs_the_swarm_and_finishes_quickly() -> None:
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "descartes_fast", "demo"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "demo"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - started < 60
@@ -38,7 +38,7 @@ def test_help(argv, capsys) -> None:
 
 
 def test_server_binary_help() -> None:
-    proc = subprocess.run([sys.executable, "-c", "from descartes_fast.__main__ import server_main; server_main()",
+    proc = subprocess.run([sys.executable, "-c", "from descartes_fast.cli.serve import server_main; server_main()",
                            "--help"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     for flag in ("--bind", "--pub", "--config", "--server-id", "--max-agents", "--log-level", "DESCARTES_FAST_BIND"):

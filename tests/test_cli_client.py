@@ -10,19 +10,19 @@ import uuid
 
 import pytest
 
-from test_server import Server
+from support.server import Server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("cli"), "cython")
+def server(tmp_path_factory, main_implementation):
+    srv = Server(tmp_path_factory.mktemp("cli"), main_implementation)
     yield srv
     srv.close()
 
 
 def cli(server: Server | None, *argv: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     where = ["--endpoint", server.bind, "--pub-endpoint", server.pub] if server else []
-    return subprocess.run([sys.executable, "-m", "descartes_fast", *argv, *where], input=stdin,
+    return subprocess.run([sys.executable, "-P", "-m", "descartes_fast", *argv, *where], input=stdin,
                           capture_output=True, timeout=timeout)
 
 
@@ -58,7 +58,7 @@ def test_agent_lifecycle_from_the_shell(server) -> None:
 
 
 def test_logs_follow_and_events(server) -> None:
-    events = subprocess.Popen([sys.executable, "-m", "descartes_fast", "events", "--count", "3", "--json",
+    events = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "events", "--count", "3", "--json",
                                "--endpoint", server.bind, "--pub-endpoint", server.pub], stdout=subprocess.PIPE)
     time.sleep(1.0)
     agent = js(server, "spawn", "demo", "follow me", "--env", "AGENT_EXTRA_ARGS=--steps 4 --interval 0.2")[0]["id"]

@@ -10,21 +10,21 @@ import uuid
 import pytest
 import zmq
 
-from descartes_fast import codec
+from descartes_fast.wire import codec
 from descartes_fast.client import (
     AsyncClient, Client, NotConnectedError, RequestTimeoutError, ServerError, ZmqRunnerConfig)
-from descartes_fast.schema import (
+from descartes_fast.wire.schema import (
     AgentConfig, AgentStatus, BatchControlResponse, CommandResponse, ControlCommand, ControlCommandType,
     HealthCheckRequest, HealthCheckResponse, LogStreamMessage, StatusUpdateType, ZmqOutputStream)
 
-from test_server import Server
+from support.server import Server
 
 C = ControlCommandType
 
 
 @pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path, "cython")
+def server(tmp_path, main_implementation):
+    srv = Server(tmp_path, main_implementation)
     yield srv
     srv.close()
 
@@ -206,8 +206,8 @@ def test_rust_rep_framing_stub() -> None:
     ctx.destroy(linger=0)
 
 
-def test_reconnects_after_a_server_restart(tmp_path) -> None:
-    srv = Server(tmp_path, "cython")
+def test_reconnects_after_a_server_restart(tmp_path, main_implementation) -> None:
+    srv = Server(tmp_path, main_implementation)
 
     async def main():
         client = AsyncClient(ZmqRunnerConfig(endpoint=srv.bind, heartbeat_interval_secs=0.2, request_timeout_secs=0.5,
@@ -220,7 +220,7 @@ def test_reconnects_after_a_server_restart(tmp_path) -> None:
         while client.is_connected():
             assert time.monotonic() < deadline, "is_connected() stayed true with the server gone"
             await asyncio.sleep(0.05)
-        restarted = await asyncio.to_thread(Server, tmp_path, "cython")
+        restarted = await asyncio.to_thread(Server, tmp_path, main_implementation)
         try:
             deadline = time.monotonic() + 15
             while not client.is_connected():
@@ -259,13 +259,17 @@ def test_sync_client_from_several_threads(server) -> None:
     assert not client.is_connected()
 
 
-def test_client_has_every_async_method_with_its_signature() -> None:
+def test_client_has_every_async_method_with_its_parameters() -> None:
     import inspect
-    names = [n for n, m in vars(AsyncClient).items() if not n.startswith("_") and inspect.iscoroutinefunction(m)]
+    names = [n for n, m in vars(AsyncClient).items() if not n.startswith("_")
+             and (inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m))]
     assert len(names) >= 20
     for name in names:
         assert name in vars(Client), name
-        assert inspect.signature(getattr(Client, name)) == inspect.signature(getattr(AsyncClient, name)), name
+        ours, theirs = inspect.signature(getattr(Client, name)), inspect.signature(getattr(AsyncClient, name))
+        assert ours.parameters == theirs.parameters, name
+        # a coroutine's result, or a plain iterator where the async method gives an async one
+        assert ours.return_annotation == theirs.return_annotation or "Iterator" in ours.return_annotation, name
 
 
 def test_overrides_do_not_change_the_callers_config() -> None:

@@ -1,4 +1,4 @@
-"""What the decoder accepts and rejects, mirroring rmp-serde (rmp-serde-findings.md, "Decoding")."""
+"""What the decoder accepts and rejects, mirroring rmp-serde (docs/protocol.md §3)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import uuid
 import msgpack
 import pytest
 
-from descartes_fast import errors as E
-from descartes_fast.schema import (
+from descartes_fast.wire import errors as E
+from descartes_fast.wire.schema import (
     MAX_MESSAGE_SIZE, AgentConfig, AgentInfo, AgentStatus, CommandResponse, ControlCommand,
     ControlCommandType, ErrorResponse, HealthCheckRequest, HealthCheckResponse, LogStreamMessage,
     LogStreamType, OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate)
 
-from golden import load
+from support.golden import load
 
 U = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 T = [1_700_000_000, 5]
@@ -207,7 +207,7 @@ def test_error_names_type_and_field(impl) -> None:
 
 
 def test_nesting_limit(impl) -> None:
-    from descartes_fast._layout import MAX_DEPTH
+    from descartes_fast.wire.layout import MAX_DEPTH
 
     def nested(levels):
         value = 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from descartes_fast import _impl, codec
-from descartes_fast.schema import (
+from descartes_fast import _impl
+from descartes_fast.wire import codec
+from descartes_fast.wire.constants import MAX_FRAMES
+from descartes_fast.wire.schema import (
     ErrorResponse, HealthCheckRequest, HealthCheckResponse, ListAgentsRequest, ListAgentsResponse)
 
 VARIANTS = [pytest.param(("cython", True), marks=pytest.mark.c_extension, id="c-direct"),
@@ -88,7 +90,7 @@ def test_many_queued_requests_are_drained_in_order(pair) -> None:
 def test_requests_with_too_many_frames_are_dropped(pair) -> None:
     dispatcher, dealer, _ = pair
     req = codec.encode(HealthCheckRequest("f"))
-    limit = _impl.load("dispatch", "python").MAX_FRAMES
+    limit = MAX_FRAMES
     # with the routing id the router sees one frame more than the dealer sends
     assert roundtrip(dispatcher, dealer, *([b"x"] * (limit - 3)), b"", req) is not None
     assert roundtrip(dispatcher, dealer, *([b"x"] * (limit - 2)), b"", req) is None
@@ -99,8 +101,10 @@ def test_requests_with_too_many_frames_are_dropped(pair) -> None:
 
 @pytest.mark.c_extension
 def test_compiled_twin_calls_libzmq_directly() -> None:
-    from descartes_fast._speedups import _dispatch_c
-    assert _dispatch_c.LIBZMQ_DIRECT
+    from descartes_fast.wire import _dispatch_c
+    assert _dispatch_c.LIBZMQ_DIRECT and _dispatch_c.DIRECT_REASON == ""
+    # resolved through pyzmq's own backend module: the very libzmq pyzmq reports
+    assert _dispatch_c.libzmq_version() == zmq.zmq_version_info()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -132,7 +136,7 @@ def test_requester(variant) -> None:
 
 
 def test_the_gate_is_asked_before_decoding(pair) -> None:
-    from descartes_fast.admission import Refusal
+    from descartes_fast.server.admission import Refusal
     dispatcher, dealer, _ = pair
     asked: list = []
     verdicts = [None, Refusal("slow down", reply=True), Refusal("dropped", reply=False)]

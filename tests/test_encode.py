@@ -7,8 +7,8 @@ from collections import OrderedDict
 
 import pytest
 
-from descartes_fast import errors as E
-from descartes_fast.schema import (
+from descartes_fast.wire import errors as E
+from descartes_fast.wire.schema import (
     AgentConfig, AgentStatus, CommandResponse, ControlCommand, ControlCommandType,
     HealthCheckRequest, ListAgentsRequest, LogStreamMessage, LogStreamType, SpawnRequest,
     StatusUpdate, StatusUpdateType)
@@ -85,7 +85,7 @@ def test_subclass_of_a_message_encodes_as_the_message(impl) -> None:
 
 
 def test_encoder_nesting_limit(impl) -> None:
-    from descartes_fast._layout import MAX_DEPTH
+    from descartes_fast.wire.layout import MAX_DEPTH
     value: object = 0
     for _ in range(MAX_DEPTH):
         value = [value]

@@ -1,4 +1,4 @@
-"""ROUTER envelopes and one-frame PUB messages (PROTOCOL.md §2), both twins."""
+"""ROUTER envelopes and one-frame PUB messages (docs/protocol.md §5), both twins."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 import pytest
 import zmq
 
-from descartes_fast.errors import FrameError
-from descartes_fast import frames
+from descartes_fast.wire.errors import FrameError
+from descartes_fast.wire import frames
 
 AGENT = uuid.UUID("6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b")
 

@@ -33,20 +33,21 @@ from typing import Any
 
 import msgpack
 import pytest
-import strategies as S  # tests/ is on sys.path, as for golden.py
+from support import strategies as S
 import zmq
-from golden import load as load_golden
+from support.golden import load as load_golden
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-from test_parity import _nodes, assert_parity, outcome
-from test_server import Server
-from test_supervisor import rss_kib
+from support.parity import assert_parity, nodes, outcome
+from support.server import Server
+from support.procs import rss_kib
 
-from descartes_fast import _layout as L
-from descartes_fast.codec import Implementation, get_implementation
-from descartes_fast.errors import ProtocolError
-from descartes_fast.schema import (
+from descartes_fast.wire import layout as L
+from descartes_fast.wire.codec import Implementation, get_implementation
+from descartes_fast.wire.constants import MAX_FRAMES
+from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.schema import (
     HealthCheckRequest,
     HealthCheckResponse,
     Message,
@@ -58,8 +59,6 @@ _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
 _SCALE = float(os.environ.get("DESCARTES_FUZZ_SCALE", "1"))
 PURE = get_implementation("python")
 GOLDEN = [bytes.fromhex(v[form]) for v in load_golden() for form in ("compact_hex", "named_hex")]
-#: as many frames as the dispatchers take (with the routing id); more are dropped
-MAX_FRAMES = 16
 #: health metadata counters a fuzz batch may move (rate_limited and unauthorized must not)
 _COUNTERS = ("requests", "bad_frames", "decode_errors", "rate_limited", "unauthorized")
 
@@ -274,7 +273,7 @@ def _get(tree: Any, path: tuple) -> Any:
 
 
 def _mutate_tree(tree: Any, rnd: random.Random, draw) -> Any:
-    path = rnd.choice(_nodes(tree))
+    path = rnd.choice(nodes(tree))
     node = _get(tree, path)
     op = rnd.choice(["replace", "replace", "lie", "lie", "drop", "duplicate", "insert", "dup key",
                      "wrap", "unwrap"])
@@ -367,7 +366,7 @@ predict = _harness("fuzz_frames").predict
 
 
 def salvaged_request_id(payload: bytes) -> str | None:
-    """The request_id an error reply to *payload* carries (PROTOCOL.md §3: where it can be
+    """The request_id an error reply to *payload* carries (docs/protocol.md §6.19: where it can be
     read at all), or None if not predicted here (a payload over 64 KiB is not unpacked)."""
     if len(payload) > 65536:
         return None

@@ -6,19 +6,19 @@ import uuid
 
 import pytest
 
-from descartes_fast.schema import (
+from descartes_fast.wire.schema import (
     AgentConfig, AgentInfo, AgentStatus, AttachInfo, BatchAgentResult, BatchControlResponse,
     CommandResponse, ControlCommand, ControlCommandType, HealthCheckRequest, HealthCheckResponse,
     LogStreamMessage, LogStreamType, OutputQueryRequest, PauseMode, SpawnRequest, SpawnResponse,
     StatusUpdate, StatusUpdateType, ZmqOutputStream)
 
-from golden import load
+from support.golden import load
 
 VECTORS = load()
 AGENT = uuid.UUID("6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b")
 T = 1_700_000_000 * 10**9 + 5  # 1700000000 s + 5 ns
 
-# descartes-rust-reference.md §1.7: produced by rmp_serde::to_vec on the Rust types
+# docs/protocol.md §2.6: produced by rmp_serde::to_vec on the Rust types
 REFERENCE = [
     (HealthCheckRequest("test-123"),
      "92b46865616c74685f636865636b5f72657175657374a8746573742d313233"),
@@ -46,7 +46,7 @@ PUB_TOPIC_HEX = "36663163326133622d346435652d346636302d386137622d396330643165326
 
 
 def test_vectors_cover_every_rust_message_type() -> None:
-    from descartes_fast.schema import RUST_MESSAGE_TYPES
+    from descartes_fast.wire.schema import RUST_MESSAGE_TYPES
     assert {v["tag"] for v in VECTORS} == {cls.TAG for cls in RUST_MESSAGE_TYPES}
     assert len(RUST_MESSAGE_TYPES) == 15
 

@@ -2,7 +2,7 @@
 
 For every input both twins get, they must give the same bytes (encode), equal objects
 (decode), or raise the same exception type with the same text; and nothing but a
-:class:`~descartes_fast.errors.ProtocolError` may escape from bad input.
+:class:`~descartes_fast.wire.errors.ProtocolError` may escape from bad input.
 Inputs are generated from the layout tables (``tests/strategies.py``).
 """
 
@@ -20,11 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from descartes_fast import _layout as L
-from descartes_fast.errors import ProtocolError
-from descartes_fast.schema import MAX_MESSAGE_SIZE
+from descartes_fast.wire import layout as L
+from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.schema import MAX_MESSAGE_SIZE
 
-import strategies as S  # tests/ is on sys.path, as for golden.py
+from support import strategies as S
+from support.parity import assert_parity, nodes, outcome, same_outcome, same_value, show
 
 pytestmark = pytest.mark.c_extension
 
@@ -42,56 +43,6 @@ def fast(n: int) -> settings:
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def outcome(fn: Callable[[Any], Any], arg: Any) -> tuple:
-    """("ok", value) or ("err", exception type, str(exception))."""
-    try:
-        return ("ok", fn(arg))
-    except Exception as exc:  # noqa: BLE001 - every exception is part of the verdict
-        return ("err", type(exc), str(exc))
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    # == alone would let 1 == 1.0 == True and dict order differences through
-    return type(a) is type(b) and a == b and repr(a) == repr(b)
-
-
-def same_outcome(a: tuple, b: tuple) -> bool:
-    if a[0] != b[0]:
-        return False
-    if a[0] == "ok":
-        return _same_value(a[1], b[1])
-    return a[1] is b[1] and a[2] == b[2]
-
-
-def safe_repr(v: Any) -> str:
-    """repr() that survives objects whose repr() raises (a corrupted UUID, say)."""
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        inner = ", ".join(f"{f.name}={safe_repr(getattr(v, f.name, '<unset>'))}"
-                          for f in dataclasses.fields(v))
-        return f"{type(v).__name__}({inner})"
-    try:
-        return repr(v)
-    except Exception:  # noqa: BLE001
-        return object.__repr__(v)
-
-
-def _show(o: tuple) -> str:
-    if o[0] == "ok":
-        return f"ok {o[1]!r}"
-    return f"raised {o[1].__module__}.{o[1].__qualname__}: {o[2]}"
-
-
-def assert_parity(c: tuple, p: tuple, what: str, arg: Any, protocol_only: bool = True) -> None:
-    """Both twins gave the same verdict, and only ProtocolError escaped."""
-    assert same_outcome(c, p), (
-        f"twins differ on {what} of {safe_repr(arg)}:\n  compiled: {_show(c)}\n  pure:     {_show(p)}")
-    if protocol_only:
-        for name, o in (("compiled", c), ("pure", p)):
-            if o[0] == "err":
-                assert issubclass(o[1], ProtocolError), (
-                    f"{name} twin let a non-ProtocolError escape on {what} of {safe_repr(arg)}: {_show(o)}")
 
 
 def decode_parity(both, data: Any) -> tuple:
@@ -122,7 +73,7 @@ def test_roundtrip(both, spec, data):
     assert c_bytes == p_bytes, f"encode differs for {msg!r}:\n{c_bytes.hex()}\n{p_bytes.hex()}"
     for impl in both:
         back = impl.decode(c_bytes)
-        assert _same_value(back, msg), f"{impl.name}: {back!r} != {msg!r}"
+        assert same_value(back, msg), f"{impl.name}: {back!r} != {msg!r}"
 
 
 @fast(300)
@@ -131,7 +82,7 @@ def test_named_form_decodes(both, pair):
     msg, data = pair
     for impl in both:
         back = impl.decode(data)
-        assert _same_value(back, msg), f"{impl.name} on {data.hex()}: {back!r} != {msg!r}"
+        assert same_value(back, msg), f"{impl.name} on {data.hex()}: {back!r} != {msg!r}"
     decode_parity(both, data)
 
 
@@ -202,18 +153,6 @@ def test_mutated_encodings(both, data):
     decode_parity(both, _mutate(valid, data.draw))
 
 
-def _nodes(tree: Any, path: tuple = ()) -> list[tuple]:
-    """Paths of every node of a msgpack tree (the root is ())."""
-    out = [path]
-    if isinstance(tree, list):
-        for i, e in enumerate(tree):
-            out += _nodes(e, path + (i,))
-    elif isinstance(tree, dict):
-        for k, e in tree.items():
-            out += _nodes(e, path + (k,))
-    return out
-
-
 def _at(tree: Any, path: tuple) -> Any:
     for p in path:
         tree = tree[p]
@@ -226,9 +165,9 @@ def test_structure_aware_fuzz(both, data):
     """Replace, drop or add one node of a valid message's msgpack tree."""
     _, valid = _valid_bytes(both, data.draw)
     tree = S.unpack(valid)
-    nodes = _nodes(tree)
+    paths = nodes(tree)
     rnd = data.draw(st.randoms(use_true_random=True), label="rnd")
-    path = () if rnd.random() < 0.03 else rnd.choice(nodes[1:])
+    path = () if rnd.random() < 0.03 else rnd.choice(paths[1:])
     op = data.draw(st.sampled_from(["replace", "replace", "replace", "drop", "add", "rekey"]),
                    label="op")
     new = data.draw(S.msgpack_values(), label="value")
@@ -319,7 +258,7 @@ def test_decode_input_types(both, data):
         for impl in both:
             got = outcome(impl.decode, form)
             assert same_outcome(got, reference), (
-                f"{impl.name} on {name} of {valid.hex()}: {_show(got)} vs bytes: {_show(reference)}")
+                f"{impl.name} on {name} of {valid.hex()}: {show(got)} vs bytes: {show(reference)}")
 
 
 @pytest.mark.parametrize("arg", [

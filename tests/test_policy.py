@@ -12,15 +12,15 @@ from fnmatch import fnmatchcase
 import pytest
 import uvloop
 
-from descartes_fast.backends import BackendRegistry
-from descartes_fast.policy import DEFAULT_ENV_DENY, PolicyError, SpawnPolicy
-from descartes_fast.schema import (
+from descartes_fast.agents.backends import BackendRegistry
+from descartes_fast.agents.policy import DEFAULT_ENV_DENY, PolicyError, SpawnPolicy
+from descartes_fast.wire.schema import (
     AgentConfig,
     AgentStatus,
     LogStreamType,
     StatusUpdateType,
 )
-from descartes_fast.supervisor import (
+from descartes_fast.agents.supervisor import (
     ClientLimitError,
     SpawnError,
     SpawnPolicyError,

@@ -15,22 +15,23 @@ import pytest
 import zmq
 from zmq.utils import z85
 
-from descartes_fast import codec
-from descartes_fast.admission import Gate, Refusal, Throttle
-from descartes_fast.schema import (
+from descartes_fast.wire import codec
+from descartes_fast.server.admission import Gate, Refusal, Throttle
+from descartes_fast.wire.schema import (
     AgentConfig, AgentStatus, ErrorResponse, HealthCheckRequest, HealthCheckResponse, SpawnRequest, StatusUpdate)
-from descartes_fast.security import (
-    SecurityError, ZapHandler, is_local_endpoint, keygen, load_allowlist, load_public_key, load_secret_key)
+from descartes_fast.server.security import ZapHandler, is_local_endpoint, load_allowlist
+from descartes_fast.wire.curve import SecurityError, keygen, load_public_key, load_secret_key
 
-from test_server import Server, _until
-from test_supervisor import rss_kib
+from support.server import Server
+from support.waiting import until
+from support.procs import rss_kib
 
 PY = sys.executable
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
-    return subprocess.run([PY, "-m", "descartes_fast", *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([PY, "-P", "-m", "descartes_fast", *args], capture_output=True, text=True, timeout=60, env=env)
 
 
 # -- keys --
@@ -145,7 +146,7 @@ def keys(tmp_path) -> dict[str, tuple[bytes, bytes]]:
     return out
 
 
-def curve_server(tmp_path, keys, impl="cython", *flags: str, **kw) -> Server:
+def curve_server(tmp_path, keys, impl, *flags: str, **kw) -> Server:
     """A CURVE server admitting alice and bob; its own sockets (``call``, ``spawn``) are bob's."""
     return Server(tmp_path, impl, "--curve-secret-key", str(tmp_path / "server" / "server.key_secret"),
                   "--authorized-keys", str(tmp_path / "clients"), *flags, log_level="INFO",
@@ -174,9 +175,8 @@ def events_for(sub: zmq.Socket, seconds: float) -> list:
     return out
 
 
-@pytest.mark.parametrize("impl", ["cython", "python"])
-def test_curve_admits_listed_keys_only_and_sighup_revokes(tmp_path, keys, impl) -> None:
-    server = curve_server(tmp_path, keys, impl)
+def test_curve_admits_listed_keys_only_and_sighup_revokes(tmp_path, keys, implementation) -> None:
+    server = curve_server(tmp_path, keys, implementation)
     try:
         alice = client_socket(server, zmq.DEALER, keys["alice"], keys)
         reply = ask(alice, "a1")
@@ -194,7 +194,7 @@ def test_curve_admits_listed_keys_only_and_sighup_revokes(tmp_path, keys, impl) 
 
         (tmp_path / "clients" / "alice.key").unlink()
         server.proc.send_signal(signal.SIGHUP)
-        _until(lambda: "removed: alice" in server.log())
+        until(lambda: "removed: alice" in server.log())
         events_for(alice_sub, 0.3)  # what was queued before the event socket was re-bound
         assert ask(alice, "a2") is None  # the open connection is cut off at once
         assert isinstance(server.call(HealthCheckRequest("b")), HealthCheckResponse)  # bob goes on
@@ -207,10 +207,10 @@ def test_curve_admits_listed_keys_only_and_sighup_revokes(tmp_path, keys, impl) 
         assert server.close() == 0
 
 
-def test_client_library_and_cli_use_curve_keys(tmp_path, keys) -> None:
+def test_client_library_and_cli_use_curve_keys(tmp_path, keys, main_implementation) -> None:
     from descartes_fast import Client, ZmqRunnerConfig
     from descartes_fast.client import RequestTimeoutError
-    server = curve_server(tmp_path, keys)
+    server = curve_server(tmp_path, keys, main_implementation)
     try:
         config = ZmqRunnerConfig(endpoint=server.bind, pub_endpoint=server.pub, request_timeout_secs=5,
                                  server_key=str(tmp_path / "server" / "server.key"),
@@ -248,7 +248,7 @@ def test_a_public_bind_without_curve_is_refused_unless_insecure(tmp_path) -> Non
     half = run_cli(*args, "--curve-secret-key", str(tmp_path / "x.key_secret"))
     assert half.returncode == 2 and "needs both" in half.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
-    proc = subprocess.Popen([PY, "-m", "descartes_fast", *args, "--insecure"], env=env,
+    proc = subprocess.Popen([PY, "-P", "-m", "descartes_fast", *args, "--insecure"], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
@@ -262,8 +262,8 @@ def test_a_public_bind_without_curve_is_refused_unless_insecure(tmp_path) -> Non
 
 # -- the spawn policy and limits over the wire --
 
-def test_spawn_policy_refusals_are_clear_replies(tmp_path) -> None:
-    server = Server(tmp_path, "cython", policy="")  # the default policy
+def test_spawn_policy_refusals_are_clear_replies(tmp_path, main_implementation) -> None:
+    server = Server(tmp_path, main_implementation, policy="")  # the default policy
     try:
         for env, text in (({"LD_PRELOAD": "/tmp/evil.so"}, "LD_PRELOAD"), ({"PATH": "/tmp/evil"}, "PATH"),
                           ({"AGENT_EXTRA_ARGS": "--steps 3"}, "AGENT_EXTRA_ARGS")):
@@ -278,8 +278,8 @@ def test_spawn_policy_refusals_are_clear_replies(tmp_path) -> None:
         server.close()
 
 
-def test_agents_over_their_memory_or_time_limit_fail_with_the_reason(tmp_path) -> None:
-    server = Server(tmp_path, "cython", policy="memory_mb = 100\nmax_wall_secs = 20")
+def test_agents_over_their_memory_or_time_limit_fail_with_the_reason(tmp_path, main_implementation) -> None:
+    server = Server(tmp_path, main_implementation, policy="memory_mb = 100\nmax_wall_secs = 20")
     try:
         sub = server.socket(zmq.SUB, SUBSCRIBE=b"status.")
         time.sleep(0.3)
@@ -301,8 +301,8 @@ def test_agents_over_their_memory_or_time_limit_fail_with_the_reason(tmp_path) -
         server.close()
 
 
-def test_agents_per_client_are_counted_per_key(tmp_path, keys) -> None:
-    server = curve_server(tmp_path, keys, policy="max_agents_per_client = 1")
+def test_agents_per_client_are_counted_per_key(tmp_path, keys, main_implementation) -> None:
+    server = curve_server(tmp_path, keys, main_implementation, policy="max_agents_per_client = 1")
     try:
         alice = client_socket(server, zmq.DEALER, keys["alice"], keys)
 
@@ -323,8 +323,8 @@ def test_agents_per_client_are_counted_per_key(tmp_path, keys) -> None:
 
 # -- rate limits and floods --
 
-def test_rate_limit_refuses_then_drops_and_counts(tmp_path) -> None:
-    server = Server(tmp_path, "cython", "--rate-limit", "20", "--rate-burst", "5")
+def test_rate_limit_refuses_then_drops_and_counts(tmp_path, main_implementation) -> None:
+    server = Server(tmp_path, main_implementation, "--rate-limit", "20", "--rate-burst", "5")
     try:
         time.sleep(0.3)  # the startup health check's token refills
         dealer = server.socket(zmq.DEALER)
@@ -346,8 +346,8 @@ def test_rate_limit_refuses_then_drops_and_counts(tmp_path) -> None:
         server.close()
 
 
-def test_rate_limits_are_per_key(tmp_path, keys) -> None:
-    server = curve_server(tmp_path, keys, "cython", "--rate-limit", "10", "--rate-burst", "10")
+def test_rate_limits_are_per_key(tmp_path, keys, main_implementation) -> None:
+    server = curve_server(tmp_path, keys, main_implementation, "--rate-limit", "10", "--rate-burst", "10")
     try:
         alice = client_socket(server, zmq.DEALER, keys["alice"], keys)
         for i in range(100):
@@ -400,8 +400,8 @@ def _health_latencies(server: Server, until) -> list[float]:
 
 
 @pytest.mark.parametrize("kind, amount", [("garbage", 100_000), ("oversize", 4)])
-def test_floods_leave_health_checks_fast_and_memory_bounded(tmp_path, kind, amount) -> None:
-    server = Server(tmp_path, "cython", "--rate-limit", "0")  # the worst case: no rate limit to help
+def test_floods_leave_health_checks_fast_and_memory_bounded(tmp_path, kind, amount, main_implementation) -> None:
+    server = Server(tmp_path, main_implementation, "--rate-limit", "0")  # the worst case: no rate limit to help
     try:
         baseline = sorted(_health_latencies(server, iter([False] * 50 + [True]).__next__))
         normal = baseline[len(baseline) // 2]

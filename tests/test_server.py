@@ -18,110 +18,24 @@ import msgpack
 import pytest
 import zmq
 
-from descartes_fast import codec
-from descartes_fast.schema import (
+from descartes_fast.wire import codec
+from descartes_fast.wire.schema import (
     AgentConfig, AgentStatus, BatchControlCommand, BatchControlResponse, CommandResponse,
     ControlCommand, ControlCommandType, CustomActionRequest, ErrorResponse, HealthCheckRequest,
     HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, LogStreamMessage, LogStreamType,
     OutputQueryRequest, OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate,
     StatusUpdateType, ZmqOutputStream)
 
-from test_supervisor import LOOP, alive, live_group_members, proc_state
+from support.server import Server
+from support.waiting import until
+from support.procs import LOOP, alive, live_group_members, proc_state
 
 C = ControlCommandType
-CONFIG = textwrap.dedent("""
-    [server]
-    heartbeat_interval = 0.5
-    stop_grace = 0.5
-    max_agents = 40
-
-    [backends.sh]
-    command = ["sh", "-c", "{task}"]
-
-    [backends.cat]
-    command = ["cat"]
-    cooperative_pause = true
-
-    [backends.py]
-    command = ["%s", "-c", "{task}"]
-    stdin = "null"
-
-    [policy]
-    allow_extra_args = true
-""" % sys.executable)
 
 
-class Server:
-    """A descartes-fast-server process on ipc:// endpoints, and sockets to talk to it."""
-
-    def __init__(self, tmp_path, implementation: str, *flags: str, policy: str = "allow_extra_args = true",
-                 log_level: str = "WARNING", curve: tuple[bytes, bytes, bytes] | None = None) -> None:
-        """*curve*: (server public, client public, client secret) for every socket made here."""
-        self.curve = curve
-        config = tmp_path / "server.toml"
-        config.write_text(CONFIG.replace("allow_extra_args = true", policy))
-        self.bind = f"ipc://{tmp_path}/req"
-        self.log_path = tmp_path / "server.log"
-        self.pub = f"ipc://{tmp_path}/pub"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
-        if implementation == "python":
-            env["DESCARTES_FAST_NO_EXTENSIONS"] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "descartes_fast", "serve", "--config", str(config), "--bind", self.bind,
-             "--pub", self.pub, "--server-id", "test-server", "--log-level", log_level, *flags],
-            env=env, stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"))
-        self.ctx = zmq.Context()
-        self.req = self.socket(zmq.REQ)
-        assert self.call(HealthCheckRequest("ready")).healthy
-
-    def socket(self, kind: int, curve: tuple[bytes, bytes, bytes] | None | bool = True, **opts) -> zmq.Socket:
-        """A socket to the server; *curve*: this Server's keys (True), other keys, or None for no CURVE."""
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, 15000)
-        curve = self.curve if curve is True else curve
-        if curve:
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
-        for name, value in opts.items():
-            sock.setsockopt(getattr(zmq, name), value)
-        sock.connect(self.pub if kind == zmq.SUB else self.bind)
-        return sock
-
-    def call(self, message, raw: bytes | None = None):
-        self.req.send(raw if raw is not None else codec.encode(message))
-        return codec.decode(self.req.recv())
-
-    def spawn(self, backend: str, task: str = "", **cfg) -> uuid.UUID:
-        reply = self.call(SpawnRequest("s", AgentConfig(name="t", model_backend=backend, task=task, **cfg)))
-        assert reply.success, reply.error
-        return reply.agent_info.id
-
-    def control(self, agent_id, kind, payload=None) -> CommandResponse:
-        return self.call(ControlCommand("c", agent_id, kind, payload))
-
-    def wait_status(self, agent_id, statuses, timeout=15.0) -> AgentStatus:
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.control(agent_id, C.GET_STATUS).status
-            if status in statuses:
-                return status
-            assert time.monotonic() < deadline, f"agent still {status}"
-            time.sleep(0.02)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def close(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self.ctx.destroy(linger=0)
-        return code
-
-
-@pytest.fixture(params=["cython", "python"])
-def server(request, tmp_path):
-    srv = Server(tmp_path, request.param)
+@pytest.fixture
+def server(implementation, tmp_path):
+    srv = Server(tmp_path, implementation)
     yield srv
     srv.close()
 
@@ -148,7 +62,7 @@ def test_every_request_type(server) -> None:
     assert replies[C.SIGNAL].data == {"signal_sent": "SIGSTOP"} and replies[C.SIGNAL].status == AgentStatus.PAUSED
     assert replies[C.CUSTOM_ACTION].data == {"action": "echo", "result": [1, "x"]}
     assert replies[C.STREAM_LOGS].data["topic"] == str(agent) and replies[C.STREAM_LOGS].data["enabled"]
-    _until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines >= 1)
+    until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines >= 1)
     read = server.control(agent, C.READ_STDOUT)
     assert read.data == {"bytes": 6, "data": "hello\n"}
     empty = server.control(agent, C.READ_STDERR)
@@ -223,26 +137,18 @@ def test_pause_is_observed_on_the_process(server) -> None:
     pid = _pid(server, looping)
     reply = server.control(looping, C.PAUSE, {"force": True})
     assert reply.data == {"mode": "forced", "paused": True}
-    _until(lambda: proc_state(pid) == "T", seen=lambda: (_describe(pid), server.control(looping, C.GET_STATUS)))
+    until(lambda: proc_state(pid) == "T", seen=lambda: (_describe(pid), server.control(looping, C.GET_STATUS)))
     server.control(looping, C.RESUME)
-    _until(lambda: proc_state(pid) != "T", seen=lambda: _describe(pid))
+    until(lambda: proc_state(pid) != "T", seen=lambda: _describe(pid))
     cat = server.spawn("cat")  # cooperative: the reference's line arrives on the agent's stdin
     assert server.control(cat, C.PAUSE).data["mode"] == "cooperative"
-    _until(lambda: server.control(cat, C.READ_STDOUT).data.get("data") == '{"type":"pause","action":"pause"}\n')
+    until(lambda: server.control(cat, C.READ_STDOUT).data.get("data") == '{"type":"pause","action":"pause"}\n')
 
 
 def _pid(server: Server, agent_id) -> int:
     reply = server.call(CustomActionRequest("p", agent_id, "get_env"))
     assert reply.success and reply.data["result"]["status"] in ("Running", "Paused")
     return reply.data["result"]["pid"]
-
-
-def _until(check, timeout=10.0, seen=lambda: None) -> None:
-    """Wait for *check*; on timeout the message includes what *seen* reports."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"condition not reached; seen: {seen()}"
-        time.sleep(0.02)
 
 
 def _describe(pid: int) -> str:
@@ -257,11 +163,11 @@ def _describe(pid: int) -> str:
 @pytest.mark.parametrize("kind", [C.STOP, C.KILL])
 def test_stop_and_kill_end_the_process_group(server, kind) -> None:
     agent = server.spawn("sh", "sleep 1000 & echo $!; wait")
-    _until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines == 1)
+    until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines == 1)
     grandchild = int(server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).lines[0])
     assert alive(grandchild)
     server.control(agent, kind)
-    _until(lambda: not alive(grandchild))
+    until(lambda: not alive(grandchild))
 
 
 def test_large_output_is_complete_in_order_and_binary_safe(server) -> None:
@@ -360,16 +266,16 @@ def test_sigterm_stops_every_agent_and_exits_0(server) -> None:
     assert server.close() == 0
     assert time.monotonic() - started < 10
     for pgid in pgids:
-        _until(lambda: not live_group_members(pgid))
+        until(lambda: not live_group_members(pgid))
 
 
 def test_bad_settings_exit_2_with_a_message(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "descartes_fast", "serve", "--max-agents", "zero"],
+    proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "serve", "--max-agents", "zero"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--max-agents='zero'" in proc.stderr
     busy = zmq.Context().socket(zmq.ROUTER)
     port = busy.bind_to_random_port("tcp://127.0.0.1")
-    proc = subprocess.run([sys.executable, "-m", "descartes_fast", "serve", "--bind", f"tcp://127.0.0.1:{port}",
+    proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", f"tcp://127.0.0.1:{port}",
                            "--pub", "none"], capture_output=True, text=True, timeout=30)
     busy.close(0)
     assert proc.returncode == 1 and "cannot bind" in proc.stderr

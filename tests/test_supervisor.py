@@ -14,22 +14,15 @@ import uuid
 import pytest
 import uvloop
 
-from descartes_fast.backends import BackendRegistry
-from descartes_fast.policy import SpawnPolicy
-from descartes_fast.schema import AgentConfig, AgentStatus, LogStreamType, PauseMode, StatusUpdateType
-from descartes_fast.supervisor import (
+from descartes_fast.agents.backends import BackendRegistry
+from descartes_fast.agents.policy import SpawnPolicy
+from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, PauseMode, StatusUpdateType
+from descartes_fast.agents.supervisor import (
     PAUSE_LINE, RESUME_LINE, AgentNotFoundError, SpawnError, Supervisor, SupervisorError)
+from support.agents import BACKENDS, PY, Recorder
+from support.procs import LOOP, alive, live_group_members, proc_state
 
 OUT, ERR = LogStreamType.STDOUT, LogStreamType.STDERR
-PY = sys.executable
-BACKENDS = BackendRegistry.from_tables({
-    "sh": {"command": ["sh", "-c", "{task}"], "stdin": "pipe"},
-    "sh-closed": {"command": ["sh", "-c", "{task}"], "stdin": "close"},
-    "cat": {"command": ["cat"], "cooperative_pause": True},
-    "py": {"command": [PY, "-c", "{task}"], "stdin": "null"},
-})
-
-
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request):
     """Run a coroutine to completion on the parametrized event loop."""
@@ -41,18 +34,6 @@ def run(request):
     return runner
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple] = []
-        self.output: dict[tuple, bytearray] = {}
-
-    def on_output(self, agent, stream, data) -> None:
-        self.output.setdefault((agent.id, stream), bytearray()).extend(data)
-
-    def on_status(self, agent, kind, message) -> None:
-        self.events.append((agent.id, kind, agent.status, message))
-
-
 def supervisor(**kw) -> tuple[Supervisor, Recorder]:
     rec = Recorder()
     return Supervisor(BACKENDS, listener=rec, **kw), rec
@@ -60,48 +41,6 @@ def supervisor(**kw) -> tuple[Supervisor, Recorder]:
 
 def sh(script: str, backend: str = "sh") -> AgentConfig:
     return AgentConfig(name="t", model_backend=backend, task=script)
-
-
-#: a loop that forks nothing: a shell looping on `sleep` is often caught by SIGSTOP inside
-#: vfork (dash vforks), where it shows state D, not T, until the stopped child is continued
-LOOP = f"exec {sys.executable} -c \"while 1: __import__('time').sleep(0.05)\""
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Processes of group *pgid* that are not zombies (a zombie waits for its reaper only)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry))
-    return members
-
-
-def proc_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of process *pid*, in KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 async def until(check, timeout: float = 10.0) -> None:
@@ -305,15 +244,15 @@ def test_signals(run) -> None:
         sup, _ = supervisor()
         agent = await sup.spawn(sh("trap 'echo got-int' INT; echo ready; while true; do sleep 0.05; done"))
         await until(lambda: agent.stdout.total_lines >= 1)  # the trap is in place
-        assert sup.signal(agent.id, "SIGINT") == "SIGINT"
+        assert sup.send_signal(agent.id, "SIGINT") == "SIGINT"
         await until(lambda: agent.stdout.total_lines >= 2)
-        assert sup.signal(agent.id, "Force_Pause") == "Force_Pause"
+        assert sup.send_signal(agent.id, "Force_Pause") == "Force_Pause"
         assert agent.pause_mode == PauseMode.FORCED
-        sup.signal(agent.id, "cont")
+        sup.send_signal(agent.id, "cont")
         assert agent.status == AgentStatus.RUNNING
         with pytest.raises(SupervisorError, match="Unknown signal type: 'HUP'"):
-            sup.signal(agent.id, "HUP")
-        sup.signal(agent.id, "kill")
+            sup.send_signal(agent.id, "HUP")
+        sup.send_signal(agent.id, "kill")
         await sup.wait(agent.id)
         assert agent.status == AgentStatus.TERMINATED
     run(main())
@@ -357,10 +296,10 @@ def test_retention_evicts_the_oldest_finished_agents(run) -> None:
         for a in agents:
             await a.exited
         last_to_end = sorted(agents, key=lambda a: a.ended_at)[2:]  # they may end in any order
-        assert {a.id for a in sup.list()} == {a.id for a in last_to_end}
+        assert {a.id for a in sup.agents()} == {a.id for a in last_to_end}
         live = await sup.spawn(sh("sleep 30"))
-        assert sup.list(status=AgentStatus.RUNNING) == [live]
-        assert len(sup.list(limit=1)) == 1
+        assert sup.agents(status=AgentStatus.RUNNING) == [live]
+        assert len(sup.agents(limit=1)) == 1
         await sup.shutdown()
     run(main())
 
@@ -384,9 +323,9 @@ def test_agents_of_a_background_host_can_be_interrupted() -> None:
     script = (
         "import asyncio, signal\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-        "from descartes_fast.schema import AgentConfig\n"
-        "from descartes_fast.supervisor import Supervisor\n"
-        "from test_supervisor import BACKENDS, Recorder\n"
+        "from descartes_fast.wire.schema import AgentConfig\n"
+        "from descartes_fast.agents.supervisor import Supervisor\n"
+        "from support.agents import BACKENDS, Recorder\n"
         "async def main():\n"
         "    rec = Recorder()\n"
         "    sup = Supervisor(BACKENDS, listener=rec)\n"

@@ -1,0 +1,191 @@
+"""One agent's operating-system process: started in its own session with pipes, watched on the
+event loop (a pidfd for its exit, non-blocking pipes for its output, a queue for its stdin),
+and signalled as a whole process group. No ZeroMQ and no agent state here: the supervisor
+(:mod:`descartes_fast.agents.supervisor`) decides; this module does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import subprocess
+from typing import Callable
+
+from descartes_fast.agents.backends import Launch
+from descartes_fast.wire.schema import LogStreamType
+
+__all__ = ["AgentProcess", "StdinClosedError", "READ_SIZE"]
+
+#: bytes taken from a pipe per read
+READ_SIZE = 65536
+
+#: ``on_output(stream, data)``: *data* as read, ``b""`` once at the end of the stream
+OutputCallback = Callable[[LogStreamType, bytes], None]
+#: ``on_exit(exit_code, usage)``: the process has been reaped (its pipes are drained first)
+ExitCallback = Callable[[int, "resource.struct_rusage"], None]
+
+
+class StdinClosedError(Exception):
+    """The agent's stdin is closed (never opened, closed by request, or the reader went away)."""
+
+
+class AgentProcess:
+    """A started agent process; use :meth:`start` (blocking, from a worker thread), then :meth:`watch`."""
+
+    def __init__(self, popen: subprocess.Popen, stdin_open: bool) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.exit_code: int | None = None
+        self.usage: resource.struct_rusage | None = None
+        self.stdin_fd: int | None = popen.stdin.fileno() if stdin_open and popen.stdin else None
+        self._pending_stdin = bytearray()
+        self._close_when_flushed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_output: OutputCallback | None = None
+        self._on_exit: ExitCallback | None = None
+        self._pipes = {LogStreamType.STDOUT: popen.stdout, LogStreamType.STDERR: popen.stderr}
+
+    @classmethod
+    def start(cls, launch: Launch, env: dict[str, str]) -> AgentProcess:
+        """Start *launch* in a new session with piped stdout/stderr (and stdin per its mode)."""
+        stdin = subprocess.DEVNULL if launch.stdin == "null" else subprocess.PIPE
+        popen = subprocess.Popen(launch.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 cwd=launch.cwd, env=env, start_new_session=True, close_fds=True)
+        if launch.stdin == "close" and popen.stdin is not None:
+            popen.stdin.close()
+        return cls(popen, launch.stdin == "pipe")
+
+    def abandon(self) -> None:
+        """Undo a start that must not go on: SIGKILL the group, reap, close the pipes."""
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait()
+        for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_output: OutputCallback, on_exit: ExitCallback) -> None:
+        """Report output and the exit on *loop* from now on."""
+        self._loop, self._on_output, self._on_exit = loop, on_output, on_exit
+        if self.stdin_fd is not None:
+            os.set_blocking(self.stdin_fd, False)
+        for stream, pipe in self._pipes.items():
+            os.set_blocking(pipe.fileno(), False)
+            loop.add_reader(pipe.fileno(), self._on_readable, stream)
+        pidfd = os.pidfd_open(self.pid)
+        loop.add_reader(pidfd, self._on_pidfd, pidfd)
+
+    @property
+    def running(self) -> bool:
+        """Not reaped yet."""
+        return self.exit_code is None
+
+    # -- signals (to the whole process group: the agent runs in its own session) --
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass  # the whole group is gone already
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM to the group (and SIGCONT, so a stopped group wakes to die), SIGKILL after *grace*."""
+        self.signal_group(signal.SIGTERM)
+        self.signal_group(signal.SIGCONT)
+        assert self._loop is not None
+        self._loop.call_later(grace, self.signal_group, signal.SIGKILL)
+
+    # -- stdin --
+
+    @property
+    def stdin_open(self) -> bool:
+        """Writes are accepted (stdin is a pipe, not closed and not about to close)."""
+        return self.stdin_fd is not None and not self._close_when_flushed
+
+    def write(self, data: bytes) -> None:
+        """Queue *data* for stdin; never blocks. Raises StdinClosedError if the reader is gone."""
+        if self.stdin_fd is None:
+            raise StdinClosedError("stdin is closed")
+        if self._pending_stdin:
+            self._pending_stdin += data
+            return
+        try:
+            sent = os.write(self.stdin_fd, data)
+        except BlockingIOError:
+            sent = 0
+        except BrokenPipeError:
+            self.close_stdin()
+            raise StdinClosedError("the process stopped reading") from None
+        if sent < len(data):
+            self._pending_stdin += data[sent:]
+            assert self._loop is not None
+            self._loop.add_writer(self.stdin_fd, self._flush_stdin)
+
+    def close_stdin(self, when_flushed: bool = False) -> None:
+        """Close stdin now, or once what is queued has been written (*when_flushed*)."""
+        if self.stdin_fd is None:
+            return
+        if when_flushed and self._pending_stdin:
+            self._close_when_flushed = True
+            return
+        if self._pending_stdin:
+            assert self._loop is not None
+            self._loop.remove_writer(self.stdin_fd)
+            self._pending_stdin.clear()
+        self.stdin_fd = None
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+
+    def _flush_stdin(self) -> None:
+        assert self.stdin_fd is not None and self._loop is not None
+        try:
+            sent = os.write(self.stdin_fd, self._pending_stdin)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close_stdin()
+            return
+        del self._pending_stdin[:sent]
+        if not self._pending_stdin:
+            self._loop.remove_writer(self.stdin_fd)
+            if self._close_when_flushed:
+                self.close_stdin()
+
+    # -- output and exit --
+
+    def _on_readable(self, stream: LogStreamType) -> bool:
+        """Read once; False when nothing more is to be had now (would block, or the end)."""
+        pipe = self._pipes[stream]
+        if pipe.closed:
+            return False
+        try:
+            data = os.read(pipe.fileno(), READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        assert self._on_output is not None and self._loop is not None
+        if data:
+            self._on_output(stream, data)
+            return True
+        self._loop.remove_reader(pipe.fileno())
+        pipe.close()
+        self._on_output(stream, b"")
+        return False
+
+    def _on_pidfd(self, pidfd: int) -> None:
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return
+        assert self._loop is not None and self._on_exit is not None
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = self.exit_code
+        self.usage = usage
+        self.close_stdin()
+        for stream in self._pipes:  # what the process left in its pipes comes before its exit
+            while self._on_readable(stream):
+                pass
+        self._on_exit(self.exit_code, usage)

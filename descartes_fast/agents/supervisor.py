@@ -1,0 +1,541 @@
+"""The agent supervisor: the one registry of agents and their state machine (no ZeroMQ here).
+
+Each agent is an :class:`~descartes_fast.agents.process.AgentProcess` (its own session, pipes,
+stdin queue, exit through a pidfd, signals to its group) plus what is known about it: its
+status, pause mode, output buffers (:mod:`descartes_fast.agents.output`) and limits
+(:mod:`descartes_fast.agents.limits`). Finished agents stay queryable until the retention limits
+evict them. What happens is reported to a :class:`Listener` (the server publishes it on PUB).
+
+Error texts follow the Rust reference where it has one (docs/protocol.md §6), so a Rust client
+sees the messages it knows. A :class:`~descartes_fast.agents.policy.SpawnPolicy` decides what a
+spawn request may ask for and the limits each agent runs under; an agent ended by a limit
+ends ``failed``, with the limit named in its final status message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import os
+import re
+import resource
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled
+from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
+from descartes_fast.agents.output import OutputBuffer
+from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
+from descartes_fast.agents.process import READ_SIZE, AgentProcess, StdinClosedError
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    LogStreamType,
+    PauseMode,
+    StatusUpdateType,
+)
+
+__all__ = [
+    "PAUSE_LINE",
+    "RESUME_LINE",
+    "SIGNALS",
+    "Agent",
+    "AgentLimitError",
+    "AgentNotFoundError",
+    "ClientLimitError",
+    "Listener",
+    "SpawnError",
+    "SpawnPolicyError",
+    "Supervisor",
+    "SupervisorError",
+]
+
+#: the cooperative pause protocol: exact lines written to the agent's stdin (docs/protocol.md §7)
+PAUSE_LINE: Final = b'{"type":"pause","action":"pause"}\n'
+RESUME_LINE: Final = b'{"type":"pause","action":"resume"}\n'
+
+#: signal names a ``signal`` command accepts (case-insensitive), as in the reference
+SIGNALS: Final[dict[str, str]] = {
+    **dict.fromkeys(("interrupt", "sigint", "int"), "interrupt"),
+    **dict.fromkeys(("terminate", "sigterm", "term"), "terminate"),
+    **dict.fromkeys(("kill", "sigkill"), "kill"),
+    **dict.fromkeys(("stop", "sigstop", "pause", "force_pause"), "stop"),
+    **dict.fromkeys(("continue", "sigcont", "cont", "resume"), "continue"),
+}
+_ACTIVE: Final = (AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNING, AgentStatus.THINKING,
+                  AgentStatus.PAUSED)
+
+
+class SupervisorError(Exception):
+    """A request the supervisor refuses; ``str()`` is the text for the client."""
+
+
+class SpawnError(SupervisorError):
+    """The agent could not be started."""
+
+
+class AgentLimitError(SpawnError):
+    """``max_agents`` agents are active already (the reference replies without a prefix)."""
+
+
+class SpawnPolicyError(SpawnError):
+    """The spawn policy refuses the request; the text says what and why."""
+
+
+class ClientLimitError(AgentLimitError, SpawnPolicyError):
+    """The client has ``max_agents_per_client`` active agents already (no prefix, like AgentLimitError)."""
+
+
+class AgentNotFoundError(SupervisorError):
+    def __init__(self, agent_id: uuid.UUID) -> None:
+        super().__init__(f"Agent not found: {agent_id}")
+
+
+class Listener(Protocol):
+    """Receives what happens to agents (the server turns it into PUB messages)."""
+
+    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None: ...
+    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None: ...
+
+
+class _Silent:
+    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
+        pass
+
+    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Agent:
+    """One agent: its process and everything known about it."""
+
+    id: uuid.UUID
+    config: AgentConfig
+    launch: Launch
+    process: AgentProcess = field(repr=False)
+    started_at: int
+    stdout: OutputBuffer
+    stderr: OutputBuffer
+    exited: asyncio.Future[int] = field(repr=False)
+    limits: Limits = field(default_factory=Limits)
+    owner: str | None = None              # the client identity that spawned it (None: not counted)
+    status: AgentStatus = AgentStatus.RUNNING
+    pause_mode: PauseMode | None = None
+    paused_at: int | None = None
+    ended_at: float | None = None         # time.monotonic() of the exit
+    reason: str | None = None
+    limit_hit: bool = False               # a limit ended it: ``failed`` with ``reason``, whatever the exit
+    _unsent: dict[LogStreamType, bytes] = field(default_factory=dict, repr=False)  # partial lines
+    _wall_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(self.id, self.config.name, self.status, self.config.model_backend,
+                         self.started_at, self.config.task, self.paused_at, self.pause_mode)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.exit_code
+
+    @property
+    def running(self) -> bool:
+        """The process has not been reaped yet."""
+        return self.process.running
+
+    def buffer(self, stream: LogStreamType) -> OutputBuffer:
+        return self.stdout if stream == LogStreamType.STDOUT else self.stderr
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """Does nothing: stands in for SIG_IGN (see _give_agents_default_signals)."""
+
+
+def _give_agents_default_signals() -> None:
+    """A process started in the background ignores SIGINT and SIGQUIT, and exec keeps an ignored
+    signal ignored: its agents could not be interrupted. A handler that does nothing keeps this
+    process ignoring them, and exec resets a handled signal to the default for the agents."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            try:
+                signal.signal(sig, _ignore)
+            except ValueError:
+                pass  # not the main thread: agents inherit the ignore
+
+
+class Supervisor:
+    """Spawns and controls agents; see the module docstring.
+
+    Parameters
+    ----------
+    backends : how ``model_backend`` names become command lines
+    max_agents : agents that may be active (not completed/failed/terminated) at once
+    stop_grace : seconds between SIGTERM and SIGKILL for ``stop``
+    output_limit : bytes kept per agent (half per stream); older lines are dropped
+    retention : seconds a finished agent stays queryable
+    max_retained : finished agents kept at most (the oldest go first)
+    policy : what requests may ask for and the per-agent limits (default: ``SpawnPolicy()``)
+    """
+
+    def __init__(self, backends: BackendRegistry | None = None, *, max_agents: int = 100,
+                 stop_grace: float = 2.0, output_limit: int = 8 * 1024 * 1024,
+                 retention: float = 3600.0, max_retained: int = 1000,
+                 listener: Listener | None = None, policy: SpawnPolicy | None = None) -> None:
+        self.backends = backends or BackendRegistry()
+        self.policy = policy or SpawnPolicy()
+        self.max_agents = max_agents
+        self.stop_grace = stop_grace
+        self.output_limit = output_limit
+        self.retention = retention
+        self.max_retained = max_retained
+        self.listener: Listener = listener or _Silent()
+        self._agents: dict[uuid.UUID, Agent] = {}
+        self._finished: collections.deque[uuid.UUID] = collections.deque()
+        self._env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
+        _give_agents_default_signals()
+        self._starting: collections.Counter[str | None] = collections.Counter()  # spawns under way, by owner
+        self._by_pid: dict[int, Agent] = {}
+        self._memory = MemoryWatchdog(self._memory_exceeded)
+
+    # -- registry --
+
+    def get(self, agent_id: uuid.UUID) -> Agent:
+        self._evict()
+        try:
+            return self._agents[agent_id]
+        except KeyError:
+            raise AgentNotFoundError(agent_id) from None
+
+    def agents(self, status: AgentStatus | None = None, limit: int | None = None) -> list[Agent]:
+        """Agents in spawn order, optionally only those with *status*, at most *limit*."""
+        self._evict()
+        found = [a for a in self._agents.values() if status is None or a.status == status]
+        return found if limit is None else found[:limit]
+
+    def active_count(self, owner: str | None = None) -> int:
+        """Active agents (of *owner* only, if given)."""
+        return sum(1 for a in self._agents.values()
+                   if a.status in _ACTIVE and (owner is None or a.owner == owner))
+
+    def _evict(self) -> None:
+        if not self._finished:
+            return
+        horizon = time.monotonic() - self.retention
+        while self._finished:
+            oldest = self._agents.get(self._finished[0])
+            if oldest is not None and len(self._finished) <= self.max_retained and \
+                    (oldest.ended_at or 0) > horizon:
+                break
+            self._finished.popleft()
+            if oldest is not None:
+                del self._agents[oldest.id]
+
+    # -- lifecycle --
+
+    async def spawn(self, config: AgentConfig, *, owner: str | None = None, timeout_secs: int | None = None,
+                    metadata: dict[str, str] | None = None) -> Agent:
+        """Start an agent; raises SpawnError with the reference's texts, SpawnPolicyError for what
+        the policy refuses (ClientLimitError past ``max_agents_per_client``).
+
+        *owner* is the client identity counted by ``max_agents_per_client`` (None: not counted),
+        *timeout_secs* the request's wall-clock limit (0 or None: none; ``max_wall_secs`` caps
+        it), *metadata* the request's metadata (``cwd`` chooses the working directory).
+        """
+        policy = self.policy
+        if self.active_count() + sum(self._starting.values()) >= self.max_agents:
+            raise AgentLimitError(f"Maximum agent limit reached: {self.max_agents}")
+        per_client = policy.max_agents_per_client
+        if per_client is not None and owner is not None:
+            count = self.active_count(owner) + self._starting[owner]
+            if count >= per_client:
+                raise ClientLimitError(f"spawn refused: client '{owner}' already has {count} active "
+                                       f"agent{'' if count == 1 else 's'} (max_agents_per_client = {per_client})")
+        try:
+            cwd = policy.check_request(config, metadata)
+            backend = self.backends.resolve(config.model_backend, allow_program_cli=policy.allow_program_cli)
+            launch = backend.build(config)
+        except (PolicyRefusal, ProgramCliDisabled) as exc:
+            raise SpawnPolicyError(f"spawn refused by this server's policy: {exc}") from None
+        except BackendError as exc:
+            raise SpawnError(f"Agent spawn failed: {exc}") from None
+        agent_id = uuid.uuid4()
+        make_dir = None
+        if cwd is None and launch.cwd is None and policy.workdir is not None:
+            make_dir = os.path.join(policy.workdir, str(agent_id))
+        launch = dataclasses.replace(launch, cwd=cwd or make_dir or launch.cwd)
+        loop = asyncio.get_running_loop()
+        self._starting[owner] += 1
+        try:
+            process = await loop.run_in_executor(None, self._start, launch, make_dir, policy)
+        except (OSError, ValueError) as exc:
+            raise SpawnError(f"Agent spawn failed: Failed to spawn process for backend "
+                             f"'{config.model_backend}': {exc}") from None
+        finally:
+            self._starting[owner] -= 1
+            if not self._starting[owner]:
+                del self._starting[owner]
+        half = max(1, self.output_limit // 2)
+        agent = Agent(agent_id, config, launch, process, time.time_ns(), OutputBuffer(half), OutputBuffer(half),
+                      loop.create_future(), Limits.of(policy, timeout_secs), owner)
+        self._agents[agent.id] = agent
+        process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
+                      lambda code, usage: self._on_exit(agent, code, usage))
+        limits = agent.limits
+        if limits.wall_secs is not None:
+            agent._wall_timer = loop.call_later(limits.wall_secs, self._wall_expired, agent)
+        if limits.memory_mb is not None:
+            self._by_pid[process.pid] = agent
+            self._memory.watch(process.pid, limits.memory_mb)
+        self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, "spawned")
+        return agent
+
+    def _start(self, launch: Launch, make_dir: str | None, policy: SpawnPolicy) -> AgentProcess:
+        """In a worker thread: the agent's directory (a new one under ``workdir``), the process,
+        its resource limits."""
+        if make_dir is not None:
+            try:
+                os.makedirs(os.path.dirname(make_dir), mode=0o700, exist_ok=True)
+                os.mkdir(make_dir, 0o700)
+                os.chmod(make_dir, 0o700)  # whatever the umask
+            except OSError as exc:
+                raise SpawnError(f"Agent spawn failed: cannot create the agent's working directory "
+                                 f"'{make_dir}': {exc.strerror}") from None
+        try:
+            process = AgentProcess.start(launch, {**self._env, **launch.env})
+        except BaseException:
+            if make_dir is not None:
+                try:
+                    os.rmdir(make_dir)
+                except OSError:
+                    pass
+            raise
+        try:
+            apply_rlimits(process.pid, policy)
+        except OSError as exc:
+            process.abandon()
+            raise SpawnError(f"Agent spawn failed: cannot apply the resource limits (cpu_secs = "
+                             f"{policy.cpu_secs}, open_files = {policy.open_files}): {exc.strerror}") from None
+        return process
+
+    def _on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
+        buffer = agent.buffer(stream)
+        if data:
+            buffer.append(data)
+            self._publish(agent, stream, data)
+        else:
+            buffer.close()
+            self._publish(agent, stream, b"", end=True)
+
+    def _publish(self, agent: Agent, stream: LogStreamType, data: bytes, end: bool = False) -> None:
+        """Hand output to the listener in whole lines: a partial line waits for its end
+        (or for EOF, or until it is longer than one read)."""
+        data = agent._unsent.pop(stream, b"") + data
+        cut = len(data) if end or len(data) > READ_SIZE else data.rfind(b"\n") + 1
+        if cut < len(data):
+            agent._unsent[stream] = data[cut:]
+        if cut:
+            self.listener.on_output(agent, stream, data[:cut])
+
+    def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
+        agent.ended_at = time.monotonic()
+        if agent._wall_timer is not None:
+            agent._wall_timer.cancel()
+            agent._wall_timer = None
+        self._memory.forget(agent.pid)
+        self._by_pid.pop(agent.pid, None)
+        if agent.status != AgentStatus.TERMINATED and not agent.limit_hit and \
+                agent.limits.cpu_exceeded(exit_code, usage):
+            agent.reason = agent.limits.cpu_text()
+            agent.limit_hit = True
+            agent.process.signal_group(signal.SIGKILL)  # what is left of its group is over the limit too
+        if agent.status != AgentStatus.TERMINATED:  # stop and kill are sticky
+            ok = exit_code == 0 and not agent.limit_hit
+            agent.status = AgentStatus.COMPLETED if ok else AgentStatus.FAILED
+            if not ok and agent.reason is None:
+                agent.reason = f"killed by signal {-exit_code}" if exit_code < 0 else \
+                    f"exited with status {exit_code}"
+            self.listener.on_status(agent, StatusUpdateType.COMPLETED if ok else StatusUpdateType.ERROR,
+                                    agent.reason or "exited with status 0")
+        self._finished.append(agent.id)
+        agent.exited.set_result(exit_code)
+        self._evict()
+
+    # -- limits --
+
+    def _limit_exceeded(self, agent: Agent, reason: str, graceful: bool) -> None:
+        """End *agent* for exceeding a limit: SIGTERM (SIGKILL after ``stop_grace``) or SIGKILL
+        at once; it ends ``failed`` with *reason* (unless stopped or killed already)."""
+        if agent.status != AgentStatus.TERMINATED:
+            agent.reason = reason
+            agent.limit_hit = True
+        if graceful:
+            agent.process.terminate(self.stop_grace)
+        else:
+            agent.process.signal_group(signal.SIGKILL)
+
+    def _wall_expired(self, agent: Agent) -> None:
+        agent._wall_timer = None
+        if agent.running and not agent.limit_hit:
+            self._limit_exceeded(agent, agent.limits.wall_text(), graceful=True)
+
+    def _memory_exceeded(self, pgid: int, reason: str) -> None:
+        agent = self._by_pid.get(pgid)
+        if agent is not None and agent.running and not agent.limit_hit:
+            self._limit_exceeded(agent, reason, graceful=False)
+
+    async def wait(self, agent_id: uuid.UUID) -> int:
+        """The agent's exit code, once its process has exited."""
+        return await asyncio.shield(self.get(agent_id).exited)
+
+    def _set(self, agent: Agent, status: AgentStatus, message: str,
+             kind: StatusUpdateType = StatusUpdateType.STATUS_CHANGED) -> None:
+        agent.status = status
+        if status != AgentStatus.PAUSED:
+            agent.pause_mode = agent.paused_at = None
+        self.listener.on_status(agent, kind, message)
+
+    def stop(self, agent_id: uuid.UUID) -> bool:
+        """SIGTERM to the agent's group, SIGKILL after ``stop_grace``; ``terminated`` at once.
+        False (nothing done) when the agent has ended or is being stopped already."""
+        agent = self.get(agent_id)
+        if not agent.running or agent.status.is_terminal():
+            return False
+        agent.process.terminate(self.stop_grace)
+        agent.reason = "stopped"
+        self._set(agent, AgentStatus.TERMINATED, "stopped", StatusUpdateType.TERMINATED)
+        return True
+
+    def kill(self, agent_id: uuid.UUID) -> bool:
+        """SIGKILL to the agent's whole process group; ``terminated`` at once (also cuts a stop's
+        grace short). False (nothing done) when the agent's process has exited already."""
+        agent = self.get(agent_id)
+        if not agent.running:
+            return False
+        agent.process.signal_group(signal.SIGKILL)
+        if agent.status != AgentStatus.TERMINATED:
+            agent.reason = "killed"
+            self._set(agent, AgentStatus.TERMINATED, "killed", StatusUpdateType.TERMINATED)
+        return True
+
+    def pause(self, agent_id: uuid.UUID, force: bool = False) -> PauseMode:
+        """Pause: cooperative (the pause line on stdin) where the backend honours it, else SIGSTOP."""
+        agent = self.get(agent_id)
+        if agent.status == AgentStatus.PAUSED:
+            raise SupervisorError("Agent execution error: Agent is already paused")
+        if agent.status not in (AgentStatus.RUNNING, AgentStatus.THINKING):
+            what = "terminal state" if agent.status.is_terminal() else "state"
+            raise SupervisorError(f"Agent execution error: Cannot pause agent in {what}: {agent.status}")
+        cooperative = not force and agent.launch.cooperative_pause and agent.process.stdin_fd is not None
+        if cooperative:
+            self._write(agent, PAUSE_LINE)
+        else:
+            agent.process.signal_group(signal.SIGSTOP)
+        agent.pause_mode = PauseMode.COOPERATIVE if cooperative else PauseMode.FORCED
+        agent.paused_at = time.time_ns()
+        agent.status = AgentStatus.PAUSED
+        self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, f"paused ({agent.pause_mode})")
+        return agent.pause_mode
+
+    def resume(self, agent_id: uuid.UUID) -> Agent:
+        """Undo a pause the way it was made."""
+        agent = self.get(agent_id)
+        if agent.status != AgentStatus.PAUSED:
+            raise SupervisorError(f"Agent execution error: Agent is not paused, current status: {agent.status}")
+        if agent.pause_mode == PauseMode.FORCED:
+            agent.process.signal_group(signal.SIGCONT)
+        elif agent.process.stdin_fd is not None:
+            self._write(agent, RESUME_LINE)
+        self._set(agent, AgentStatus.RUNNING, "resumed")
+        return agent
+
+    def send_signal(self, agent_id: uuid.UUID, name: str) -> str:
+        """Send a named signal (see SIGNALS) to the agent's group; returns the name given."""
+        agent = self.get(agent_id)
+        kind = SIGNALS.get(name.lower())
+        if kind is None:
+            raise SupervisorError(f"Agent execution error: Unknown signal type: '{name}'. "
+                                  "Valid signals: interrupt, terminate, kill, stop, continue")
+        if kind == "terminate":
+            self.stop(agent_id)
+        elif kind == "kill":
+            self.kill(agent_id)
+        elif kind == "stop":
+            self.pause(agent_id, force=True)
+        elif kind == "continue":
+            if agent.status == AgentStatus.PAUSED and agent.pause_mode == PauseMode.FORCED:
+                self.resume(agent_id)
+            elif agent.running:
+                agent.process.signal_group(signal.SIGCONT)
+        elif agent.running:
+            agent.process.signal_group(signal.SIGINT)
+        return name
+
+    # -- stdin --
+
+    def write_stdin(self, agent_id: uuid.UUID, data: bytes, eof: bool = False) -> int:
+        """Queue *data* for the agent's stdin (never blocks); close it afterwards if *eof*."""
+        agent = self.get(agent_id)
+        if not agent.process.stdin_open:
+            raise SupervisorError(f"Agent execution error: stdin of agent {agent.id} is closed")
+        if data:
+            self._write(agent, data)
+        if eof:
+            agent.process.close_stdin(when_flushed=True)
+        return len(data)
+
+    def _write(self, agent: Agent, data: bytes) -> None:
+        try:
+            agent.process.write(data)
+        except StdinClosedError:
+            raise SupervisorError(f"Agent execution error: stdin of agent {agent.id} is closed "
+                                  "(the process stopped reading)") from None
+
+    # -- output --
+
+    def read_next(self, agent_id: uuid.UUID, stream: LogStreamType) -> bytes | None:
+        """The next unread line of *stream* (None when there is none)."""
+        return self.get(agent_id).buffer(stream).read_next()
+
+    def query(self, agent_id: uuid.UUID, streams: tuple[LogStreamType, ...], *, offset: int = 0,
+              limit: int | None = None, pattern: str | None = None) -> tuple[list[str], int, bool]:
+        """Retained lines of *streams* matching *pattern*: (page, total matching, has_more)."""
+        agent = self.get(agent_id)
+        try:
+            regex = re.compile(pattern) if pattern is not None else None
+        except re.error as exc:
+            raise SupervisorError(f"Agent execution error: invalid filter regex {pattern!r}: {exc}") from None
+        lines = [line for s in streams for line in agent.buffer(s).text_lines()
+                 if regex is None or regex.search(line)]
+        page = lines[offset:] if limit is None else lines[offset:offset + limit]
+        return page, len(lines), offset + len(page) < len(lines)
+
+    # -- shutdown --
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop every live agent (SIGTERM, SIGKILL after *grace*) and wait until all have exited."""
+        grace = self.stop_grace if grace is None else grace
+        live = [a for a in self._agents.values() if a.running]
+        for agent in live:
+            agent.process.signal_group(signal.SIGTERM)
+            agent.process.signal_group(signal.SIGCONT)
+            if agent.status != AgentStatus.TERMINATED:
+                agent.reason = "server shutdown"
+                self._set(agent, AgentStatus.TERMINATED, "server shutdown", StatusUpdateType.TERMINATED)
+        self._memory.close()
+        if not live:
+            return
+        futures = [asyncio.shield(a.exited) for a in live]
+        _, pending = await asyncio.wait(futures, timeout=grace)
+        if pending:
+            for agent in live:
+                if agent.running:
+                    agent.process.signal_group(signal.SIGKILL)
+            await asyncio.wait(futures, timeout=5.0)

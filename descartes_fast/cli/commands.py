@@ -1,0 +1,333 @@
+"""The client commands of ``descartes-fast``: spawn, list, status, pause, ... against a server.
+
+The request endpoint comes from ``--endpoint``, else ``DESCARTES_FAST_BIND``, else the config
+file's ``[server]`` table (the same settings the server reads), else loopback. The event endpoint
+comes from the same place (``--pub-endpoint``, ``DESCARTES_FAST_PUB``, ``pub``); where that place
+does not name one, the client asks the server (see :meth:`AsyncClient._pub_endpoint`). CURVE keys
+come from ``--server-key`` / ``--client-key``, else ``DESCARTES_FAST_SERVER_KEY`` /
+``DESCARTES_FAST_CLIENT_KEY``, else the config file's ``[client]`` table (``server_key``,
+``client_key``; relative to the file). Output is a table, or JSON with ``--json`` (one object per
+line for ``logs`` and ``events``).
+
+Repeating a command is harmless: pausing a paused agent, resuming a running one, stopping or
+killing one that has ended does nothing, says so, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from descartes_fast.client import Client, ClientError, RequestTimeoutError, ServerError, ZmqRunnerConfig
+from descartes_fast.wire.curve import SecurityError
+from descartes_fast.wire.schema import (
+    AgentConfig, AgentInfo, AgentStatus, CommandResponse, ControlCommandType, ZmqOutputStream)
+
+__all__ = ["add_commands", "run", "COMMANDS", "EXIT_CODES"]
+
+EXIT_CODES = """exit codes:
+  0  done
+  1  the server refused (its message is printed)
+  2  bad arguments or settings
+  3  the server did not answer (unreachable, or timed out)
+  4  no such agent on the server
+  130  interrupted (Ctrl-C)"""
+
+COMMANDS = ("spawn", "list", "status", "pause", "resume", "stop", "kill", "send", "logs", "events", "health",
+            "batch")
+
+
+class _Usage(Exception):
+    """A bad argument found after parsing (exit 2)."""
+
+
+def _agent_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an agent id (a UUID): {text!r}") from None
+
+
+def add_commands(commands: Any) -> None:
+    """Add the client subcommands to the ``descartes-fast`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint", help="server request endpoint (env: DESCARTES_FAST_BIND; default: "
+                                           "the config file's [server] bind, else tcp://127.0.0.1:5555)")
+    common.add_argument("--pub-endpoint", help="server event endpoint (env: DESCARTES_FAST_PUB; default: the "
+                                               "config file's [server] pub, else what the server says)")
+    common.add_argument("--server-key", metavar="FILE", help="the server's public key file (NAME.key) when it "
+                                                             "uses CURVE (env: DESCARTES_FAST_SERVER_KEY)")
+    common.add_argument("--client-key", metavar="FILE", help="this client's secret key file (NAME.key_secret "
+                                                             "from 'descartes-fast keygen'; env: "
+                                                             "DESCARTES_FAST_CLIENT_KEY)")
+    common.add_argument("--config", metavar="FILE", help="TOML file with [server] and [client] tables "
+                                                         "(env: DESCARTES_FAST_CONFIG)")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+
+    def sub(name: str, help_: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help_, description=help_ + ".",
+                                   epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = sub("spawn", "start an agent on the server")
+    p.add_argument("backend", help="model backend: claude, opencode, codex, gemini, demo, one from the "
+                                   "server's config, or <program>-cli if the server's policy allows it")
+    p.add_argument("task", help="what the agent should do")
+    p.add_argument("--name", default="", help="a name for the agent")
+    p.add_argument("--model", help="model to ask the backend for")
+    p.add_argument("--system-prompt", help="system prompt")
+    p.add_argument("--context", help="context (the agent sees it as AGENT_CONTEXT)")
+    p.add_argument("--tool-level", help="tool level (claude: minimal, readonly, full, ...)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the agent "
+                                                                                  "(repeatable)")
+    p.add_argument("--time-limit", type=float, metavar="SECS", help="end the agent (failed) after this many "
+                                                                    "seconds of wall-clock time")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the agent id only (for scripts)")
+    p = sub("list", "list the server's agents")
+    p.add_argument("--status", choices=[s.value for s in AgentStatus], metavar="STATUS",
+                   help=f"only agents with this status ({', '.join(s.value for s in AgentStatus)})")
+    p.add_argument("--limit", type=int, help="at most this many")
+    for name, text in (("status", "show an agent's status"), ("resume", "resume a paused agent"),
+                       ("stop", "stop an agent (SIGTERM to its process group, SIGKILL after the grace)"),
+                       ("kill", "kill an agent's process group (SIGKILL)")):
+        sub(name, text).add_argument("agent", type=_agent_id, help="agent id")
+    p = sub("pause", "pause an agent (cooperatively where its backend can, else SIGSTOP)")
+    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("--force", action="store_true", help="always SIGSTOP")
+    p = sub("send", "write to an agent's stdin")
+    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("text", nargs="?", help="what to write (default: read this command's stdin)")
+    p.add_argument("--newline", action="store_true", help="append a newline to TEXT")
+    p.add_argument("--eof", action="store_true", help="close the agent's stdin afterwards")
+    p = sub("logs", "print an agent's captured output; --follow keeps printing it live")
+    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("--stream", choices=[s.value for s in ZmqOutputStream], default=ZmqOutputStream.BOTH.value,
+                   metavar="STREAM", help="stdout, stderr or both (default)")
+    p.add_argument("--follow", "-f", action="store_true", help="then print new output until the agent ends")
+    p = sub("events", "print status updates as they happen (Ctrl-C to stop)")
+    p.add_argument("agent", type=_agent_id, nargs="?", help="only this agent's (default: all, heartbeats included)")
+    p.add_argument("--count", type=int, help="stop after this many")
+    sub("health", "check that the server answers, and show what it reports")
+    p = sub("batch", "run one control command on several agents")
+    p.add_argument("operation", choices=[c.value for c in ControlCommandType], metavar="COMMAND",
+                   help=f"one of {', '.join(c.value for c in ControlCommandType)}")
+    p.add_argument("agents", type=_agent_id, nargs="+", metavar="AGENT", help="agent ids")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    p.add_argument("--force", action="store_true", help="with pause: always SIGSTOP")
+
+
+def connection(args: argparse.Namespace) -> dict[str, Any]:
+    """endpoint, pub_endpoint, server_key and client_key from flags, environment, config file, defaults."""
+    data: dict[str, Any] = {}
+    path = args.config or os.environ.get("DESCARTES_FAST_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise _Usage(f"cannot read config file {path}: {exc}") from None
+    server, client = data.get("server", {}), data.get("client", {})
+    # the event endpoint comes from where the request endpoint came from: a --endpoint of another server
+    # must not be paired with the variable's or the file's event endpoint of this one
+    endpoint, pub = "tcp://127.0.0.1:5555", None
+    for bind, event in ((server.get("bind"), server.get("pub")),
+                        (os.environ.get("DESCARTES_FAST_BIND"), os.environ.get("DESCARTES_FAST_PUB")),
+                        (args.endpoint, args.pub_endpoint)):
+        if bind:
+            endpoint, pub = bind, event
+        elif event:
+            pub = event
+    if isinstance(pub, str) and pub.strip().lower() in ("", "none", "off"):
+        pub = None
+    local = lambda e: e.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")  # noqa: E731
+    keys = {}
+    for name in ("server_key", "client_key"):
+        in_file = client.get(name)
+        keys[name] = (getattr(args, name) or os.environ.get("DESCARTES_FAST_" + name.upper())
+                      or (str(Path(path).parent / in_file) if isinstance(in_file, str) else None))
+    return {"endpoint": local(endpoint), "pub_endpoint": local(pub) if pub else None, **keys}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one client command; returns the exit status (see EXIT_CODES)."""
+    try:
+        where = connection(args)
+        client = Client(ZmqRunnerConfig(**where, request_timeout_secs=args.timeout,
+                                        connection_timeout_secs=args.timeout, enable_heartbeat=False,
+                                        auto_reconnect=False))
+    except (_Usage, SecurityError) as exc:
+        return _fail(exc, 2)
+    endpoint = where["endpoint"]
+    try:
+        client.connect()
+        return _HANDLERS[args.command](client, args)
+    except RequestTimeoutError as exc:
+        hint = ("a CURVE server does not answer a client whose key is not in its allowlist" if where["server_key"]
+                else "if the server uses CURVE, give --server-key and --client-key")
+        return _fail(f"the server at {endpoint} did not answer: {exc} ({hint})", 3)
+    except ServerError as exc:
+        return _fail(exc, 4 if str(exc).startswith("Agent not found") else 1)
+    except (ClientError, _Usage) as exc:
+        return _fail(exc, 2 if isinstance(exc, _Usage) else 1)
+    finally:
+        client.close()
+
+
+def _fail(error: object, code: int) -> int:
+    print(f"descartes-fast: error: {error}", file=sys.stderr)
+    return code
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) -> int:
+    print(json.dumps(data, default=str) if args.json else (text() if callable(text) else text), flush=True)
+    return 0
+
+
+def _info(info: AgentInfo) -> dict[str, Any]:
+    return {"id": str(info.id), "name": info.name, "status": info.status.value, "backend": info.model_backend,
+            "started_at_ns": info.started_at, "task": info.task,
+            "pause_mode": info.pause_mode.value if info.pause_mode else None}
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
+def _spawn(client: Client, args: argparse.Namespace) -> int:
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _Usage(f"--env wants KEY=VALUE, not {item!r}")
+        env[key] = value
+    info = client.spawn_remote(AgentConfig(name=args.name, model_backend=args.backend, task=args.task,
+                                           context=args.context, system_prompt=args.system_prompt,
+                                           environment=env, model=args.model, tool_level=args.tool_level),
+                                args.time_limit)
+    if args.quiet and not args.json:
+        return _emit(args, None, str(info.id))
+    return _emit(args, _info(info), f"{info.id}  {info.status}  {info.model_backend}  {info.task}")
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    agents = client.list_remote_agents(AgentStatus(args.status) if args.status else None, args.limit)
+    rows = [[str(a.id), a.name, a.status.value, a.model_backend, a.task[:50]] for a in agents]
+    return _emit(args, [_info(a) for a in agents],
+                 lambda: _table(rows, ["ID", "NAME", "STATUS", "BACKEND", "TASK"]) if rows else "no agents")
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    status = client.get_agent_status(args.agent)
+    return _emit(args, {"id": str(args.agent), "status": status.value}, status.value)
+
+
+def _status_in(exc: ServerError, *statuses: AgentStatus) -> AgentStatus | None:
+    """The agent's status in a refused command's reply, if it is one of *statuses*."""
+    status = exc.reply.status if isinstance(exc.reply, CommandResponse) else None
+    return status if status in statuses else None
+
+
+def _pause(client: Client, args: argparse.Namespace) -> int:
+    try:
+        mode = client.pause_agent(args.agent, force=args.force)
+    except ServerError as exc:
+        if not _status_in(exc, AgentStatus.PAUSED):
+            raise
+        return _emit(args, {"id": str(args.agent), "paused": True, "already": True}, "already paused")
+    return _emit(args, {"id": str(args.agent), "paused": True, "mode": mode}, f"paused ({mode})")
+
+
+def _resume(client: Client, args: argparse.Namespace) -> int:
+    try:
+        client.resume_agent(args.agent)
+    except ServerError as exc:
+        status = _status_in(exc, AgentStatus.RUNNING, AgentStatus.THINKING, AgentStatus.IDLE,
+                            AgentStatus.INITIALIZING)
+        if status is None:
+            raise
+        return _emit(args, {"id": str(args.agent), "done": "resumed", "already": True},
+                     f"not paused ({status.value})")
+    return _emit(args, {"id": str(args.agent), "done": "resumed"}, "resumed")
+
+
+def _ender(action: str) -> Callable[[Client, argparse.Namespace], int]:
+    """stop or kill: done, or nothing to do when the agent has ended already."""
+    def handler(client: Client, args: argparse.Namespace) -> int:
+        acted = client.stop_agent(args.agent) if action == "stop" else client.kill_agent(args.agent)
+        done = {"stop": "stopped", "kill": "killed"}[action]
+        if not acted:
+            return _emit(args, {"id": str(args.agent), "done": done, "already": True}, "already ended")
+        return _emit(args, {"id": str(args.agent), "done": done}, done)
+    return handler
+
+
+def _send(client: Client, args: argparse.Namespace) -> int:
+    data: bytes | str = args.text + ("\n" if args.newline else "") if args.text is not None \
+        else sys.stdin.buffer.read()
+    written = client.write_agent_stdin(args.agent, data, eof=args.eof)
+    return _emit(args, {"id": str(args.agent), "bytes_written": written}, f"{written} bytes written")
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    stream = ZmqOutputStream(args.stream)
+    live = client.follow_logs(args.agent) if args.follow else None  # subscribe before the replay
+    for line in client.read_output_lines(args.agent, stream):
+        _emit(args, {"replay": True, "line": line}, line)
+    wanted = {ZmqOutputStream.BOTH: ("stdout", "stderr")}.get(stream, (stream.value,))
+    for chunk in live or ():
+        if chunk.stream_type.value not in wanted:
+            continue
+        text = chunk.data.decode("utf-8", "replace")
+        if args.json:
+            _emit(args, {"stream": chunk.stream_type.value, "sequence": chunk.sequence, "data": text}, "")
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    return 0
+
+
+def _events(client: Client, args: argparse.Namespace) -> int:
+    seen = 0
+    for update in client.subscribe_status_updates(args.agent):
+        _emit(args, {"agent_id": str(update.agent_id), "type": update.update_type.value,
+                     "status": update.status.value if update.status else None, "message": update.message,
+                     "data": update.data, "timestamp_ns": update.timestamp},
+              f"{update.agent_id}  {update.update_type.value:<16} {update.status or '-':<11} {update.message or ''}")
+        seen += 1
+        if args.count is not None and seen >= args.count:
+            break
+    return 0
+
+
+def _health(client: Client, args: argparse.Namespace) -> int:
+    h = client.health_check()
+    data = {"healthy": h.healthy, "protocol_version": h.protocol_version, "uptime_secs": h.uptime_secs,
+            "active_agents": h.active_agents, "metadata": h.metadata}
+    rows = [["healthy", str(h.healthy)], ["protocol", h.protocol_version], ["uptime", f"{h.uptime_secs} s"],
+            ["active agents", str(h.active_agents)]] + [[k, v] for k, v in sorted((h.metadata or {}).items())]
+    return _emit(args, data, lambda: _table(rows, ["FIELD", "VALUE"]))
+
+
+def _batch(client: Client, args: argparse.Namespace) -> int:
+    payload = {"force": True} if args.force else None
+    reply = client.batch_control(args.agents, ControlCommandType(args.operation), payload, args.fail_fast)
+    results = [{"id": str(r.agent_id), "success": r.success, "status": r.status.value if r.status else None,
+                "error": r.error} for r in reply.results]
+    rows = [[r["id"], "ok" if r["success"] else "FAILED", r["status"] or "-", r["error"] or ""] for r in results]
+    _emit(args, {"success": reply.success, "successful": reply.successful, "failed": reply.failed,
+                 "results": results},
+          lambda: _table(rows, ["ID", "RESULT", "STATUS", "ERROR"]) + f"\n{reply.successful} ok, {reply.failed} failed")
+    return 0 if reply.success else 1
+
+
+_HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "spawn": _spawn, "list": _list, "status": _status, "pause": _pause, "resume": _resume,
+    "stop": _ender("stop"), "kill": _ender("kill"), "send": _send, "logs": _logs, "events": _events,
+    "health": _health, "batch": _batch,
+}

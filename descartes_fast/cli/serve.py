@@ -1,0 +1,113 @@
+"""``descartes-fast-server`` (also ``descartes-fast serve``): run the agent server on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import descartes_fast
+
+__all__ = ["add_serve_command", "serve", "server_main"]
+
+SERVER_DESCRIPTION = (
+    "Run agents on this machine for Descartes clients (descartes_fast's own, or the Rust "
+    "ZmqClient): requests on a ROUTER socket, live output and status updates on a PUB socket. "
+    "Every setting can also come from the config file's [server] table or a DESCARTES_FAST_* "
+    "variable; flags win over variables, variables over the file.")
+SERVER_EPILOG = """examples:
+  descartes-fast-server                           loopback, ports 5555 (requests) and 5556 (events)
+  descartes-fast-server --config server.toml      settings, spawn policy and backends from a file
+  DESCARTES_FAST_MAX_AGENTS=500 descartes-fast-server --log-level DEBUG
+  descartes-fast-server --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556
+      --curve-secret-key keys/server.key_secret --authorized-keys keys/clients
+                                                  across machines: encrypted, clients by key
+
+security: a non-loopback endpoint is refused unless CURVE is on (--curve-secret-key and
+--authorized-keys; make keys with 'descartes-fast keygen NAME') or --insecure is given.
+SIGHUP re-reads --authorized-keys: a removed key loses access at once. What a request may
+spawn (backends, environment, working directory, CPU/memory/open-file/wall-clock limits,
+agents per client) is set in the config file's [policy] table; see README, section Security.
+
+backends: claude, claude-code-cli, opencode, codex, gemini and demo are built in (<program>-cli
+only with [policy] allow_program_cli = true); a config file can add more:
+  [backends.mytool]
+  command = ["mytool", "--task", "{task}", ["--model", "{model}"]]
+  stdin = "pipe"              # pipe | close | null
+  cooperative_pause = false
+
+SIGTERM or SIGINT stops the server gracefully: no new requests, agents stopped
+(SIGTERM, then SIGKILL after --stop-grace), events flushed, exit status 0."""
+
+
+
+def add_serve_command(commands: Any) -> None:
+    """The ``serve`` subcommand of ``descartes-fast``, with every server flag."""
+    from descartes_fast.server import settings
+    parser = commands.add_parser("serve", help="run the agent server (same as descartes-fast-server)",
+                                 description=SERVER_DESCRIPTION, epilog=SERVER_EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    settings.add_arguments(parser)
+
+
+def serve(args: argparse.Namespace, prog: str) -> int:
+    """Run the server until SIGTERM/SIGINT; 0 after a clean stop, 1 if it cannot start, 2 on bad settings."""
+    import asyncio
+    import logging
+
+    import zmq
+
+    from descartes_fast.server import settings
+    from descartes_fast.server.agent_server import AgentServer
+    from descartes_fast.server.security import SecurityError
+
+    try:
+        config, level, loop_name = settings.resolve(args)
+    except settings.SettingsError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_fd_limit()
+    server = AgentServer(config)
+    try:
+        server.bind()
+    except SecurityError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as exc:
+        logging.getLogger("descartes_fast.server").error("cannot bind %s / %s: %s", config.bind, config.pub, exc)
+        return 1
+    factory = None
+    if loop_name == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(server.run())
+    return 0
+
+
+def _raise_fd_limit() -> None:
+    """Each agent holds about four descriptors (three pipes and a pidfd): allow what the system allows."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    logging.getLogger("descartes_fast.server").info("open-file limit %d (about %d agents)", soft, soft // 4)
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    """The ``descartes-fast-server`` command."""
+    from descartes_fast.server import settings
+    parser = argparse.ArgumentParser(prog="descartes-fast-server", description=SERVER_DESCRIPTION,
+                                     epilog=SERVER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {descartes_fast.__version__} ({descartes_fast.IMPLEMENTATION})")
+    settings.add_arguments(parser)
+    return serve(parser.parse_args(argv), parser.prog)

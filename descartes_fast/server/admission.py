@@ -1,0 +1,143 @@
+"""Who may send a request right now: the CURVE allowlist, and a rate limit per client.
+
+The dispatcher calls :meth:`Gate.check` for every request, before decoding it, with what
+libzmq knows of the sender: the ``User-Id`` the ZAP handler gave the connection (the
+client's public key) and its ``Peer-Address``. From them comes the client's *identity*,
+the name its rate limit and agent count are kept under:
+
+* ``key:NAME`` for a CURVE client (``NAME.key`` in the allowlist);
+* ``ip:ADDRESS`` for a plain TCP client (all connections from one address share it);
+* ``local:UID`` for an ipc client (the peer's user id), ``local`` for inproc.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic as _monotonic
+from typing import Callable, Hashable, Mapping
+
+__all__ = ["Gate", "Refusal", "Throttle"]
+
+log = logging.getLogger("descartes_fast.server.admission")
+
+_MAX_TRACKED = 10_000  # identities kept at once; the idle ones go first
+_NOTICE_EVERY = 1.0    # seconds between refusal replies (and log lines) per identity
+
+
+class Refusal(Exception):
+    """Why a request is not served; *reply* says whether the sender gets an error reply."""
+
+    def __init__(self, text: str, reply: bool) -> None:
+        super().__init__(text)
+        self.reply = reply
+
+
+class Throttle:
+    """When a repeated event is worth saying again: at most once per *interval* per key.
+
+    A refused client retries every 100 ms, a flooding one far more often; this keeps the log
+    (and refusal replies) to one per interval. At most ``_MAX_TRACKED`` keys are remembered.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._said: dict[Hashable, list] = {}  # key -> [when last said, times unsaid since]
+
+    def due(self, key: Hashable) -> int | None:
+        """None to stay quiet; otherwise how many times the event went unsaid since last said."""
+        now = _monotonic()
+        said = self._said.get(key)
+        if said is None:
+            if len(self._said) >= _MAX_TRACKED:
+                self._said.clear()
+            self._said[key] = [now, 0]
+            return 0
+        if now - said[0] >= self.interval:
+            unsaid = said[1]
+            said[0], said[1] = now, 0
+            return unsaid
+        said[1] += 1
+        return None
+
+
+class Gate:
+    """Admission control for the request socket.
+
+    Parameters
+    ----------
+    rate : requests per second allowed per identity (0 for no limit)
+    burst : requests an idle identity may send at once (default: one second's worth)
+    allowlist : returns the current public key -> name mapping when CURVE is on (None when off);
+        a request whose key is no longer in it is dropped
+    """
+
+    def __init__(self, rate: float = 0.0, burst: float | None = None,
+                 allowlist: Callable[[], Mapping[str, str]] | None = None) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(rate, 1.0))
+        self.allowlist = allowlist
+        self.identity = "local"  # of the request last admitted (read by handlers)
+        self.rate_limited = 0
+        self.unauthorized = 0
+        self._buckets: dict[str, list[float]] = {}  # identity -> [tokens, last refill]
+        self._notices = Throttle(_NOTICE_EVERY)
+        self._identities: dict[str | None, str] = {}  # Peer-Address -> identity
+        self._refused = Refusal(f"rate limit exceeded: this server allows {rate:g} requests per second "
+                                f"per client", reply=True)
+        self._drop = Refusal("dropped", reply=False)
+
+    def check(self, user_id: str | None, peer: str | None) -> Refusal | None:
+        """None to serve the request; otherwise the refusal (counted)."""
+        if user_id:
+            name = self.allowlist().get(user_id) if self.allowlist is not None else user_id
+            if name is None:
+                self.unauthorized += 1
+                if self._notices.due("key:" + user_id) is not None:
+                    log.warning("refused requests from key %s: it is no longer authorized", user_id)
+                return self._drop
+            identity = "key:" + name
+        elif self.allowlist is not None:
+            self.unauthorized += 1  # CURVE is on, so a connection without a user id is not ours
+            return self._drop
+        else:
+            identity = self._identities.get(peer)
+            if identity is None:
+                if len(self._identities) >= _MAX_TRACKED:
+                    self._identities.clear()
+                identity = self._identities[peer] = _peer_identity(peer)
+        self.identity = identity
+        if not self.rate:
+            return None
+        now = _monotonic()
+        bucket = self._buckets.get(identity)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_TRACKED:
+                self._forget_idle(now)
+            bucket = self._buckets[identity] = [self.burst, now]
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = (tokens if tokens < self.burst else self.burst) - 1.0
+            return None
+        bucket[0] = tokens
+        self.rate_limited += 1
+        if self._notices.due(identity) is not None:
+            log.warning("client %s is over the rate limit (%g requests/s): refusing its requests", identity,
+                        self.rate)
+            return self._refused
+        return self._drop
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the buckets that have refilled (their clients have been quiet)."""
+        full = [k for k, (tokens, last) in self._buckets.items()
+                if tokens + (now - last) * self.rate >= self.burst]
+        for key in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[key]
+
+
+def _peer_identity(peer: str | None) -> str:
+    if not peer:
+        return "local"
+    if peer.startswith("localhost:"):  # ipc: "localhost:UID:GID:PID"
+        return "local:" + peer.split(":")[1]
+    return "ip:" + peer

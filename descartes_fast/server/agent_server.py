@@ -1,0 +1,319 @@
+"""The agent server: a ROUTER socket for requests, a PUB socket for events (:mod:`.events`).
+
+Requests are drained from the ROUTER socket whenever it is readable, by the dispatcher twin
+(compiled when available): no per-message future, no one-await-per-message receive. Replies
+go out at once, except for spawns, which run as tasks so a slow spawn blocks nobody. What each
+request does is :mod:`.control`'s business; this module owns the sockets and the lifecycle.
+
+Security (README "Security"): with a secret key and an allowlist both sockets are CURVE
+servers and :class:`~descartes_fast.server.security.ZapHandler` admits the listed client keys;
+without them the server binds loopback (or ipc) only, unless ``insecure`` is set. Every
+request passes the :class:`~descartes_fast.server.admission.Gate` (allowlist again, rate limit)
+before it is decoded; queues are bounded by high-water marks, messages by ZMQ_MAXMSGSIZE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import msgpack
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+import descartes_fast
+from descartes_fast import _impl
+from descartes_fast.agents.supervisor import AgentLimitError, SpawnError, SpawnPolicyError, Supervisor
+from descartes_fast.server.admission import Gate, Refusal, Throttle
+from descartes_fast.server.config import ServerConfig
+from descartes_fast.server.control import Controller
+from descartes_fast.server.events import NIL, EventPublisher
+from descartes_fast.server.security import ZapHandler
+from descartes_fast.wire.codec import get_implementation
+from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
+from descartes_fast.wire.curve import curve_server, load_secret_key
+from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.schema import (
+    MESSAGE_TYPES, BatchControlCommand, CommandResponse, ControlCommand, CustomActionRequest, ErrorResponse,
+    HealthCheckRequest, HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, Message, OutputQueryRequest,
+    OutputQueryResponse, SpawnRequest, SpawnResponse)
+
+__all__ = ["AgentServer"]
+
+log = logging.getLogger("descartes_fast.server")
+
+_TAGS = {cls.TAG: cls.__name__ for cls in MESSAGE_TYPES}
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_ERRORS = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mechanism mismatch: one side uses CURVE, the other not",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error: the client may have a wrong server key"}
+
+
+class AgentServer:
+    """Serve requests until :meth:`request_stop` (or SIGTERM/SIGINT under :meth:`run`)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.codec = get_implementation(config.implementation)
+        self.started = time.monotonic()
+        self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_dropped": 0,
+                      "disconnects": 0, "handshake_failures": 0}
+        self._ctx = zmq.Context()
+        self.events = EventPublisher(self._ctx.socket(zmq.PUB) if config.pub else None, self.codec.encode,
+                                     self.stats)
+        self.supervisor = Supervisor(config.backends, max_agents=config.max_agents, stop_grace=config.stop_grace,
+                                     output_limit=config.output_limit, retention=config.retention,
+                                     policy=config.policy, listener=self.events)
+        self.controller = Controller(self.supervisor, config.pub)
+        self._handshake_log = Throttle(60.0)  # per reason: a refused peer retries every 100 ms
+        self.zap: ZapHandler | None = None
+        self.gate = Gate(config.rate_limit, config.rate_burst,
+                         allowlist=(lambda: self.zap.keys if self.zap else {}) if config.curve else None)
+        self._monitor: zmq.Socket | None = None
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Event | None = None
+        self.endpoints: dict[str, str] = {}
+        dispatch = _impl.load("dispatch", config.implementation)
+        handlers: dict[type, Any] = {cls: self._unexpected for cls in MESSAGE_TYPES}
+        c = self.controller
+        handlers.update({
+            SpawnRequest: self._spawn, ControlCommand: c.control, CustomActionRequest: c.custom_action,
+            BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents, OutputQueryRequest: c.output_query,
+            HealthCheckRequest: lambda m, e: self.health(m.request_id),
+        })
+        self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate)
+        #: how requests reach libzmq, for the start-up log and health metadata
+        self.dispatch_path = "direct libzmq calls" if self.dispatcher.direct else \
+            f"libzmq through pyzmq ({dispatch.DIRECT_REASON})"
+
+    # -- lifecycle --
+
+    def bind(self) -> None:
+        """Check the security settings and bind both sockets (separately from serving, so
+        tests can bind port 0); raises SecurityError or zmq.ZMQError."""
+        config = self.config
+        config.check_security()
+        if config.curve:
+            assert config.curve_secret_key is not None and config.authorized_keys is not None
+            public, secret = load_secret_key(config.curve_secret_key)
+            self.zap = ZapHandler(self._ctx, config.authorized_keys)  # before any CURVE socket binds
+            curve_server(self._router, public, secret, "requests")
+            if self.events.sock is not None:
+                curve_server(self.events.sock, public, secret, "events")
+        self._router.setsockopt(zmq.LINGER, 1000)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)  # docs/protocol.md §1: never buffer more
+        # a full request queue holds the client back (nothing is lost); a full reply queue drops
+        self._router.setsockopt(zmq.RCVHWM, config.hwm)
+        self._router.setsockopt(zmq.SNDHWM, config.reply_hwm)
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
+        self._router.bind(config.bind)
+        self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        if config.pub is not None:
+            self.endpoints["pub"] = self.events.bind(config.pub, config.pub_hwm)
+
+    async def serve(self) -> None:
+        """Answer requests until :meth:`request_stop`; then stop agents and close."""
+        if not self.endpoints:
+            self.bind()
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        config = self.config
+        log.info("descartes_fast %s server %s: %s twins, %s; requests on %s, events on %s, max_agents=%d, "
+                 "backends: %s", descartes_fast.__version__, config.server_id, config.implementation,
+                 self.dispatch_path, self.endpoints["bind"], self.endpoints.get("pub", "(none)"), config.max_agents,
+                 ", ".join(config.backends.names()))
+        if self.zap is not None:
+            self.zap.start()
+            log.info("CURVE on: %d authorized client key(s) from %s (SIGHUP reloads them)",
+                     len(self.zap.keys), config.authorized_keys)
+        elif config.insecure:
+            log.warning("INSECURE (--insecure): no encryption or authentication on %s; anyone who can reach "
+                        "it can run programs on this machine", " and ".join(self.endpoints.values()))
+        else:
+            log.info("no CURVE: serving this machine only (%s)", " and ".join(self.endpoints.values()))
+        unknown = sorted(n for n in (config.policy.backends or ()) if n not in config.backends)
+        if unknown:
+            log.warning("[policy] backends names unknown backend(s): %s (known: %s)", ", ".join(unknown),
+                        ", ".join(config.backends.names()))
+        log.info("limits: %s requests/s per client, queues of %d requests and %d replies per client and %d "
+                 "events per subscriber, messages up to %d bytes",
+                 f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, config.reply_hwm,
+                 config.pub_hwm, MAX_MESSAGE_SIZE)
+        loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
+        self._on_monitor()  # the FD is edge-triggered: take what is queued already
+        loop.add_reader(self._router.getsockopt(zmq.FD), self._on_readable)
+        self._on_readable()  # requests may have queued before the reader was added
+        heartbeat = asyncio.create_task(self.events.heartbeats(config.server_id, config.heartbeat_interval,
+                                                               self._heartbeat_facts))
+        await self._stopping.wait()
+        log.info("shutting down: no new requests; stopping agents (grace %.1f s)", self.config.stop_grace)
+        loop.remove_reader(self._router.getsockopt(zmq.FD))
+        loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+        heartbeat.cancel()
+        await self.supervisor.shutdown()
+        for task in list(self._tasks):
+            await asyncio.wait([task], timeout=5)
+        self._router.disable_monitor()
+        self._monitor.close()
+        if self.zap is not None:
+            self.zap.close()
+        self._router.close()
+        self.events.close()
+        self._ctx.term()
+        log.info("stopped")
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self) -> None:
+        """serve(), stopping on SIGTERM or SIGINT."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
+        await self.serve()
+
+    def reload_keys(self) -> None:
+        """SIGHUP: read the allowlist again. A removed key's requests are dropped from now on,
+        and its subscriptions end (the event socket is re-bound; good subscribers reconnect)."""
+        if self.zap is None:
+            log.info("SIGHUP: no --authorized-keys to reload")
+            return
+        removed = self.zap.reload()
+        if removed and self.events.sock is not None:
+            self.events.rebind()
+            log.info("event socket re-bound so that %s stop receiving events", ", ".join(sorted(removed)))
+
+    # -- requests --
+
+    def _on_monitor(self) -> None:
+        """Count dropped request connections (a peer that went away, or that sent more than
+        MAX_MESSAGE_SIZE: libzmq does not say which) and failed handshakes."""
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.stats["disconnects"] += 1
+                continue
+            self.stats["handshake_failures"] += 1
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                continue  # the ZAP handler has said who and why
+            reason = (f"{zmq.Event(event['event']).name}: " + (
+                _HANDSHAKE_ERRORS.get(event["value"], hex(event["value"]))
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else os.strerror(event["value"])))
+            if self._handshake_log.due(reason) is not None:
+                log.warning("a client failed the %s handshake on %s (%s)", "CURVE" if self.zap else "ZMTP",
+                            event["endpoint"].decode(errors="replace"), reason)
+
+    def _on_readable(self) -> None:
+        """Take what is queued; come back soon if more is (ZeroMQ's FD is edge-triggered)."""
+        self.dispatcher.drain()
+        if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._on_readable)
+
+    def _reply_later(self, envelope: list, message: Message) -> None:
+        if self._router.closed:
+            return
+        self.dispatcher.reply(envelope, message)
+        # a send can consume the FD's edge: look for requests that arrived meanwhile
+        if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._on_readable)
+
+    def _spawn(self, msg: SpawnRequest, envelope: list) -> None:
+        task = asyncio.get_running_loop().create_task(self._do_spawn(msg, envelope, self.gate.identity))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str) -> None:
+        sid = self.config.server_id
+        try:
+            agent = await self.supervisor.spawn(msg.config, owner=owner, timeout_secs=msg.timeout_secs,
+                                                metadata=msg.metadata)
+        except SpawnPolicyError as exc:
+            self.stats["spawns_refused"] += 1
+            log.warning("refused spawn %s (%s) from %s: %s", msg.request_id, msg.config.model_backend, owner, exc)
+            reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)
+        except AgentLimitError as exc:
+            reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)
+        except SpawnError as exc:
+            self.stats["spawn_failures"] += 1
+            log.warning("spawn %s (%s) failed: %s", msg.request_id, msg.config.model_backend, exc)
+            reply = SpawnResponse(msg.request_id, False, None, f"Failed to spawn agent: {exc}", sid)
+        else:
+            self.stats["spawned"] += 1
+            log.info("spawned agent %s (%s, pid %d) for %s from %s", agent.id, msg.config.model_backend,
+                     agent.pid, msg.request_id, owner)
+            reply = SpawnResponse(msg.request_id, True, agent.info(), None, sid)
+        self._reply_later(envelope, reply)
+
+    def health(self, request_id: str) -> HealthCheckResponse:
+        d, g, z = self.dispatcher, self.gate, self.zap
+        metadata = {"server_id": self.config.server_id, "endpoint": self.config.bind,
+                    "max_agents": str(self.config.max_agents), "descartes_fast": descartes_fast.__version__,
+                    "implementation": self.config.implementation, "version": descartes_fast.__version__,
+                    "libzmq_direct": "yes" if d.direct else "no", "dispatch": self.dispatch_path,
+                    "pub_endpoint": self.endpoints.get("pub", ""), "security": "curve" if z else "none",
+                    "requests": str(d.received), "decode_errors": str(d.decode_errors),
+                    "bad_frames": str(d.bad_frames), "rate_limited": str(g.rate_limited),
+                    "unauthorized": str(g.unauthorized), "auth_accepted": str(z.accepted if z else 0),
+                    "auth_refused": str(z.refused if z else 0), **{k: str(v) for k, v in self.stats.items()}}
+        return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
+                                   self.supervisor.active_count(), metadata)
+
+    def _heartbeat_facts(self) -> dict[str, Any]:
+        return {"active_agents": self.supervisor.active_count(), "uptime_secs": int(time.monotonic() - self.started)}
+
+    def _unexpected(self, msg: Message, envelope: list) -> ErrorResponse:
+        return ErrorResponse(getattr(msg, "request_id", ""),
+                             f"unexpected message type '{msg.TAG}': this server answers requests only")
+
+    def _refuse(self, payload: Any, exc: ProtocolError | Refusal) -> Message:
+        """The reply to a request that does not decode (docs/protocol.md §6) or is refused by the gate."""
+        request_id, agent_id, tag = _salvage(payload)
+        if isinstance(exc, Refusal):
+            text, kind = str(exc), _TAGS.get(tag)
+        else:
+            text, kind = f"invalid request: {exc}", getattr(exc, "message_type", None)
+            log.info("refused a request (%s): %s", type(exc).__name__, exc)
+        if kind == "SpawnRequest":
+            return SpawnResponse(request_id, False, None, text, self.config.server_id)
+        if kind in ("ControlCommand", "CustomActionRequest"):
+            return CommandResponse(request_id, agent_id, False, None, None, text)
+        if kind == "ListAgentsRequest":
+            return ListAgentsResponse(request_id, False, [], text)
+        if kind == "OutputQueryRequest":
+            return OutputQueryResponse(request_id, agent_id, False, error=text)
+        return ErrorResponse(request_id, text)
+
+
+def _salvage(payload: Any) -> tuple[str, uuid.UUID, Any]:
+    """request_id, agent_id and type tag of a request that was not decoded, where they can be
+    read at all (from the first 64 KiB: nothing large is unpacked twice)."""
+    try:
+        value = msgpack.unpackb(bytes(memoryview(payload)[:65536]), raw=False, strict_map_key=False)
+    except Exception:  # anything at all: this is best effort on bytes already known to be bad
+        return "", NIL, None
+    fields: dict[str, Any] = {}
+    tag = None
+    if isinstance(value, list) and len(value) > 1:
+        tag = value[0]
+        fields = {"request_id": value[1], "agent_id": value[2] if len(value) > 2 else None}
+    elif isinstance(value, dict):
+        fields = value
+        tag = fields.get("type")
+    request_id = fields.get("request_id")
+    agent_id = fields.get("agent_id")
+    return (request_id if isinstance(request_id, str) else "",
+            uuid.UUID(bytes=agent_id) if isinstance(agent_id, bytes) and len(agent_id) == 16 else NIL,
+            tag if isinstance(tag, str) else None)

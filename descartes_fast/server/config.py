@@ -1,0 +1,69 @@
+"""The settings of one server (``descartes-fast-server --help`` lists them; :mod:`.settings`
+reads them from flags, the environment and the config file)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+from dataclasses import dataclass, field
+
+from descartes_fast import _impl
+from descartes_fast.agents.backends import BackendRegistry
+from descartes_fast.agents.policy import SpawnPolicy
+from descartes_fast.server.security import SecurityError, is_local_endpoint
+
+__all__ = ["ServerConfig", "SecurityError"]
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server (see ``descartes-fast-server --help``)."""
+
+    bind: str = "tcp://127.0.0.1:5555"
+    pub: str | None = "tcp://127.0.0.1:5556"
+    server_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    max_agents: int = 100
+    stop_grace: float = 5.0
+    heartbeat_interval: float = 10.0
+    output_limit: int = 8 * 1024 * 1024
+    retention: float = 3600.0
+    backends: BackendRegistry = field(default_factory=BackendRegistry)
+    policy: SpawnPolicy = field(default_factory=SpawnPolicy)
+    curve_secret_key: str | None = None   # the server's .key_secret file
+    authorized_keys: str | None = None    # directory of the clients' .key files
+    insecure: bool = False                # allow non-loopback endpoints without CURVE
+    rate_limit: float = 10_000.0          # requests per second per client identity (0: none)
+    rate_burst: float | None = None       # default: one second's worth
+    hwm: int = 1000                       # requests queued per client (its replies: 10x that)
+    pub_hwm: int = 10_000                 # messages queued per subscriber
+    implementation: str = _impl.IMPLEMENTATION
+
+    @property
+    def curve(self) -> bool:
+        return self.curve_secret_key is not None
+
+    @property
+    def reply_hwm(self) -> int:
+        """Replies queued per client: room for a burst of replies to all a client has in flight."""
+        return 10 * self.hwm
+
+    def check_security(self) -> None:
+        """Raise SecurityError for a configuration that would expose the server unprotected."""
+        if (self.curve_secret_key is None) != (self.authorized_keys is None):
+            raise SecurityError("CURVE needs both --curve-secret-key (this server's NAME.key_secret) and "
+                                "--authorized-keys (the directory of the clients' .key files)")
+        exposed = [e for e in (self.bind, self.pub) if e and not is_local_endpoint(e)]
+        if exposed and not self.curve and not self.insecure:
+            raise SecurityError(
+                f"refusing to serve {' and '.join(exposed)} without encryption: anyone who can reach it could "
+                f"run programs on this machine as user {_user()}. Give --curve-secret-key and --authorized-keys "
+                f"(make keys with 'descartes-fast keygen'; README, section Security), bind 127.0.0.1, or "
+                f"add --insecure on a network you trust (Rust peers need it: they cannot use CURVE)")
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

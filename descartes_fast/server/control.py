@@ -1,0 +1,199 @@
+"""Request handlers: what each message does to the supervisor, and the reply it gets.
+
+Behaviour and texts follow the Rust server's (docs/protocol.md §6) with our fixes (§9). This
+module knows nothing of sockets; :mod:`descartes_fast.server` wires it to ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from descartes_fast.wire.schema import (
+    AgentStatus, BatchAgentResult, BatchControlCommand, BatchControlResponse, CommandResponse,
+    ControlCommand, ControlCommandType, CustomActionRequest, ListAgentsRequest, ListAgentsResponse,
+    LogStreamType, OutputQueryRequest, OutputQueryResponse, ZmqOutputStream)
+from descartes_fast.agents.supervisor import Agent, Supervisor, SupervisorError
+
+__all__ = ["Controller", "debug_status"]
+
+_STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STDERR: (LogStreamType.STDERR,),
+            ZmqOutputStream.BOTH: (LogStreamType.STDOUT, LogStreamType.STDERR)}
+_C = ControlCommandType
+
+
+_DEBUG = {s: s.value.capitalize() for s in AgentStatus}
+
+
+def debug_status(status: AgentStatus) -> str:
+    """Rust's ``{:?}`` of AgentStatus (``"Running"``), used in some payloads (docs/protocol.md §6.6)."""
+    return _DEBUG[status]
+
+
+def _text(line: bytes) -> dict[str, Any]:
+    """A line as JSON: text, plus the exact bytes when they are not UTF-8."""
+    try:
+        return {"data": line.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data": line.decode("utf-8", "replace"), "raw": list(line)}
+
+
+class Controller:
+    """Runs control commands, custom actions, batches, list and output queries."""
+
+    def __init__(self, supervisor: Supervisor, pub_endpoint: str | None) -> None:
+        self.sup = supervisor
+        self.pub_endpoint = pub_endpoint
+        self._commands = {
+            _C.PAUSE: self._pause, _C.RESUME: self._resume, _C.STOP: self._stop, _C.KILL: self._kill,
+            _C.GET_STATUS: self._get_status, _C.WRITE_STDIN: self._write_stdin,
+            _C.READ_STDOUT: self._read_stdout, _C.READ_STDERR: self._read_stderr, _C.SIGNAL: self._signal,
+            _C.CUSTOM_ACTION: self._custom_action, _C.QUERY_OUTPUT: self._drain_output,
+            _C.STREAM_LOGS: self._stream_logs,
+        }
+        assert set(self._commands) == set(_C)
+
+    # -- control_command --
+
+    def control(self, msg: ControlCommand, envelope: list | None = None) -> CommandResponse:
+        return self.command(msg.request_id, msg.agent_id, msg.command_type, msg.payload)
+
+    def command(self, request_id: str, agent_id: uuid.UUID, kind: ControlCommandType,
+                payload: Any) -> CommandResponse:
+        """One command; the reply carries the agent's status after it (docs/protocol.md §6.3)."""
+        try:
+            agent = self.sup.get(agent_id)
+        except SupervisorError as exc:
+            return CommandResponse(request_id, agent_id, False, None, None, str(exc))
+        try:
+            data = self._commands[kind](agent, payload if isinstance(payload, dict) else {}, payload)
+        except SupervisorError as exc:
+            return CommandResponse(request_id, agent_id, False, agent.status, None, str(exc))
+        return CommandResponse(request_id, agent_id, True, agent.status, data, None)
+
+    # Each command: (agent, payload as a dict or {}, payload as sent) -> reply data.
+
+    def _pause(self, agent: Agent, args: dict, payload: Any) -> Any:
+        mode = self.sup.pause(agent.id, force=args.get("force") is True)
+        return {"mode": mode.value, "paused": True}
+
+    def _resume(self, agent: Agent, args: dict, payload: Any) -> Any:
+        self.sup.resume(agent.id)
+        return {"resumed": True}
+
+    def _stop(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return None if self.sup.stop(agent.id) else {"already": agent.status.value}
+
+    def _kill(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return None if self.sup.kill(agent.id) else {"already": agent.status.value}
+
+    def _get_status(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return {"status": _DEBUG[agent.status]}
+
+    def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return {"bytes_written": self.sup.write_stdin(agent.id, _stdin_bytes(args), eof=args.get("eof") is True)}
+
+    def _read_stdout(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return self._read(agent, LogStreamType.STDOUT)
+
+    def _read_stderr(self, agent: Agent, args: dict, payload: Any) -> Any:
+        return self._read(agent, LogStreamType.STDERR)
+
+    def _read(self, agent: Agent, stream: LogStreamType) -> Any:
+        line = agent.buffer(stream).read_next()
+        if line is None:
+            return {"bytes": 0, "data": None, "message": f"No data available in {stream.value} buffer"}
+        return {"bytes": len(line), **_text(line)}
+
+    def _signal(self, agent: Agent, args: dict, payload: Any) -> Any:
+        name = args.get("signal")
+        if not isinstance(name, str):
+            raise SupervisorError("Agent execution error: Signal command requires payload with 'signal' field")
+        return {"signal_sent": self.sup.send_signal(agent.id, name)}
+
+    def _custom_action(self, agent: Agent, args: dict, payload: Any) -> Any:
+        if payload is None:
+            raise SupervisorError("Agent execution error: CustomAction command requires payload with "
+                                  "'action' field")
+        action = args.get("action") if isinstance(args.get("action"), str) else "unknown"
+        return self.custom(agent, action, args.get("params"))
+
+    def _stream_logs(self, agent: Agent, args: dict, payload: Any) -> Any:
+        if self.pub_endpoint is None:
+            raise SupervisorError("Agent execution error: Log streaming not enabled on this server "
+                                  "(no pub_endpoint configured)")
+        return {"enabled": True, "pub_endpoint": self.pub_endpoint, "topic": str(agent.id),
+                "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter"}
+
+    def custom(self, agent: Agent, action: str, params: Any) -> dict[str, Any]:
+        """The built-in custom actions of the reference: echo, ping, get_env."""
+        if action == "echo":
+            return {"action": "echo", "result": params}
+        if action == "ping":
+            return {"action": "ping", "agent_id": str(agent.id), "result": "pong"}
+        if action == "get_env":
+            since = (time.time_ns() - agent.started_at) // 1_000_000_000
+            return {"action": "get_env", "result": {"agent_id": str(agent.id), "last_status_update_secs": since,
+                                                    "name": agent.config.name,
+                                                    "status": debug_status(agent.status),
+                                                    "pid": agent.pid, "exit_code": agent.exit_code}}
+        raise SupervisorError(f"Agent execution error: Unknown custom action '{action}'. "
+                              "Available actions: echo, ping, get_env")
+
+    def _drain_output(self, agent: Agent, args: dict, payload: Any) -> dict[str, Any]:
+        max_lines = args.get("max_lines")
+        if not isinstance(max_lines, int) or isinstance(max_lines, bool) or max_lines < 0:
+            max_lines = 100
+        out: dict[str, Any] = {}
+        for stream in (LogStreamType.STDERR, LogStreamType.STDOUT):
+            lines = []
+            if args.get(stream.value) is not False:
+                while len(lines) < max_lines and (line := agent.buffer(stream).read_next()) is not None:
+                    lines.append(line.decode("utf-8", "replace"))
+            out[stream.value] = lines
+            out[f"{stream.value}_lines"] = len(lines)
+        return out
+
+    # -- the other request types (handlers take the request and its envelope, unused here) --
+
+    def custom_action(self, msg: CustomActionRequest, envelope: list | None = None) -> CommandResponse:
+        return self.command(msg.request_id, msg.agent_id, _C.CUSTOM_ACTION,
+                            {"action": msg.action, "params": msg.params})
+
+    def batch(self, msg: BatchControlCommand, envelope: list | None = None) -> BatchControlResponse:
+        results = []
+        for agent_id in msg.agent_ids:
+            reply = self.command(msg.request_id, agent_id, msg.command_type, msg.payload)
+            results.append(BatchAgentResult(agent_id, reply.success, reply.status, reply.error))
+            if msg.fail_fast and not reply.success:
+                break
+        ok = sum(r.success for r in results)
+        return BatchControlResponse(msg.request_id, ok == len(msg.agent_ids), results, ok, len(results) - ok)
+
+    def list_agents(self, msg: ListAgentsRequest, envelope: list | None = None) -> ListAgentsResponse:
+        agents = self.sup.agents(msg.filter_status, msg.limit)
+        return ListAgentsResponse(msg.request_id, True, [a.info() for a in agents])
+
+    def output_query(self, msg: OutputQueryRequest, envelope: list | None = None) -> OutputQueryResponse:
+        try:
+            lines, total, more = self.sup.query(msg.agent_id, _STREAMS[msg.stream], offset=msg.offset or 0,
+                                                limit=msg.limit, pattern=msg.filter)
+        except SupervisorError as exc:
+            return OutputQueryResponse(msg.request_id, msg.agent_id, False, error=str(exc))
+        return OutputQueryResponse(msg.request_id, msg.agent_id, True, lines, total, more)
+
+
+def _stdin_bytes(args: dict) -> bytes:
+    """``data`` as str (UTF-8), bin, or an array of ints (each mod 256, others skipped)."""
+    data = args.get("data")
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, list):
+        return bytes(x % 256 for x in data if isinstance(x, int) and not isinstance(x, bool))
+    if data is None and args.get("eof") is True:
+        return b""
+    raise SupervisorError("Agent execution error: WriteStdin requires payload with 'data' field "
+                          "(string or byte array)")

@@ -1,0 +1,98 @@
+"""The server's PUB socket: agents' log chunks and status updates as they happen, and heartbeats.
+
+Every message is one frame, ``topic + b"\\x00" + msgpack`` (docs/protocol.md §5): log chunks on
+the agent's UUID with a ``sequence`` counting per agent and stream from 0, status updates on
+``status.<uuid>``, heartbeats about the nil UUID. A subscriber that does not keep up loses
+messages past its queue (``--pub-hwm``), counted in ``pub_dropped``; the server does not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+import zmq
+
+from descartes_fast.agents.supervisor import Agent
+from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
+from descartes_fast.wire.frames import HEARTBEAT_TOPIC, log_topic, pub_frame, status_topic
+from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, Message, StatusUpdate, StatusUpdateType
+
+__all__ = ["EventPublisher", "NIL"]
+
+log = logging.getLogger("descartes_fast.server")
+
+#: the agent id of server heartbeats
+NIL = uuid.UUID(int=0)
+
+
+class EventPublisher:
+    """The PUB socket, and the supervisor's :class:`~descartes_fast.agents.supervisor.Listener`.
+
+    *encode* is the codec twin's encoder; *stats* the server's counters (``pub_dropped`` is
+    counted here). Without an endpoint nothing is published, but status changes are still logged.
+    """
+
+    def __init__(self, sock: zmq.Socket | None, encode: Callable[[Message], bytes], stats: dict[str, int]) -> None:
+        self.sock = sock
+        self._encode = encode
+        self._stats = stats
+        self._seq: dict[tuple[uuid.UUID, LogStreamType], int] = {}
+        self.endpoint: str | None = None
+
+    def bind(self, endpoint: str, hwm: int) -> str:
+        """Bind the socket; returns the endpoint bound (a port 0 resolved)."""
+        assert self.sock is not None
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def rebind(self) -> None:
+        """Unbind and bind again: every subscription ends (good subscribers reconnect by themselves)."""
+        if self.sock is not None and self.endpoint is not None:
+            self.sock.unbind(self.endpoint)
+            self.sock.bind(self.endpoint)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()  # LINGER lets queued events flush
+
+    # -- the supervisor's Listener --
+
+    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
+        if self.sock is None:
+            return
+        key = (agent.id, stream)
+        seq = self._seq.get(key, 0)
+        self._seq[key] = seq + 1
+        self.publish(log_topic(agent.id), LogStreamMessage(agent.id, stream, data, time.time_ns(), seq))
+
+    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None:
+        log.info("agent %s: %s (%s)", agent.id, agent.status, message)
+        if self.sock is None:
+            return
+        data = {"pid": agent.pid, "exit_code": agent.exit_code,
+                "pause_mode": agent.pause_mode.value if agent.pause_mode else None}
+        self.publish(status_topic(agent.id),
+                     StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))
+
+    def publish(self, topic: bytes, message: Message) -> None:
+        if self.sock is None or self.sock.closed:
+            return
+        try:
+            self.sock.send(pub_frame(topic, self._encode(message)), zmq.NOBLOCK)
+        except zmq.Again:
+            self._stats["pub_dropped"] += 1
+
+    async def heartbeats(self, server_id: str, interval: float, facts: Callable[[], dict[str, Any]]) -> None:
+        """A heartbeat every *interval* seconds, carrying *facts()* as its data (until cancelled)."""
+        while True:
+            self.publish(HEARTBEAT_TOPIC, StatusUpdate(NIL, StatusUpdateType.HEARTBEAT, None, server_id, facts(),
+                                                       timestamp=time.time_ns()))
+            await asyncio.sleep(interval)

@@ -1,0 +1,182 @@
+"""Server settings: defaults < TOML config file < DESCARTES_FAST_* variables < command-line flags.
+
+The config file's ``[server]`` table takes the same names as the flags (with ``_``), its
+``[backends.NAME]`` tables define backends (see :mod:`descartes_fast.agents.backends`) and its
+``[policy]`` table says what a spawn request may do (see :mod:`descartes_fast.agents.policy`)::
+
+    [server]
+    bind = "tcp://0.0.0.0:5555"
+    pub = "tcp://0.0.0.0:5556"        # "none" for no event socket
+    server_id = "worker-7"
+    max_agents = 100
+    curve_secret_key = "keys/worker-7.key_secret"   # relative to this file
+    authorized_keys = "keys/clients"
+
+    [policy]
+    backends = ["claude", "opencode"]
+    memory_mb = 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from descartes_fast.agents.backends import BackendError, BackendRegistry
+from descartes_fast.agents.policy import PolicyError, SpawnPolicy
+from descartes_fast.server.config import ServerConfig
+
+__all__ = ["SETTINGS", "add_arguments", "resolve", "SettingsError"]
+
+
+class SettingsError(ValueError):
+    """A setting with a value that cannot be used; the text names where it came from."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    flag: bool = False  # a switch: --name sets it, no value
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "DESCARTES_FAST_" + self.name.upper()
+
+
+def _pub(value: str) -> str | None:
+    return None if value.strip().lower() in ("", "none", "off") else value
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        out = kind(value)
+        if out <= 0:
+            raise ValueError("must be greater than 0")
+        return out
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("use true or false")
+
+
+def _not_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        out = kind(value)
+        if out < 0:
+            raise ValueError("must be 0 or more")
+        return out
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _path(value: str) -> str:
+    return str(Path(value).expanduser())
+
+
+SETTINGS = (
+    Setting("bind", str, "tcp://127.0.0.1:5555", "ROUTER endpoint for requests"),
+    Setting("pub", _pub, "tcp://127.0.0.1:5556", "PUB endpoint for log chunks and status updates ('none' for none)"),
+    Setting("server_id", str, None, "name reported in health checks and spawn replies"),
+    Setting("max_agents", _positive(int), 100, "agents that may be active at once"),
+    Setting("stop_grace", _positive(float), 5.0, "seconds from SIGTERM to SIGKILL when stopping an agent"),
+    Setting("heartbeat_interval", _positive(float), 10.0, "seconds between server heartbeats on PUB"),
+    Setting("output_limit", _positive(int), 8 * 1024 * 1024, "bytes of output kept per agent"),
+    Setting("retention", _positive(float), 3600.0, "seconds a finished agent stays queryable"),
+    Setting("curve_secret_key", _path, None, "this server's secret key file (NAME.key_secret from "
+            "'descartes-fast keygen'); turns on CURVE encryption and authentication", metavar="FILE"),
+    Setting("authorized_keys", _path, None, "directory of the public key files (*.key) of the clients "
+            "allowed in; re-read on SIGHUP", metavar="DIR"),
+    Setting("insecure", _bool, False, "allow non-loopback endpoints without CURVE (trusted networks and "
+            "Rust peers only)", flag=True),
+    Setting("rate_limit", _not_negative(float), 10_000.0, "requests per second per client (0: no limit)"),
+    Setting("rate_burst", _positive(float), None, "requests a quiet client may send at once"),
+    Setting("hwm", _positive(int), 1000, "requests queued per client before it is held back (its replies: "
+            "10 times that, then dropped)"),
+    Setting("pub_hwm", _positive(int), 10_000, "events queued per subscriber before more are dropped"),
+    Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's flags (every one also settable in the config file and the environment)."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML file with [server] settings, a [policy] table and [backends.NAME] "
+                             "tables (env: DESCARTES_FAST_CONFIG)")
+    for s in SETTINGS:
+        option = "--" + s.name.replace("_", "-")
+        if s.flag:
+            parser.add_argument(option, dest=s.name, action="store_const", const="true",
+                                help=f"{s.help} (env: {s.env}=1)")
+            continue
+        shown = {"server_id": "host-pid", "rate_burst": "the rate limit"}.get(s.name, s.default)
+        shown = "none" if shown is None else shown
+        parser.add_argument(option, dest=s.name, metavar=s.metavar or s.name.split("_")[-1].upper(),
+                            help=f"{s.help} (default: {shown}; env: {s.env})")
+
+
+def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
+    """The server config, log level and loop name from every source, highest precedence last."""
+    path = args.config or os.environ.get("DESCARTES_FAST_CONFIG")
+    table: dict[str, Any] = {}
+    backends = BackendRegistry()
+    policy = SpawnPolicy()
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from None
+        table = dict(data.get("server", {}))
+        unknown = set(table) - {s.name for s in SETTINGS}
+        if unknown:
+            raise SettingsError(f"{path}: unknown [server] setting(s): {', '.join(sorted(unknown))}")
+        unknown = set(data) - {"server", "backends", "policy", "client"}
+        if unknown:
+            raise SettingsError(f"{path}: unknown table(s): {', '.join(sorted(unknown))}")
+        for key in ("curve_secret_key", "authorized_keys"):  # relative to the config file
+            if isinstance(table.get(key), str):
+                table[key] = str(Path(path).parent / Path(table[key]).expanduser())
+        try:
+            backends = BackendRegistry.from_tables(data.get("backends", {}), source=path)
+            policy = SpawnPolicy.from_table(data.get("policy", {}), source=path)
+        except (BackendError, PolicyError) as exc:
+            raise SettingsError(str(exc)) from None
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        for source, raw in ((f"{path} [server] {s.name}", table.get(s.name)), (s.env, os.environ.get(s.env)),
+                            ("--" + s.name.replace("_", "-"), getattr(args, s.name, None))):
+            if raw is not None:
+                try:
+                    values[s.name] = s.kind(str(raw))
+                except ValueError as exc:
+                    raise SettingsError(f"{source}={raw!r}: {exc}") from None
+        values.setdefault(s.name, s.default)
+    if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"log level {values['log_level']!r}: use DEBUG, INFO, WARNING or ERROR")
+    if values["loop"] not in ("uvloop", "asyncio"):
+        raise SettingsError(f"loop {values['loop']!r}: use uvloop or asyncio")
+    config = ServerConfig(bind=values["bind"], pub=values["pub"], max_agents=values["max_agents"],
+                          stop_grace=values["stop_grace"], heartbeat_interval=values["heartbeat_interval"],
+                          output_limit=values["output_limit"], retention=values["retention"], backends=backends,
+                          policy=policy, curve_secret_key=values["curve_secret_key"],
+                          authorized_keys=values["authorized_keys"], insecure=values["insecure"],
+                          rate_limit=values["rate_limit"], rate_burst=values["rate_burst"], hwm=values["hwm"],
+                          pub_hwm=values["pub_hwm"])
+    if values["server_id"]:
+        config.server_id = values["server_id"]
+    return config, values["log_level"], values["loop"]

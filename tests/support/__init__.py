@@ -1,0 +1,1 @@
+"""The shared test harness: server processes, twin comparison, process facts, golden vectors, strategies."""

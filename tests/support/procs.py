@@ -1,0 +1,49 @@
+"""Facts about processes, read from /proc: for tests that check what really runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["LOOP", "alive", "live_group_members", "proc_state", "rss_kib"]
+
+#: a loop that forks nothing: a shell looping on `sleep` is often caught by SIGSTOP inside
+#: vfork (dash vforks), where it shows state D, not T, until the stopped child is continued
+LOOP = f"exec {sys.executable} -c \"while 1: __import__('time').sleep(0.05)\""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of group *pgid* that are not zombies (a zombie waits for its reaper only)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process *pid*, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
