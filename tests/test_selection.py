@@ -139,3 +139,13 @@ def test_hand_written_c_is_committed_and_not_ignored() -> None:
     assert "bench/c/zmq_echo.c" in _git("ls-files", "bench/c").stdout.split()
     assert _git("check-ignore", "-q", "bench/c/zmq_echo.c").returncode == 1  # 1: not ignored
     assert _git("check-ignore", "-q", "_speedups/wire/_codec_c.c").returncode == 0  # Cython's output is
+
+
+@pytest.mark.c_extension
+@pytest.mark.parametrize("module", ["descartes_fast.wire._codec_c", "descartes_fast.wire._dispatch_c"])
+def test_a_compiled_twin_with_stale_constants_refuses_to_load(module) -> None:
+    # the compiled twins get their constants from descartes_fast/wire/constants.py at build time;
+    # an edit of that file without a rebuild must fail loudly, not run with the old numbers
+    proc = run(f"import descartes_fast.wire.constants as c; c.MAX_FRAMES = 17; c.K_MAP = 99; import {module}")
+    assert proc.returncode != 0
+    assert "compiled with other values of K_MAP" in proc.stderr and "rebuild it" in proc.stderr

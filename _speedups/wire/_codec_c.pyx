@@ -26,7 +26,6 @@ from libc.math cimport isfinite
 import uuid as _uuid_mod
 
 from descartes_fast.wire import _codec_py as P
-from descartes_fast.wire import constants as C
 from descartes_fast.wire import layout as L
 from descartes_fast.wire import texts as T
 from descartes_fast.wire.errors import (

@@ -12,14 +12,12 @@ calls instead; ``LIBZMQ_DIRECT`` says which and ``DIRECT_REASON`` why.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport strcmp, strlen
 
 import zmq
 from zmq.backend.cython import _zmq as _pyzmq_backend
 
-from descartes_fast.wire import constants as C
 from descartes_fast.wire._codec_c import decode, encode
 from descartes_fast.wire._frames_c import build_reply, split_request
 from descartes_fast.wire.errors import FrameError, MessageTooLargeError, ProtocolError
@@ -47,11 +45,12 @@ cdef extern from "Python.h":
     bint PyBytes_CheckExact(object o)
     int PyBUF_READ
 
-cdef int MAX_FRAMES = C.MAX_FRAMES
+include "_constants.pxi"  # MAX_FRAMES, MAX_MESSAGE_SIZE (generated from descartes_fast/wire/constants.py)
+
 cdef int NOBLOCK = zmq.NOBLOCK
 cdef int SNDMORE = zmq.SNDMORE
 cdef object Again = zmq.Again
-cdef Py_ssize_t _max_size = C.MAX_MESSAGE_SIZE
+cdef Py_ssize_t _max_size = MAX_MESSAGE_SIZE
 
 
 def _resolve_libzmq():
@@ -134,15 +133,7 @@ cdef class Dispatcher:
     cdef _Property _user_id
     cdef _Property _peer
     cdef void* _handle
-    cdef df_zmq_msg* _frames  # MAX_FRAMES of them
-
-    def __cinit__(self, *args, **kwargs):
-        self._frames = <df_zmq_msg*>PyMem_Malloc(MAX_FRAMES * sizeof(df_zmq_msg))
-        if self._frames == NULL:
-            raise MemoryError()
-
-    def __dealloc__(self):
-        PyMem_Free(self._frames)
+    cdef df_zmq_msg _frames[MAX_FRAMES]
 
     def __init__(self, sock, handlers, on_error, direct=None, gate=None):
         self.sock = sock

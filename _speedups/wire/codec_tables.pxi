@@ -7,29 +7,9 @@ cdef enum:
     MAX_MEMBERS = 16
     MAX_ELEMS = 64
 
-# The wire kinds and MessagePack value types, from descartes_fast.wire.constants (the one place).
-cdef int K_STR = C.K_STR
-cdef int K_BOOL = C.K_BOOL
-cdef int K_U64 = C.K_U64
-cdef int K_I64 = C.K_I64
-cdef int K_UUID = C.K_UUID
-cdef int K_TIME = C.K_TIME
-cdef int K_ENUM = C.K_ENUM
-cdef int K_STRUCT = C.K_STRUCT
-cdef int K_BYTES = C.K_BYTES
-cdef int K_JSON = C.K_JSON
-cdef int K_LIST = C.K_LIST
-cdef int K_MAP = C.K_MAP
-cdef int T_NIL = C.T_NIL
-cdef int T_BOOL = C.T_BOOL
-cdef int T_INT = C.T_INT
-cdef int T_FLOAT = C.T_FLOAT
-cdef int T_STR = C.T_STR
-cdef int T_BIN = C.T_BIN
-cdef int T_ARRAY = C.T_ARRAY
-cdef int T_MAP = C.T_MAP
-cdef int T_EXT = C.T_EXT
-cdef int T_BAD = C.T_BAD
+# The wire kinds, MessagePack value types and limits of descartes_fast.wire.constants, as C
+# constants (generated at build time; the module refuses to import if they went stale).
+include "_constants.pxi"
 
 cdef struct TypeC:
     int kind
@@ -62,8 +42,8 @@ cdef TypeC _elems[MAX_ELEMS]
 cdef int _n_elems = 0
 cdef int _n_structs = 0
 cdef int _n_rust_variants = 0
-cdef int _max_depth = C.MAX_DEPTH
-cdef Py_ssize_t _max_size = C.MAX_MESSAGE_SIZE
+cdef int _max_depth = MAX_DEPTH
+cdef Py_ssize_t _max_size = MAX_MESSAGE_SIZE
 cdef long long NANOS = 1000000000
 
 cdef list _keep = []            # owners of every borrowed pointer above
