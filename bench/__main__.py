@@ -129,7 +129,8 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
     for r in details["pubsub_bench.py"]["fanout"]:
         o, ref = r["ours"], r["reference"]
-        print(f"PUB fan-out to {r['subscribers']} subscriber(s): {o['mb_per_s']:,.1f} MB/s ({o['msgs_per_s']:,.0f} msg/s, "
+        print(f"PUB fan-out to {r['subscribers']} subscriber(s): {o['mb_per_s']:,.1f} MB/s "
+              f"({o['msgs_per_s']:,.0f} msg/s, "
               f"gaps {o['gaps']}) vs plain pyzmq publisher {ref['mb_per_s']:,.1f} MB/s (information, no target)")
     print(f"\nwritten: {args.json}")
     if args.plot:

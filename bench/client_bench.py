@@ -33,11 +33,12 @@ import zmq.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast.wire import codec  # noqa: E402
-from descartes_fast.client import AsyncClient, ZmqRunnerConfig  # noqa: E402
-from descartes_fast.wire.schema import AgentConfig, ControlCommand, ControlCommandType, SpawnRequest  # noqa: E402
-from report import Row, machine, print_targets  # noqa: E402
-from server_bench import OurServer, pct  # noqa: E402
+from report import Row, machine, print_targets
+from server_bench import OurServer, pct
+
+from descartes_fast.client import AsyncClient, ZmqRunnerConfig
+from descartes_fast.wire import codec
+from descartes_fast.wire.schema import AgentConfig, ControlCommand, ControlCommandType, SpawnRequest
 
 GET = ControlCommandType.GET_STATUS
 
@@ -87,7 +88,8 @@ def raw_latency(endpoint: str, agent: uuid.UUID, count: int) -> list[float]:
 
 # -- zmq.asyncio on uvloop -----------------------------------------------------------------
 
-async def asyncio_client(endpoint: str, agent: uuid.UUID, total: int, window: int, count: int) -> tuple[float, list[float]]:
+async def asyncio_client(endpoint: str, agent: uuid.UUID, total: int, window: int,
+                         count: int) -> tuple[float, list[float]]:
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

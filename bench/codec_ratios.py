@@ -31,17 +31,18 @@ import statistics
 import sys
 import time
 import timeit
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast.wire.codec import get_implementation  # noqa: E402
-from messages import (CASES, SpawnRequestS, StatusUpdateS, msgspec_decoder,  # noqa: E402
-                      msgspec_encoder)
-from report import Row  # noqa: E402
+from messages import CASES, SpawnRequestS, StatusUpdateS, msgspec_decoder, msgspec_encoder
+from report import Row
+
+from descartes_fast.wire.codec import get_implementation
 
 CASE_IDS = ("spawn_request", "status_update")
 
@@ -186,7 +187,7 @@ def main() -> int:
                                  "samples_ns": c.samples}
                            for who, c in (("ours", ours), ("msgspec", ref), ("pure", pure))}})
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
-    line = "| " + " | ".join("{:<%d}" % w if i == 0 else "{:>%d}" % w for i, w in enumerate(widths)) + " |"
+    line = "| " + " | ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)) + " |"
     print(line.format(*header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in table:

@@ -30,9 +30,22 @@ import msgspec
 
 from descartes_fast.wire import layout as L
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentInfo, AgentStatus, AttachInfo, CommandResponse, ControlCommand,
-    ControlCommandType, ListAgentsResponse, LogStreamMessage, LogStreamType, PauseMode,
-    SpawnRequest, SpawnResponse, StatusUpdate, StatusUpdateType)
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    AttachInfo,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    ListAgentsResponse,
+    LogStreamMessage,
+    LogStreamType,
+    PauseMode,
+    SpawnRequest,
+    SpawnResponse,
+    StatusUpdate,
+    StatusUpdateType,
+)
 
 __all__ = ["Case", "CASES", "CASE_IDS", "MSGSPEC_TYPES", "msgspec_encoder", "msgspec_decoder",
            "to_list_form", "to_dict_form"]
@@ -54,12 +67,12 @@ class AgentConfigS(msgspec.Struct, array_like=True):
     name: str = ""
     model_backend: str = ""
     task: str = ""
-    context: Union[str, None] = None
-    system_prompt: Union[str, None] = None
+    context: str | None = None
+    system_prompt: str | None = None
     environment: dict[str, str] = {}
-    model: Union[str, None] = None
-    tool_level: Union[str, None] = None
-    agents: Union[dict[str, Any], None] = None
+    model: str | None = None
+    tool_level: str | None = None
+    agents: dict[str, Any] | None = None
 
 
 class AgentInfoS(msgspec.Struct, array_like=True):
@@ -69,9 +82,9 @@ class AgentInfoS(msgspec.Struct, array_like=True):
     model_backend: str
     started_at: Timestamp
     task: str
-    paused_at: Union[Timestamp, None] = None
-    pause_mode: Union[PauseMode, None] = None
-    attach_info: Union[AttachInfoS, None] = None
+    paused_at: Timestamp | None = None
+    pause_mode: PauseMode | None = None
+    attach_info: AttachInfoS | None = None
 
 
 class _Msg(msgspec.Struct, array_like=True, tag_field="type"):
@@ -81,16 +94,16 @@ class _Msg(msgspec.Struct, array_like=True, tag_field="type"):
 class SpawnRequestS(_Msg, tag="spawn_request"):
     request_id: str
     config: AgentConfigS
-    timeout_secs: Union[int, None] = None
-    metadata: Union[dict[str, str], None] = None
+    timeout_secs: int | None = None
+    metadata: dict[str, str] | None = None
 
 
 class SpawnResponseS(_Msg, tag="spawn_response"):
     request_id: str
     success: bool
-    agent_info: Union[AgentInfoS, None] = None
-    error: Union[str, None] = None
-    server_id: Union[str, None] = None
+    agent_info: AgentInfoS | None = None
+    error: str | None = None
+    server_id: str | None = None
 
 
 class ControlCommandS(_Msg, tag="control_command"):
@@ -104,16 +117,16 @@ class CommandResponseS(_Msg, tag="command_response"):
     request_id: str
     agent_id: uuid.UUID
     success: bool
-    status: Union[AgentStatus, None] = None
+    status: AgentStatus | None = None
     data: Any = None
-    error: Union[str, None] = None
+    error: str | None = None
 
 
 class StatusUpdateS(_Msg, tag="status_update"):
     agent_id: uuid.UUID
     update_type: StatusUpdateType
-    status: Union[AgentStatus, None]
-    message: Union[str, None]
+    status: AgentStatus | None
+    message: str | None
     data: Any
     timestamp: Timestamp
 
@@ -122,7 +135,7 @@ class ListAgentsResponseS(_Msg, tag="list_agents_response"):
     request_id: str
     success: bool
     agents: list[AgentInfoS] = []
-    error: Union[str, None] = None
+    error: str | None = None
 
 
 class LogStreamMessageS(_Msg, tag="log_stream"):
@@ -145,7 +158,7 @@ def msgspec_encoder() -> msgspec.msgpack.Encoder:
 def msgspec_decoder(*types: type) -> msgspec.msgpack.Decoder:
     """A decoder of the tagged union of *types* (default: every reference class)."""
     types = types or MSGSPEC_TYPES
-    return msgspec.msgpack.Decoder(Union[types] if len(types) > 1 else types[0])  # type: ignore[valid-type]
+    return msgspec.msgpack.Decoder(Union[types] if len(types) > 1 else types[0])  # type: ignore[valid-type]  # noqa: UP007
 
 
 # -- generic conversions of a schema object (done once, outside the timing) ----------

@@ -24,11 +24,12 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast.wire import codec  # noqa: E402
-from descartes_fast.wire.frames import parse_pub_frame  # noqa: E402
-from descartes_fast.wire.schema import AgentConfig, LogStreamMessage, SpawnRequest, StatusUpdate  # noqa: E402
-from report import machine  # noqa: E402
-from server_bench import OurServer  # noqa: E402
+from report import machine
+from server_bench import OurServer
+
+from descartes_fast.wire import codec
+from descartes_fast.wire.frames import parse_pub_frame
+from descartes_fast.wire.schema import AgentConfig, LogStreamMessage, SpawnRequest, StatusUpdate
 
 HERE = Path(__file__).resolve()
 LINE = b"x" * 99 + b"\n"

@@ -35,10 +35,10 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from descartes_fast.wire import codec  # noqa: E402
-from descartes_fast.wire.schema import (  # noqa: E402
-    AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest)
-from report import Row, machine, print_targets  # noqa: E402
+from report import Row, machine, print_targets
+
+from descartes_fast.wire import codec
+from descartes_fast.wire.schema import AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest
 
 HERE = Path(__file__).resolve()
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from messages import CASE_IDS, CASES, msgspec_decoder, msgspec_encoder
 
 from descartes_fast.wire.codec import get_implementation
-from messages import CASE_IDS, CASES, msgspec_decoder, msgspec_encoder
 
 MSGSPEC_ENC = msgspec_encoder()
 MSGSPEC_DEC = msgspec_decoder()  # tagged union of every reference Struct

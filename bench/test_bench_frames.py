@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from messages import AGENT_ID
 
 ROUTING_ID = b"\x00\x80\x00\x41\xa7"  # libzmq's generated ROUTER identity: 0 + 4 bytes

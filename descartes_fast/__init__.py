@@ -16,14 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 from descartes_fast._impl import HAS_EXTENSIONS, IMPLEMENTATION
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
-from descartes_fast.wire.errors import (
-    DecodeError, EncodeError, FrameError, MessageTooLargeError, ProtocolError)
+from descartes_fast.wire.errors import DecodeError, EncodeError, FrameError, MessageTooLargeError, ProtocolError
 from descartes_fast.wire.schema import AgentConfig, AgentInfo, AgentStatus
 
 if TYPE_CHECKING:
     from descartes_fast.client import (
-        AsyncClient, Client, ClientError, NotConnectedError, RequestTimeoutError, ServerError, UnexpectedReplyError,
-        ZmqRunnerConfig)
+        AsyncClient,
+        Client,
+        ClientError,
+        NotConnectedError,
+        RequestTimeoutError,
+        ServerError,
+        UnexpectedReplyError,
+        ZmqRunnerConfig,
+    )
 
 __version__ = "0.1.0"
 __all__ = ["IMPLEMENTATION", "HAS_EXTENSIONS", "MAX_MESSAGE_SIZE", "PROTOCOL_VERSION", "__version__",

@@ -38,6 +38,7 @@ import msgpack
 
 from descartes_fast.wire import layout as L
 from descartes_fast.wire.codec import Implementation, get_implementation
+from descartes_fast.wire.constants import MAX_DEPTH
 from descartes_fast.wire.errors import ProtocolError
 from descartes_fast.wire.schema import Message
 
@@ -74,7 +75,7 @@ def _deep_payload(depth: int) -> bytes:
 
 
 def seeds() -> list[bytes]:
-    return golden_payloads() + [_deep_payload(L.MAX_DEPTH - 2), _deep_payload(L.MAX_DEPTH + 1)]
+    return golden_payloads() + [_deep_payload(MAX_DEPTH - 2), _deep_payload(MAX_DEPTH + 1)]
 
 
 def _verdict(impl: Implementation, data: bytes) -> tuple:

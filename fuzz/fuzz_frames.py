@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or i
 from fuzz_decode import golden_payloads, run
 
 from descartes_fast import _impl
+from descartes_fast.server import AgentServer
 from descartes_fast.wire.codec import get_implementation
 from descartes_fast.wire.errors import ProtocolError
 from descartes_fast.wire.schema import (
@@ -49,10 +50,10 @@ from descartes_fast.wire.schema import (
     Message,
     SpawnRequest,
 )
-from descartes_fast.server import AgentServer
 
 PURE = get_implementation("python")
 from descartes_fast.wire.constants import MAX_FRAMES  # noqa: E402
+
 ROUTING_ID = b"fuzz-peer"
 _SERVER = SimpleNamespace(config=SimpleNamespace(server_id="fuzz"))
 

@@ -25,8 +25,8 @@ def test_every_target_is_well_formed() -> None:
     report = _load("report")
     ids = [f"{g}.{n}" for g, names in report.TARGETS.items() for n in names]
     assert len(ids) == 10 and len(set(ids)) == 10
-    for group, names in report.TARGETS.items():
-        for name, spec in names.items():
+    for names in report.TARGETS.values():
+        for spec in names.values():
             assert spec["op"] in (">=", "<=") and spec["ratio"] > 0 and spec["issue"] in (2, 3, 4) and spec["what"]
 
 

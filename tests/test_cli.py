@@ -10,17 +10,27 @@ import time
 
 import pytest
 
-from descartes_fast.server import settings
+import descartes_fast
 from descartes_fast.cli import build_parser
+from descartes_fast.server import settings
 
 
-def test_demo_runs_the_swarm_and_finishes_quickly() -> None:
+def test_demo_runs_the_swarm_on_the_installed_package_and_finishes_quickly(tmp_path) -> None:
+    # README command 1 runs in the source tree; every process the demo starts (its server, the
+    # server's demo agents) must still import the installed package, never a descartes_fast folder
+    # in the working directory (in a source tree that folder has no compiled twins). A decoy
+    # package that cannot be imported catches any process that looks there.
+    decoy = tmp_path / "descartes_fast"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('imported the descartes_fast in the working directory')\n")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "demo"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - started < 60
+    assert "RuntimeWarning" not in proc.stderr and "working directory" not in proc.stdout + proc.stderr
     out = proc.stdout
+    assert f"codec {descartes_fast.IMPLEMENTATION}," in out  # the server runs the twins this package has
     for needle in ("coder paused (cooperative)", "coder resumed", "reviewer killed", "summary",
                    "server stopped (exit status 0)"):
         assert needle in out

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 import uuid
 
 import pytest
-
 from support.server import Server
+from support.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,8 @@ def server(tmp_path_factory, main_implementation):
     srv.close()
 
 
-def cli(server: Server | None, *argv: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(server: Server | None, *argv: str, stdin: bytes | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess:
     where = ["--endpoint", server.bind, "--pub-endpoint", server.pub] if server else []
     return subprocess.run([sys.executable, "-P", "-m", "descartes_fast", *argv, *where], input=stdin,
                           capture_output=True, timeout=timeout)
@@ -93,3 +95,63 @@ def test_spawn_with_a_time_limit(server) -> None:
         assert time.monotonic() < deadline, "the agent outlived its time limit"
         time.sleep(0.2)
     assert status == "failed"
+
+
+def _cli_only_endpoint(server: Server, *argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-m", "descartes_fast", *argv, "--endpoint", server.bind],
+                          capture_output=True, **kw)
+
+
+def test_only_the_request_endpoint_is_needed(server) -> None:
+    # The server is on ipc:// endpoints, not the default ports: without --pub-endpoint the CLI used to
+    # assume tcp://127.0.0.1:5556 and wait there forever. It must find the event endpoint itself.
+    agent = js(server, "spawn", "sh", "for i in 1 2 3; do echo line $i; sleep 0.2; done")[0]["id"]
+    follow = _cli_only_endpoint(server, "logs", agent, "--follow", timeout=30)
+    assert follow.returncode == 0, follow.stderr.decode()
+    assert "line 3" in follow.stdout.decode()
+    events = _cli_only_endpoint(server, "events", "--count", "1", timeout=30)  # a heartbeat comes every 0.5 s
+    assert events.returncode == 0 and "heartbeat" in events.stdout.decode()
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(server) -> None:
+    agent = js(server, "spawn", "sh", "seq 1 20000")[0]["id"]
+    server.wait_status(uuid.UUID(agent), ("completed",))
+    script = (f'set -o pipefail; "{sys.executable}" -P -m descartes_fast logs {agent} --endpoint "{server.bind}" '
+              '| head -n 1; echo "status=${PIPESTATUS[0]}"')
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["1", "status=141"], proc.stdout
+    assert proc.stderr == ""  # no BrokenPipeError traceback
+
+
+def test_ctrl_c_exits_130(server) -> None:
+    events = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "events", "--endpoint", server.bind],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert events.stdout is not None and events.stdout.readline()  # it is running: a heartbeat came
+    events.send_signal(signal.SIGINT)
+    _, err = events.communicate(timeout=30)
+    assert events.returncode == 130 and b"Traceback" not in err
+
+
+def test_spawn_quiet_and_repeated_commands(server) -> None:
+    quiet = cli(server, "spawn", "cat", "", "-q")
+    agent = quiet.stdout.decode().strip()
+    assert quiet.returncode == 0 and str(uuid.UUID(agent)) == agent  # the id alone, for $(...) in scripts
+    assert cli(server, "pause", agent).stdout.decode().strip() == "paused (cooperative)"
+    again = cli(server, "pause", agent)
+    assert (again.returncode, again.stdout.decode().strip()) == (0, "already paused")
+    assert cli(server, "resume", agent).stdout.decode().strip() == "resumed"
+    again = cli(server, "resume", agent)
+    assert (again.returncode, again.stdout.decode().strip()) == (0, "not paused (running)")
+    assert cli(server, "stop", agent).stdout.decode().strip() == "stopped"
+    again = cli(server, "stop", agent)  # terminated at once: a second stop has nothing to do
+    assert (again.returncode, again.stdout.decode().strip()) == (0, "already ended")
+    until(lambda: js(server, "kill", agent)[0].get("already") is True)  # and kill, once the process is gone
+    again = cli(server, "kill", agent)
+    assert (again.returncode, again.stdout.decode().strip()) == (0, "already ended")
+
+
+def test_a_bad_status_lists_the_valid_ones(server) -> None:
+    proc = cli(server, "list", "--status", "bogus")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "invalid choice: 'bogus'" in err
+    assert all(status in err for status in ("idle", "running", "paused", "completed", "failed", "terminated"))

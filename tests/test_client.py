@@ -9,15 +9,30 @@ import uuid
 
 import pytest
 import zmq
-
-from descartes_fast.wire import codec
-from descartes_fast.client import (
-    AsyncClient, Client, NotConnectedError, RequestTimeoutError, ServerError, ZmqRunnerConfig)
-from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, BatchControlResponse, CommandResponse, ControlCommand, ControlCommandType,
-    HealthCheckRequest, HealthCheckResponse, LogStreamMessage, StatusUpdateType, ZmqOutputStream)
-
 from support.server import Server
+
+from descartes_fast.client import (
+    AsyncClient,
+    Client,
+    NotConnectedError,
+    RequestTimeoutError,
+    ServerError,
+    ZmqRunnerConfig,
+)
+from descartes_fast.wire import codec
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentStatus,
+    BatchControlResponse,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    LogStreamMessage,
+    StatusUpdateType,
+    ZmqOutputStream,
+)
 
 C = ControlCommandType
 

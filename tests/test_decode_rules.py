@@ -7,14 +7,27 @@ import uuid
 
 import msgpack
 import pytest
+from support.golden import load
 
 from descartes_fast.wire import errors as E
 from descartes_fast.wire.schema import (
-    MAX_MESSAGE_SIZE, AgentConfig, AgentInfo, AgentStatus, CommandResponse, ControlCommand,
-    ControlCommandType, ErrorResponse, HealthCheckRequest, HealthCheckResponse, LogStreamMessage,
-    LogStreamType, OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate)
-
-from support.golden import load
+    MAX_MESSAGE_SIZE,
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    ErrorResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    LogStreamMessage,
+    LogStreamType,
+    OutputQueryResponse,
+    SpawnRequest,
+    SpawnResponse,
+    StatusUpdate,
+)
 
 U = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff")
 T = [1_700_000_000, 5]
@@ -65,7 +78,7 @@ ACCEPTED = [
     ("mixed forms", ["spawn_request", "r", {"task": "t", "name": "a"}], SpawnRequest("r", AgentConfig("a", "", "t"))),
     ("uuid hyphenated", control(agent=str(U)), ControlCommand("r", U, ControlCommandType.PAUSE)),
     ("uuid simple", control(agent=U.hex), ControlCommand("r", U, ControlCommandType.PAUSE)),
-    ("uuid braced", control(agent="{%s}" % U), ControlCommand("r", U, ControlCommandType.PAUSE)),
+    ("uuid braced", control(agent=f"{{{U}}}"), ControlCommand("r", U, ControlCommandType.PAUSE)),
     ("uuid urn", control(agent=U.urn), ControlCommand("r", U, ControlCommandType.PAUSE)),
     ("uuid upper-case", control(agent=str(U).upper()), ControlCommand("r", U, ControlCommandType.PAUSE)),
     ("str field as bin", [b"health_check_request", b"r"], HealthCheckRequest("r")),
@@ -207,7 +220,7 @@ def test_error_names_type_and_field(impl) -> None:
 
 
 def test_nesting_limit(impl) -> None:
-    from descartes_fast.wire.layout import MAX_DEPTH
+    from descartes_fast.wire.constants import MAX_DEPTH
 
     def nested(levels):
         value = 0
@@ -217,7 +230,7 @@ def test_nesting_limit(impl) -> None:
     # the message is level 1, the payload's outer list level 2
     ok = impl.decode(pack(control(payload=nested(MAX_DEPTH - 1))))
     assert ok.payload == nested(MAX_DEPTH - 1)
-    with pytest.raises(E.NestingTooDeepError, match="ControlCommand.payload"):
+    with pytest.raises(E.NestingTooDeepError, match=r"ControlCommand\.payload"):
         impl.decode(pack(control(payload=nested(MAX_DEPTH))))
     deep = b"\x91" * 100_000 + b"\x00"  # far deeper than Python's recursion limit
     with pytest.raises(E.NestingTooDeepError):

@@ -13,7 +13,12 @@ from descartes_fast import _impl
 from descartes_fast.wire import codec
 from descartes_fast.wire.constants import MAX_FRAMES
 from descartes_fast.wire.schema import (
-    ErrorResponse, HealthCheckRequest, HealthCheckResponse, ListAgentsRequest, ListAgentsResponse)
+    ErrorResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    ListAgentsRequest,
+    ListAgentsResponse,
+)
 
 VARIANTS = [pytest.param(("cython", True), marks=pytest.mark.c_extension, id="c-direct"),
             pytest.param(("cython", False), marks=pytest.mark.c_extension, id="c-pyzmq"),

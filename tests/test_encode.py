@@ -9,9 +9,19 @@ import pytest
 
 from descartes_fast.wire import errors as E
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, CommandResponse, ControlCommand, ControlCommandType,
-    HealthCheckRequest, ListAgentsRequest, LogStreamMessage, LogStreamType, SpawnRequest,
-    StatusUpdate, StatusUpdateType)
+    AgentConfig,
+    AgentStatus,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    ListAgentsRequest,
+    LogStreamMessage,
+    LogStreamType,
+    SpawnRequest,
+    StatusUpdate,
+    StatusUpdateType,
+)
 
 U = uuid.UUID(int=1)
 
@@ -57,7 +67,7 @@ def test_refused(impl, message, text) -> None:
 
 def test_unset_field(impl) -> None:
     message = object.__new__(HealthCheckRequest)
-    with pytest.raises(E.EncodeError, match="HealthCheckRequest.request_id: field is not set"):
+    with pytest.raises(E.EncodeError, match=r"HealthCheckRequest\.request_id: field is not set"):
         impl.encode(message)
 
 
@@ -85,7 +95,7 @@ def test_subclass_of_a_message_encodes_as_the_message(impl) -> None:
 
 
 def test_encoder_nesting_limit(impl) -> None:
-    from descartes_fast.wire.layout import MAX_DEPTH
+    from descartes_fast.wire.constants import MAX_DEPTH
     value: object = 0
     for _ in range(MAX_DEPTH):
         value = [value]

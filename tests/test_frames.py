@@ -7,8 +7,8 @@ import uuid
 import pytest
 import zmq
 
-from descartes_fast.wire.errors import FrameError
 from descartes_fast.wire import frames
+from descartes_fast.wire.errors import FrameError
 
 AGENT = uuid.UUID("6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b")
 

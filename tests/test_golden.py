@@ -5,14 +5,30 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from support.golden import load
 
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentInfo, AgentStatus, AttachInfo, BatchAgentResult, BatchControlResponse,
-    CommandResponse, ControlCommand, ControlCommandType, HealthCheckRequest, HealthCheckResponse,
-    LogStreamMessage, LogStreamType, OutputQueryRequest, PauseMode, SpawnRequest, SpawnResponse,
-    StatusUpdate, StatusUpdateType, ZmqOutputStream)
-
-from support.golden import load
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    AttachInfo,
+    BatchAgentResult,
+    BatchControlResponse,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    LogStreamMessage,
+    LogStreamType,
+    OutputQueryRequest,
+    PauseMode,
+    SpawnRequest,
+    SpawnResponse,
+    StatusUpdate,
+    StatusUpdateType,
+    ZmqOutputStream,
+)
 
 VECTORS = load()
 AGENT = uuid.UUID("6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b")

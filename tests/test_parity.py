@@ -9,23 +9,21 @@ Inputs are generated from the layout tables (``tests/strategies.py``).
 from __future__ import annotations
 
 import array
-import dataclasses
 import os
 import random
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from descartes_fast.wire import layout as L
-from descartes_fast.wire.errors import ProtocolError
-from descartes_fast.wire.schema import MAX_MESSAGE_SIZE
-
 from support import strategies as S
 from support.parity import assert_parity, nodes, outcome, same_outcome, same_value, show
+
+from descartes_fast.wire import layout as L
+from descartes_fast.wire.constants import MAX_DEPTH, MAX_MESSAGE_SIZE
 
 pytestmark = pytest.mark.c_extension
 
@@ -203,7 +201,7 @@ def _pack_fields(named: bool, tag: str, fields: list[tuple[str, bytes]]) -> byte
 
 
 @fast(80)
-@given(depth=st.integers(L.MAX_DEPTH - 4, L.MAX_DEPTH + 4),
+@given(depth=st.integers(MAX_DEPTH - 4, MAX_DEPTH + 4),
        where=st.sampled_from(["json array", "json map", "skipped key", "nested skipped key",
                               "nested json"]),
        named=st.booleans())
@@ -429,13 +427,13 @@ def test_strategies_cover_every_message():
 
 class _UUIDWithIntProperty(uuid.UUID):
     @property
-    def int(self):  # noqa: A003 - shadows the slot on purpose
+    def int(self):
         return 7
 
 
 class _UUIDWithBytesProperty(uuid.UUID):
     @property
-    def bytes(self):  # noqa: A003
+    def bytes(self):
         return b"\xff" * 3
 
 

@@ -14,17 +14,17 @@ import uvloop
 
 from descartes_fast.agents.backends import BackendRegistry
 from descartes_fast.agents.policy import DEFAULT_ENV_DENY, PolicyError, SpawnPolicy
-from descartes_fast.wire.schema import (
-    AgentConfig,
-    AgentStatus,
-    LogStreamType,
-    StatusUpdateType,
-)
 from descartes_fast.agents.supervisor import (
     ClientLimitError,
     SpawnError,
     SpawnPolicyError,
     Supervisor,
+)
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentStatus,
+    LogStreamType,
+    StatusUpdateType,
 )
 
 OUT = LogStreamType.STDOUT
@@ -181,7 +181,7 @@ def test_program_cli_rule_is_off_unless_enabled(run) -> None:
         with pytest.raises(SpawnPolicyError, match=REFUSED + "backend 'echo-cli' is not configured, and running "
                            "'<program>-cli' backends as '<program> <task>' .* allow_program_cli = true"):
             await sup.spawn(sh("hi", backend="echo-cli"))
-        with pytest.raises(SpawnError, match="^Agent spawn failed: Unsupported model backend"):
+        with pytest.raises(SpawnError, match=r"^Agent spawn failed: Unsupported model backend"):
             await sup.spawn(sh("hi", backend="nosuch"))  # unchanged: not a policy refusal
         sup, _ = supervisor(SpawnPolicy(allow_program_cli=True))
         assert await output(sup, await sup.spawn(sh("hi", backend="echo-cli"))) == ["hi"]

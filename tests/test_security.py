@@ -13,25 +13,32 @@ import time
 
 import pytest
 import zmq
-from zmq.utils import z85
-
-from descartes_fast.wire import codec
-from descartes_fast.server.admission import Gate, Refusal, Throttle
-from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, ErrorResponse, HealthCheckRequest, HealthCheckResponse, SpawnRequest, StatusUpdate)
-from descartes_fast.server.security import ZapHandler, is_local_endpoint, load_allowlist
-from descartes_fast.wire.curve import SecurityError, keygen, load_public_key, load_secret_key
-
+from support.procs import rss_kib
 from support.server import Server
 from support.waiting import until
-from support.procs import rss_kib
+from zmq.utils import z85
+
+from descartes_fast.server.admission import Gate, Refusal, Throttle
+from descartes_fast.server.security import ZapHandler, is_local_endpoint, load_allowlist
+from descartes_fast.wire import codec
+from descartes_fast.wire.curve import SecurityError, keygen, load_public_key, load_secret_key
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentStatus,
+    ErrorResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    SpawnRequest,
+    StatusUpdate,
+)
 
 PY = sys.executable
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
-    return subprocess.run([PY, "-P", "-m", "descartes_fast", *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([PY, "-P", "-m", "descartes_fast", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
 
 
 # -- keys --
@@ -54,10 +61,10 @@ def test_keygen_writes_a_pair_the_secret_readable_by_its_owner_only(tmp_path) ->
 
 def test_key_files_that_cannot_be_used_are_named(tmp_path) -> None:
     public, _ = keygen("bob", tmp_path)
-    with pytest.raises(SecurityError, match="holds no secret key: give the NAME.key_secret file"):
+    with pytest.raises(SecurityError, match=r"holds no secret key: give the NAME\.key_secret file"):
         load_secret_key(public)
     (tmp_path / "junk.key").write_text("public-key = \"tooshort\"\n")
-    with pytest.raises(SecurityError, match="junk.key: the public key is not a 40-character Z85 CURVE key"):
+    with pytest.raises(SecurityError, match=r"junk\.key: the public key is not a 40-character Z85 CURVE key"):
         load_public_key(tmp_path / "junk.key")
     with pytest.raises(SecurityError, match="cannot read key file"):
         load_public_key(tmp_path / "missing.key")

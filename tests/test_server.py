@@ -6,29 +6,42 @@ DESCARTES_FAST_NO_EXTENSIONS=1 in the server's environment).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 
 import msgpack
 import pytest
 import zmq
+from support.procs import LOOP, alive, live_group_members, proc_state
+from support.server import Server
+from support.waiting import until
 
 from descartes_fast.wire import codec
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, BatchControlCommand, BatchControlResponse, CommandResponse,
-    ControlCommand, ControlCommandType, CustomActionRequest, ErrorResponse, HealthCheckRequest,
-    HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, LogStreamMessage, LogStreamType,
-    OutputQueryRequest, OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate,
-    StatusUpdateType, ZmqOutputStream)
-
-from support.server import Server
-from support.waiting import until
-from support.procs import LOOP, alive, live_group_members, proc_state
+    AgentConfig,
+    AgentStatus,
+    BatchControlCommand,
+    BatchControlResponse,
+    CommandResponse,
+    ControlCommandType,
+    CustomActionRequest,
+    ErrorResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    ListAgentsRequest,
+    ListAgentsResponse,
+    LogStreamMessage,
+    LogStreamType,
+    OutputQueryRequest,
+    OutputQueryResponse,
+    SpawnRequest,
+    SpawnResponse,
+    StatusUpdate,
+    StatusUpdateType,
+    ZmqOutputStream,
+)
 
 C = ControlCommandType
 
@@ -123,7 +136,8 @@ def test_reference_error_texts(server) -> None:
                          "spawning: anthropic. Use API mode instead.")
     assert bad.server_id == "test-server"
     agent = server.spawn("sh", "sleep 30")
-    assert server.control(agent, C.RESUME).error == "Agent execution error: Agent is not paused, current status: running"
+    assert server.control(agent, C.RESUME).error == \
+        "Agent execution error: Agent is not paused, current status: running"
     assert "Unknown signal type: 'HUP'" in server.control(agent, C.SIGNAL, {"signal": "HUP"}).error
     assert "requires payload with 'signal' field" in server.control(agent, C.SIGNAL).error
     assert "WriteStdin requires payload" in server.control(agent, C.WRITE_STDIN, {}).error
@@ -180,7 +194,7 @@ def test_large_output_is_complete_in_order_and_binary_safe(server) -> None:
     agent = server.spawn("py", script)
     data, seq, done = bytearray(), 0, False
     while not done:
-        topic, payload = sub.recv().split(b"\x00", 1)
+        _, payload = sub.recv().split(b"\x00", 1)
         message = codec.decode(payload)
         if isinstance(message, LogStreamMessage) and message.agent_id == agent:
             assert message.sequence == seq  # no gaps for a subscriber that keeps up
@@ -266,7 +280,7 @@ def test_sigterm_stops_every_agent_and_exits_0(server) -> None:
     assert server.close() == 0
     assert time.monotonic() - started < 10
     for pgid in pgids:
-        until(lambda: not live_group_members(pgid))
+        until(lambda pgid=pgid: not live_group_members(pgid))
 
 
 def test_bad_settings_exit_2_with_a_message(tmp_path) -> None:

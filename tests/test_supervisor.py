@@ -7,20 +7,24 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import uvloop
-
-from descartes_fast.agents.backends import BackendRegistry
-from descartes_fast.agents.policy import SpawnPolicy
-from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, PauseMode, StatusUpdateType
-from descartes_fast.agents.supervisor import (
-    PAUSE_LINE, RESUME_LINE, AgentNotFoundError, SpawnError, Supervisor, SupervisorError)
 from support.agents import BACKENDS, PY, Recorder
 from support.procs import LOOP, alive, live_group_members, proc_state
+
+from descartes_fast.agents.policy import SpawnPolicy
+from descartes_fast.agents.supervisor import (
+    PAUSE_LINE,
+    RESUME_LINE,
+    AgentNotFoundError,
+    SpawnError,
+    Supervisor,
+    SupervisorError,
+)
+from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, PauseMode, StatusUpdateType
 
 OUT, ERR = LogStreamType.STDOUT, LogStreamType.STDERR
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -136,7 +140,7 @@ def test_llm_backends_pause_by_sigstop(run) -> None:
         agent = await sup.spawn(sh(LOOP, backend="sh-closed"))  # stdin closed: no cooperative pause
         assert sup.pause(agent.id) == PauseMode.FORCED
         await until(lambda: proc_state(agent.pid) == "T")
-        with pytest.raises(SupervisorError, match="stdin of agent .* is closed"):
+        with pytest.raises(SupervisorError, match=r"stdin of agent .* is closed"):
             sup.write_stdin(agent.id, b"x")
         sup.kill(agent.id)
         await sup.wait(agent.id)
@@ -267,7 +271,7 @@ def test_spawn_errors_and_limits(run) -> None:
         with pytest.raises(SpawnError, match="Failed to spawn process for backend 'nosuchprog-cli'"):
             await sup.spawn(AgentConfig(model_backend="nosuchprog-cli", task="x"))
         first = await sup.spawn(sh("sleep 30"))
-        with pytest.raises(SpawnError, match="^Maximum agent limit reached: 1$"):
+        with pytest.raises(SpawnError, match=r"^Maximum agent limit reached: 1$"):
             await sup.spawn(sh("true"))
         sup.kill(first.id)
         await sup.wait(first.id)
@@ -314,7 +318,7 @@ def test_shutdown_leaves_no_process_behind(run) -> None:
         await sup.shutdown()
         for a in agents:
             assert not a.running and a.status == AgentStatus.TERMINATED
-            await until(lambda: not live_group_members(a.pid))
+            await until(lambda pid=a.pid: not live_group_members(pid))
     run(main())
 
 

@@ -11,8 +11,9 @@ import asyncio
 import os
 import resource
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Final
+from typing import Final
 
 from descartes_fast.agents.policy import SpawnPolicy
 

@@ -11,7 +11,8 @@ import os
 import resource
 import signal
 import subprocess
-from typing import Callable
+from collections.abc import Callable
+from typing import IO
 
 from descartes_fast.agents.backends import Launch
 from descartes_fast.wire.schema import LogStreamType
@@ -34,7 +35,7 @@ class StdinClosedError(Exception):
 class AgentProcess:
     """A started agent process; use :meth:`start` (blocking, from a worker thread), then :meth:`watch`."""
 
-    def __init__(self, popen: subprocess.Popen, stdin_open: bool) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], stdin_open: bool) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.exit_code: int | None = None
@@ -45,7 +46,9 @@ class AgentProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_output: OutputCallback | None = None
         self._on_exit: ExitCallback | None = None
-        self._pipes = {LogStreamType.STDOUT: popen.stdout, LogStreamType.STDERR: popen.stderr}
+        assert popen.stdout is not None and popen.stderr is not None  # start() pipes both
+        self._pipes: dict[LogStreamType, IO[bytes]] = {LogStreamType.STDOUT: popen.stdout,
+                                                       LogStreamType.STDERR: popen.stderr}
 
     @classmethod
     def start(cls, launch: Launch, env: dict[str, str]) -> AgentProcess:

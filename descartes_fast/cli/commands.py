@@ -21,13 +21,20 @@ import os
 import sys
 import tomllib
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from descartes_fast.client import Client, ClientError, RequestTimeoutError, ServerError, ZmqRunnerConfig
 from descartes_fast.wire.curve import SecurityError
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentInfo, AgentStatus, CommandResponse, ControlCommandType, ZmqOutputStream)
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    CommandResponse,
+    ControlCommandType,
+    ZmqOutputStream,
+)
 
 __all__ = ["add_commands", "run", "COMMANDS", "EXIT_CODES"]
 
@@ -144,12 +151,12 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
             pub = event
     if isinstance(pub, str) and pub.strip().lower() in ("", "none", "off"):
         pub = None
-    local = lambda e: e.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")  # noqa: E731
+    local = lambda e: e.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
     keys = {}
     for name in ("server_key", "client_key"):
         in_file = client.get(name)
         keys[name] = (getattr(args, name) or os.environ.get("DESCARTES_FAST_" + name.upper())
-                      or (str(Path(path).parent / in_file) if isinstance(in_file, str) else None))
+                      or (str(Path(path).parent / in_file) if path and isinstance(in_file, str) else None))
     return {"endpoint": local(endpoint), "pub_endpoint": local(pub) if pub else None, **keys}
 
 
@@ -319,7 +326,8 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
     reply = client.batch_control(args.agents, ControlCommandType(args.operation), payload, args.fail_fast)
     results = [{"id": str(r.agent_id), "success": r.success, "status": r.status.value if r.status else None,
                 "error": r.error} for r in reply.results]
-    rows = [[r["id"], "ok" if r["success"] else "FAILED", r["status"] or "-", r["error"] or ""] for r in results]
+    rows = [[str(r["id"]), "ok" if r["success"] else "FAILED", str(r["status"] or "-"), str(r["error"] or "")]
+            for r in results]
     _emit(args, {"success": reply.success, "successful": reply.successful, "failed": reply.failed,
                  "results": results},
           lambda: _table(rows, ["ID", "RESULT", "STATUS", "ERROR"]) + f"\n{reply.successful} ok, {reply.failed} failed")

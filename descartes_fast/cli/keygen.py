@@ -24,7 +24,8 @@ def add_keygen_command(commands: Any) -> None:
 
 def keygen(args: argparse.Namespace) -> int:
     """``descartes-fast keygen``: 0 when written, 2 if the name is bad or the files exist."""
-    from descartes_fast.wire.curve import SecurityError, keygen as write_keys
+    from descartes_fast.wire.curve import SecurityError
+    from descartes_fast.wire.curve import keygen as write_keys
 
     try:
         public, secret = write_keys(args.name, args.dir, force=args.force)

@@ -9,7 +9,12 @@
 from descartes_fast.client.async_client import AsyncClient
 from descartes_fast.client.config import ZmqRunnerConfig
 from descartes_fast.client.errors import (
-    ClientError, NotConnectedError, RequestTimeoutError, ServerError, UnexpectedReplyError)
+    ClientError,
+    NotConnectedError,
+    RequestTimeoutError,
+    ServerError,
+    UnexpectedReplyError,
+)
 from descartes_fast.client.subscriptions import Follow, Subscription
 from descartes_fast.client.sync_client import Client
 

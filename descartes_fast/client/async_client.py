@@ -22,7 +22,8 @@ import dataclasses
 import logging
 import math
 import uuid
-from typing import Any, AsyncIterator, Iterator, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import zmq
@@ -35,11 +36,32 @@ from descartes_fast.wire import codec
 from descartes_fast.wire.curve import curve_client
 from descartes_fast.wire.errors import ProtocolError
 from descartes_fast.wire.frames import log_topic, parse_pub_frame, status_topic
+from descartes_fast.wire.readiness import has_input
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentInfo, AgentStatus, BatchAgentResult, BatchControlCommand, BatchControlResponse,
-    CommandResponse, ControlCommand, ControlCommandType, CustomActionRequest, ErrorResponse, HealthCheckRequest,
-    HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, LogStreamMessage, Message, OutputQueryRequest,
-    OutputQueryResponse, SpawnRequest, SpawnResponse, StatusUpdate, ZmqOutputStream)
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    BatchAgentResult,
+    BatchControlCommand,
+    BatchControlResponse,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    CustomActionRequest,
+    ErrorResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    ListAgentsRequest,
+    ListAgentsResponse,
+    LogStreamMessage,
+    Message,
+    OutputQueryRequest,
+    OutputQueryResponse,
+    SpawnRequest,
+    SpawnResponse,
+    StatusUpdate,
+    ZmqOutputStream,
+)
 
 __all__ = ["AsyncClient"]
 
@@ -61,7 +83,7 @@ class AsyncClient:
         # a copy: the caller's config is not changed (and unknown names raise TypeError)
         self.config = dataclasses.replace(config or ZmqRunnerConfig(), **overrides)
         self._curve = curve_keys(self.config)
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._io: Any = None  # the Requester twin on _sock
         self._sub: zmq.Socket | None = None
@@ -119,11 +141,11 @@ class AsyncClient:
         sock.connect(self._endpoint)
         self._sock = sock
         self._io = _impl.load("dispatch", _impl.IMPLEMENTATION).Requester(sock, self._on_reply)
-        self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
 
     def _close_socket(self) -> None:
         if self._sock is not None:
-            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+            self._loop.remove_reader(self._sock.fileno())
             self._sock.close(0)
             self._sock = None
 
@@ -134,7 +156,7 @@ class AsyncClient:
             self._heartbeat = None
         self._close_socket()
         if self._sub is not None:
-            self._loop.remove_reader(self._sub.getsockopt(zmq.FD))
+            self._loop.remove_reader(self._sub.fileno())
             self._sub.close(0)
             self._sub = None
         for subs in self._subs.values():
@@ -195,11 +217,11 @@ class AsyncClient:
             return
         self._io.drain()
         # ZeroMQ's FD is edge-triggered: make sure nothing arrived while we read
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if has_input(sock):
             self._loop.call_soon(self._on_readable)
 
     def _on_reply(self, reply: Message) -> None:
-        entry = self._pending.pop(getattr(reply, "request_id", None), None)
+        entry = self._pending.pop(getattr(reply, "request_id", ""), None)
         if entry is not None and not entry[0].done():
             entry[1].cancel()
             entry[0].set_result(reply)
@@ -214,7 +236,7 @@ class AsyncClient:
     async def _request(self, message: Message, expected: type[_R], timeout: float | None = None) -> _R:
         if self._sock is None:
             raise NotConnectedError("not connected: call connect() first")
-        rid: str = getattr(message, "request_id")
+        rid: str = message.request_id  # type: ignore[attr-defined]  # every request has one
         timeout = timeout or self.config.request_timeout_secs
         payload = codec.encode(message)
         deadline = self._loop.time() + timeout
@@ -305,7 +327,8 @@ class AsyncClient:
                 payload = list(data)
         else:
             payload = data
-        reply = await self._command(agent_id, _C.WRITE_STDIN, {"data": payload, "eof": eof} if eof else {"data": payload})
+        args = {"data": payload, "eof": True} if eof else {"data": payload}
+        reply = await self._command(agent_id, _C.WRITE_STDIN, args)
         return (reply.data or {}).get("bytes_written", 0)
 
     async def read_agent_stdout(self, agent_id: uuid.UUID) -> bytes | None:
@@ -344,8 +367,8 @@ class AsyncClient:
             self._note_once("batch", f"the server at {self._endpoint} is not a descartes_fast server and does not "
                                      "answer batch_control_command: sending one control_command per agent instead")
             return await self._batch_one_by_one(list(agent_ids), command_type, payload, fail_fast)
-        return await self._request(BatchControlCommand(next(self._ids), list(agent_ids), command_type, payload, fail_fast),
-                                   BatchControlResponse, 2 * self.config.request_timeout_secs)
+        request = BatchControlCommand(next(self._ids), list(agent_ids), command_type, payload, fail_fast)
+        return await self._request(request, BatchControlResponse, 2 * self.config.request_timeout_secs)
 
     async def _batch_one_by_one(self, agent_ids: list[uuid.UUID], command_type: ControlCommandType,
                                 payload: Any, fail_fast: bool) -> BatchControlResponse:
@@ -373,8 +396,8 @@ class AsyncClient:
             wanted = {ZmqOutputStream.STDOUT: (_C.READ_STDOUT,), ZmqOutputStream.STDERR: (_C.READ_STDERR,)}.get(
                 stream, (_C.READ_STDOUT, _C.READ_STDERR))
             for kind in wanted:
-                while (line := _read_data(await self._command(agent_id, kind))) is not None:
-                    yield line.decode("utf-8", "replace").rstrip("\r\n")
+                while (raw := _read_data(await self._command(agent_id, kind))) is not None:
+                    yield raw.decode("utf-8", "replace").rstrip("\r\n")
             return
         offset = 0
         while True:
@@ -423,7 +446,7 @@ class AsyncClient:
             if self._curve:
                 curve_client(self._sub, *self._curve)
             self._sub.connect(await self._pub_endpoint(agent_id))
-            self._loop.add_reader(self._sub.getsockopt(zmq.FD), self._on_event)
+            self._loop.add_reader(self._sub.fileno(), self._on_event)
         sub = Subscription(topic, kind, self.config.subscription_queue, self._unsubscribe)
         if not self._subs[topic]:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic)
@@ -454,7 +477,7 @@ class AsyncClient:
 
     def _on_event(self) -> None:
         sock = self._sub
-        while sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock is not None and has_input(sock):
             frame = sock.recv(zmq.NOBLOCK)
             try:
                 topic, payload = parse_pub_frame(frame)

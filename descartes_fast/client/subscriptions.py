@@ -8,9 +8,10 @@ prefix it matches (:meth:`Subscription.offer`); each consumer reads its own boun
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
-from descartes_fast.wire.schema import AgentStatus, LogStreamMessage, Message, StatusUpdate
+from descartes_fast.wire.schema import LogStreamMessage, Message, StatusUpdate
 
 __all__ = ["Subscription", "Follow"]
 
@@ -25,7 +26,8 @@ class Subscription(Generic[_M]):
     ``dropped``). *on_close* is called once when the consumer closes it.
     """
 
-    def __init__(self, topic: bytes, kind: type[_M], maxsize: int, on_close: Callable[[Subscription[_M]], None]) -> None:
+    def __init__(self, topic: bytes, kind: type[_M], maxsize: int,
+                 on_close: Callable[[Subscription[_M]], None]) -> None:
         self.topic, self.kind = topic, kind
         self.queue: asyncio.Queue[_M | None] = asyncio.Queue(maxsize)
         self.dropped = 0
@@ -56,14 +58,14 @@ class Follow:
     """Log chunks of one agent until it has ended: then what is still queued, then the end.
 
     The end is seen from the agent's terminal status update, or, for servers that publish no
-    status updates (a Rust Descartes server), from *status()* polled every *poll_interval* seconds
-    (None from *status()*: the server no longer knows the agent).
+    status updates (a Rust Descartes server), from *has_ended()* asked after *poll_interval*
+    seconds without news.
     """
 
     def __init__(self, logs: Subscription[LogStreamMessage], events: Subscription[StatusUpdate], ended: bool,
-                 status: Callable[[], Awaitable[AgentStatus | None]], poll_interval: float) -> None:
+                 has_ended: Callable[[], Awaitable[bool]], poll_interval: float) -> None:
         self.logs, self.events, self.ended = logs, events, ended
-        self._status = status
+        self._has_ended = has_ended
         self._poll_interval = poll_interval
         self._next_event: asyncio.Future[StatusUpdate] | None = None
 
@@ -83,8 +85,8 @@ class Follow:
             if self._next_event is None:
                 self._next_event = asyncio.ensure_future(self.events.__anext__())
             next_log = asyncio.ensure_future(self.logs.queue.get())
-            done, _ = await asyncio.wait({next_log, self._next_event}, timeout=self._poll_interval,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {next_log, self._next_event}
+            done, _ = await asyncio.wait(waiting, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED)
             if next_log in done:
                 item = next_log.result()
                 if item is None:
@@ -96,10 +98,8 @@ class Follow:
                 self._next_event = None
                 if update.status is not None and update.status.is_terminal():
                     await self._end()
-            else:  # quiet for a while: ask (a server may publish no status updates at all)
-                status = await self._status()
-                if status is None or status.is_terminal():
-                    await self._end()
+            elif await self._has_ended():  # quiet for a while: ask (a server may publish no status updates)
+                await self._end()
 
     async def _end(self) -> None:
         self.ended = True

@@ -8,13 +8,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from typing import Any, AsyncIterator, Coroutine, Iterator, TypeVar
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from descartes_fast.client.async_client import AsyncClient
 from descartes_fast.client.config import ZmqRunnerConfig
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentInfo, AgentStatus, BatchControlResponse, ControlCommandType, HealthCheckResponse,
-    LogStreamMessage, OutputQueryResponse, StatusUpdate, ZmqOutputStream)
+    AgentConfig,
+    AgentInfo,
+    AgentStatus,
+    BatchControlResponse,
+    ControlCommandType,
+    HealthCheckResponse,
+    LogStreamMessage,
+    OutputQueryResponse,
+    StatusUpdate,
+    ZmqOutputStream,
+)
 
 __all__ = ["Client"]
 

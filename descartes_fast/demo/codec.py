@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -13,7 +14,13 @@ import descartes_fast
 from descartes_fast.wire.codec import get_implementation
 from descartes_fast.wire.errors import DecodeError
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, HealthCheckRequest, SpawnRequest, StatusUpdate, StatusUpdateType)
+    AgentConfig,
+    AgentStatus,
+    HealthCheckRequest,
+    SpawnRequest,
+    StatusUpdate,
+    StatusUpdateType,
+)
 
 #: rmp-serde's own bytes for HealthCheckRequest{request_id: "test-123"} (docs/protocol.md §2.6)
 RUST_HEALTH_CHECK = bytes.fromhex("92b46865616c74685f636865636b5f72657175657374a8746573742d313233")
@@ -92,10 +99,10 @@ def main(rounds: int = 5, budget_s: float = 0.05) -> int:
         data = active.encode(message)
         as_list = msgpack.unpackb(data, raw=False)
         rows = {
-            f"encode {name}": ([lambda i=i: i.encode(message) for _, i in candidates],
-                               lambda: msgpack.packb(as_list, use_bin_type=True)),
-            f"decode {name}": ([lambda i=i: i.decode(data) for _, i in candidates],
-                               lambda: msgpack.unpackb(data, raw=False)),
+            f"encode {name}": ([lambda i=i, m=message: i.encode(m) for _, i in candidates],
+                               lambda a=as_list: msgpack.packb(a, use_bin_type=True)),
+            f"decode {name}": ([lambda i=i, d=data: i.decode(d) for _, i in candidates],
+                               lambda d=data: msgpack.unpackb(d, raw=False)),
         }
         for label, (ours_fns, ref) in rows.items():
             times = [_per_call_ns(f, rounds, budget_s) for f in ours_fns] + [_per_call_ns(ref, rounds, budget_s)]

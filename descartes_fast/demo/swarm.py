@@ -13,8 +13,8 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,9 +23,20 @@ import zmq
 
 from descartes_fast.wire import codec
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, ControlCommand, ControlCommandType, CustomActionRequest,
-    HealthCheckRequest, ListAgentsRequest, LogStreamMessage, OutputQueryRequest, SpawnRequest,
-    StatusUpdate, StatusUpdateType, ZmqOutputStream)
+    AgentConfig,
+    AgentStatus,
+    ControlCommand,
+    ControlCommandType,
+    CustomActionRequest,
+    HealthCheckRequest,
+    ListAgentsRequest,
+    LogStreamMessage,
+    OutputQueryRequest,
+    SpawnRequest,
+    StatusUpdate,
+    StatusUpdateType,
+    ZmqOutputStream,
+)
 
 #: the demo agents take their pace from AGENT_EXTRA_ARGS, which the default spawn policy refuses
 DEMO_CONFIG = """[policy]
@@ -74,13 +85,13 @@ class _Demo:
                 continue
             _, payload = self.sub.recv().split(b"\x00", 1)
             message = codec.decode(payload)
-            name = self.names.get(message.agent_id)
-            if name is None:
+            if not isinstance(message, (LogStreamMessage, StatusUpdate)) or message.agent_id not in self.names:
                 continue
+            name = self.names[message.agent_id]
             if isinstance(message, LogStreamMessage):  # chunks hold whole lines
                 for line in message.data.decode("utf-8", "replace").splitlines():
                     self.say(f"{name:>9} {message.stream_type.value}: {_brief(line)}")
-            elif isinstance(message, StatusUpdate) and message.update_type != StatusUpdateType.HEARTBEAT:
+            elif message.update_type != StatusUpdateType.HEARTBEAT and message.status is not None:
                 statuses[message.agent_id] = message.status
                 self.say(f"{name:>9} status -> {message.status} ({message.message})")
 

@@ -13,8 +13,8 @@ the name its rate limit and agent count are kept under:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Hashable, Mapping
 from time import monotonic as _monotonic
-from typing import Callable, Hashable, Mapping
 
 __all__ = ["Gate", "Refusal", "Throttle"]
 
@@ -100,11 +100,12 @@ class Gate:
             self.unauthorized += 1  # CURVE is on, so a connection without a user id is not ours
             return self._drop
         else:
-            identity = self._identities.get(peer)
-            if identity is None:
+            known = self._identities.get(peer)
+            if known is None:
                 if len(self._identities) >= _MAX_TRACKED:
                     self._identities.clear()
-                identity = self._identities[peer] = _peer_identity(peer)
+                known = self._identities[peer] = _peer_identity(peer)
+            identity = known
         self.identity = identity
         if not self.rate:
             return None

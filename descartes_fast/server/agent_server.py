@@ -38,10 +38,24 @@ from descartes_fast.wire.codec import get_implementation
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
 from descartes_fast.wire.curve import curve_server, load_secret_key
 from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.readiness import has_input
 from descartes_fast.wire.schema import (
-    MESSAGE_TYPES, BatchControlCommand, CommandResponse, ControlCommand, CustomActionRequest, ErrorResponse,
-    HealthCheckRequest, HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, Message, OutputQueryRequest,
-    OutputQueryResponse, SpawnRequest, SpawnResponse)
+    MESSAGE_TYPES,
+    BatchControlCommand,
+    CommandResponse,
+    ControlCommand,
+    CustomActionRequest,
+    ErrorResponse,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    ListAgentsRequest,
+    ListAgentsResponse,
+    Message,
+    OutputQueryRequest,
+    OutputQueryResponse,
+    SpawnRequest,
+    SpawnResponse,
+)
 
 __all__ = ["AgentServer"]
 
@@ -50,7 +64,7 @@ log = logging.getLogger("descartes_fast.server")
 _TAGS = {cls.TAG: cls.__name__ for cls in MESSAGE_TYPES}
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-_HANDSHAKE_ERRORS = {
+_HANDSHAKE_ERRORS: dict[int, str] = {
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mechanism mismatch: one side uses CURVE, the other not",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error: the client may have a wrong server key"}
 
@@ -75,8 +89,8 @@ class AgentServer:
         self.zap: ZapHandler | None = None
         self.gate = Gate(config.rate_limit, config.rate_burst,
                          allowlist=(lambda: self.zap.keys if self.zap else {}) if config.curve else None)
-        self._monitor: zmq.Socket | None = None
         self._router = self._ctx.socket(zmq.ROUTER)
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping: asyncio.Event | None = None
         self.endpoints: dict[str, str] = {}
@@ -112,7 +126,6 @@ class AgentServer:
         # a full request queue holds the client back (nothing is lost); a full reply queue drops
         self._router.setsockopt(zmq.RCVHWM, config.hwm)
         self._router.setsockopt(zmq.SNDHWM, config.reply_hwm)
-        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         self._router.bind(config.bind)
         self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if config.pub is not None:
@@ -146,16 +159,16 @@ class AgentServer:
                  "events per subscriber, messages up to %d bytes",
                  f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, config.reply_hwm,
                  config.pub_hwm, MAX_MESSAGE_SIZE)
-        loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
+        loop.add_reader(self._monitor.fileno(), self._on_monitor)
         self._on_monitor()  # the FD is edge-triggered: take what is queued already
-        loop.add_reader(self._router.getsockopt(zmq.FD), self._on_readable)
+        loop.add_reader(self._router.fileno(), self._on_readable)
         self._on_readable()  # requests may have queued before the reader was added
         heartbeat = asyncio.create_task(self.events.heartbeats(config.server_id, config.heartbeat_interval,
                                                                self._heartbeat_facts))
         await self._stopping.wait()
         log.info("shutting down: no new requests; stopping agents (grace %.1f s)", self.config.stop_grace)
-        loop.remove_reader(self._router.getsockopt(zmq.FD))
-        loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+        loop.remove_reader(self._router.fileno())
+        loop.remove_reader(self._monitor.fileno())
         heartbeat.cancel()
         await self.supervisor.shutdown()
         for task in list(self._tasks):
@@ -208,9 +221,10 @@ class AgentServer:
             self.stats["handshake_failures"] += 1
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 continue  # the ZAP handler has said who and why
+            value = int(event["value"])
             reason = (f"{zmq.Event(event['event']).name}: " + (
-                _HANDSHAKE_ERRORS.get(event["value"], hex(event["value"]))
-                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else os.strerror(event["value"])))
+                _HANDSHAKE_ERRORS.get(value, hex(value))
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else os.strerror(value)))
             if self._handshake_log.due(reason) is not None:
                 log.warning("a client failed the %s handshake on %s (%s)", "CURVE" if self.zap else "ZMTP",
                             event["endpoint"].decode(errors="replace"), reason)
@@ -218,7 +232,7 @@ class AgentServer:
     def _on_readable(self) -> None:
         """Take what is queued; come back soon if more is (ZeroMQ's FD is edge-triggered)."""
         self.dispatcher.drain()
-        if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if has_input(self._router):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _reply_later(self, envelope: list, message: Message) -> None:
@@ -226,7 +240,7 @@ class AgentServer:
             return
         self.dispatcher.reply(envelope, message)
         # a send can consume the FD's edge: look for requests that arrived meanwhile
-        if self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if has_input(self._router):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _spawn(self, msg: SpawnRequest, envelope: list) -> None:

@@ -10,11 +10,23 @@ import time
 import uuid
 from typing import Any
 
-from descartes_fast.wire.schema import (
-    AgentStatus, BatchAgentResult, BatchControlCommand, BatchControlResponse, CommandResponse,
-    ControlCommand, ControlCommandType, CustomActionRequest, ListAgentsRequest, ListAgentsResponse,
-    LogStreamType, OutputQueryRequest, OutputQueryResponse, ZmqOutputStream)
 from descartes_fast.agents.supervisor import Agent, Supervisor, SupervisorError
+from descartes_fast.wire.schema import (
+    AgentStatus,
+    BatchAgentResult,
+    BatchControlCommand,
+    BatchControlResponse,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    CustomActionRequest,
+    ListAgentsRequest,
+    ListAgentsResponse,
+    LogStreamType,
+    OutputQueryRequest,
+    OutputQueryResponse,
+    ZmqOutputStream,
+)
 
 __all__ = ["Controller", "debug_status"]
 
@@ -116,8 +128,8 @@ class Controller:
         if payload is None:
             raise SupervisorError("Agent execution error: CustomAction command requires payload with "
                                   "'action' field")
-        action = args.get("action") if isinstance(args.get("action"), str) else "unknown"
-        return self.custom(agent, action, args.get("params"))
+        action = args.get("action")
+        return self.custom(agent, action if isinstance(action, str) else "unknown", args.get("params"))
 
     def _stream_logs(self, agent: Agent, args: dict, payload: Any) -> Any:
         if self.pub_endpoint is None:
@@ -147,7 +159,7 @@ class Controller:
             max_lines = 100
         out: dict[str, Any] = {}
         for stream in (LogStreamType.STDERR, LogStreamType.STDOUT):
-            lines = []
+            lines: list[str] = []
             if args.get(stream.value) is not False:
                 while len(lines) < max_lines and (line := agent.buffer(stream).read_next()) is not None:
                     lines.append(line.decode("utf-8", "replace"))

@@ -86,13 +86,13 @@ class ZapHandler:
 
     def start(self) -> None:
         """Answer requests on the running event loop."""
-        asyncio.get_running_loop().add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
         self._on_readable()
 
     def close(self) -> None:
         if not self._sock.closed:
             try:
-                asyncio.get_running_loop().remove_reader(self._sock.getsockopt(zmq.FD))
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
             except RuntimeError:
                 pass  # no loop running: nothing was registered
             self._sock.close()

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from descartes_fast.agents.backends import BackendError, BackendRegistry
 from descartes_fast.agents.policy import PolicyError, SpawnPolicy

@@ -2,7 +2,8 @@
 
 The compiled twin (``_speedups/wire/_codec_c.pyx``) must give the same bytes, the same
 objects and the same exceptions (type and text) for every input; the parity tests
-check this, and both twins take their texts from :mod:`descartes_fast.wire.texts`. Encoding builds the rmp-serde compact layout as lists and lets
+check this, and both twins take their texts from :mod:`descartes_fast.wire.texts`.
+Encoding builds the rmp-serde compact layout as lists and lets
 ``msgpack`` write it. Decoding walks the bytes with the schema in hand, so every
 error knows its message type and field.
 """
@@ -19,11 +20,33 @@ import msgpack
 from descartes_fast.wire import layout as L
 from descartes_fast.wire import texts as T
 from descartes_fast.wire.constants import (
-    MAX_DEPTH, MAX_MESSAGE_SIZE, T_ARRAY, T_BIN, T_BOOL, T_EXT, T_FLOAT, T_INT, T_MAP, T_NIL, T_STR)
+    MAX_DEPTH,
+    MAX_MESSAGE_SIZE,
+    T_ARRAY,
+    T_BIN,
+    T_BOOL,
+    T_EXT,
+    T_FLOAT,
+    T_INT,
+    T_MAP,
+    T_NIL,
+    T_STR,
+)
 from descartes_fast.wire.errors import (
-    ArityError, DecodeError, EncodeError, InvalidValueError, MalformedError,
-    MessageTooLargeError, NestingTooDeepError, OutOfRangeError, TruncatedError,
-    UnknownEnumValueError, UnknownMessageTypeError, WrongTypeError, _Located)
+    ArityError,
+    DecodeError,
+    EncodeError,
+    InvalidValueError,
+    MalformedError,
+    MessageTooLargeError,
+    NestingTooDeepError,
+    OutOfRangeError,
+    TruncatedError,
+    UnknownEnumValueError,
+    UnknownMessageTypeError,
+    WrongTypeError,
+    _Located,
+)
 from descartes_fast.wire.schema import Message
 
 __all__ = ["encode", "decode"]
@@ -49,7 +72,8 @@ def _stored_int(v: int) -> int:
     return int.__int__(v)
 
 
-def _stored_items(v: list | tuple) -> list:
+def _stored_items(v: Any) -> list:
+    """The items of a list or tuple (*v*'s real type, checked by the caller)."""
     if _is(v, list):
         return list.copy(v)
     return [tuple.__getitem__(v, i) for i in range(tuple.__len__(v))]
@@ -160,7 +184,7 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
     elif k == L.K_LIST:
         if _is(v, (list, tuple)):
             _check_depth(depth, EncodeError)
-            return [_enc_item(e, t.elem, depth + 1, i) for i, e in enumerate(_stored_items(v))]
+            return [_enc_item(e, t.element, depth + 1, i) for i, e in enumerate(_stored_items(v))]
     elif k == L.K_MAP:
         if _is(v, dict):
             _check_depth(depth, EncodeError)
@@ -289,7 +313,7 @@ def _utf8(raw: Any) -> str:
 
 
 class _Decoder:
-    __slots__ = ("data", "pos", "end")
+    __slots__ = ("data", "end", "pos")
 
     def __init__(self, data: Any) -> None:
         self.data = data
@@ -384,18 +408,18 @@ class _Decoder:
             return self._located(spec, self.struct_array, count - 1)
         if t == T_MAP:
             start = self.pos
-            spec = None
+            found: L.StructSpec | None = None
             for _ in range(count):
                 if self.key(None) == _TAG_KEY:
-                    if spec is not None:
+                    if found is not None:
                         raise ArityError(T.DUPLICATE_TAG)
-                    spec = self.tag()
+                    found = self.tag()
                 else:
                     self.skip(2)
-            if spec is None:
+            if found is None:
                 raise UnknownMessageTypeError(T.NO_TAG)
             self.pos = start
-            return self._located(spec, self.struct_map, count)
+            return self._located(found, self.struct_map, count)
         raise WrongTypeError(T.expected_type("array or map", t))
 
     def _located(self, spec: L.StructSpec, reader: Any, count: int) -> Message:
@@ -410,7 +434,7 @@ class _Decoder:
         if t == T_STR or t == T_BIN:
             raw = bytes(self.take(x))
             spec = L.BY_TAG.get(raw.decode("utf-8", "replace"))
-            if spec is None or spec.tag.encode() != raw:
+            if spec is None or (spec.tag or "").encode() != raw:
                 raise UnknownMessageTypeError(T.unknown_tag(raw))
             return spec
         if t == T_INT:
@@ -438,7 +462,7 @@ class _Decoder:
         fields = spec.fields
         if not spec.min_len <= n <= len(fields):
             raise ArityError(T.arity(n, spec.min_len, len(fields)))
-        obj = object.__new__(spec.cls)
+        obj: Any = object.__new__(spec.cls)
         for i, f in enumerate(fields):
             if i < n:
                 try:
@@ -454,7 +478,7 @@ class _Decoder:
     def struct_map(self, spec: L.StructSpec, count: int, depth: int) -> Any:
         _check_depth(depth, NestingTooDeepError)
         fields = spec.fields
-        obj = object.__new__(spec.cls)
+        obj: Any = object.__new__(spec.cls)
         seen = 0
         for _ in range(count):
             i = self.key(spec)
@@ -473,9 +497,9 @@ class _Decoder:
         for i, f in enumerate(fields):
             if not seen & (1 << i):
                 if f.required:
-                    exc = ArityError(T.MISSING_FIELD)
-                    exc.add_context(f.name)
-                    raise exc
+                    missing = ArityError(T.MISSING_FIELD)
+                    missing.add_context(f.name)
+                    raise missing
                 setattr(obj, f.name, f.factory() if f.factory is not None else f.default)
         return obj
 
@@ -543,14 +567,14 @@ class _Decoder:
         elif k == L.K_LIST:
             if typ == T_ARRAY:
                 _check_depth(depth, NestingTooDeepError)
-                return [self.item(t.elem, depth + 1, i) for i in range(x)]
+                return [self.item(t.element, depth + 1, i) for i in range(x)]
         elif k == L.K_MAP:
             if typ == T_MAP:
                 _check_depth(depth, NestingTooDeepError)
                 out = {}
                 for _ in range(x):
                     key = self.map_key(True)
-                    out[key] = self.item(t.elem, depth + 1, key)
+                    out[key] = self.item(t.element, depth + 1, key)
                 return out
         raise WrongTypeError(T.expected_type(t.expected, typ))
 

@@ -8,7 +8,8 @@ will reply later through :meth:`Dispatcher.reply` (slow work such as a spawn).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 

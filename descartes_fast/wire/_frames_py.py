@@ -7,7 +7,8 @@ both take their error texts from :mod:`descartes_fast.wire.texts`.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from descartes_fast.wire import texts as T
 from descartes_fast.wire.errors import FrameError

@@ -16,12 +16,13 @@ for everything it rejects. Both use the compiled twin when it is installed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from descartes_fast import _impl
-from descartes_fast.wire.errors import MessageTooLargeError
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
+from descartes_fast.wire.errors import MessageTooLargeError
 from descartes_fast.wire.schema import Message
 
 __all__ = ["encode", "decode", "validate_message_size", "get_implementation", "Implementation",

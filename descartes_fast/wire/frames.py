@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from descartes_fast import _impl
 

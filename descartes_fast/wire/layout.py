@@ -11,12 +11,31 @@ import enum
 import types
 import typing
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 from descartes_fast.wire import schema
 from descartes_fast.wire.constants import (
-    K_BOOL, K_BYTES, K_ENUM, K_I64, K_JSON, K_LIST, K_MAP, K_STR, K_STRUCT, K_TIME, K_U64, K_UUID, MAX_DEPTH)
+    K_BOOL,
+    K_BYTES,
+    K_ENUM,
+    K_I64,
+    K_JSON,
+    K_LIST,
+    K_MAP,
+    K_STR,
+    K_STRUCT,
+    K_TIME,
+    K_U64,
+    K_UUID,
+)
+
+__all__ = ["TypeSpec", "FieldSpec", "StructSpec", "ENUMS", "STRUCTS", "MESSAGES", "RUST_VARIANTS", "BY_TAG",
+           "BY_CLASS", "enum_values",
+           # the wire kinds of descartes_fast.wire.constants, handed on: TypeSpec.kind is one of them
+           "K_STR", "K_BOOL", "K_U64", "K_I64", "K_UUID", "K_TIME", "K_ENUM", "K_STRUCT", "K_BYTES", "K_JSON",
+           "K_LIST", "K_MAP"]
 
 _SCALAR_NAMES: Final = {K_STR: "str", K_BOOL: "bool", K_U64: "u64", K_I64: "i64",
                         K_UUID: "UUID", K_TIME: "timestamp", K_BYTES: "bytes",
@@ -31,6 +50,13 @@ class TypeSpec:
     ref: Any = None           # enum class (K_ENUM), struct class (K_STRUCT)
     elem: TypeSpec | None = None  # element type (K_LIST, K_MAP values; map keys are str)
     index: int = -1           # position of ``ref`` in ENUMS or STRUCTS
+
+    @property
+    def element(self) -> TypeSpec:
+        """The type of a list's elements or a map's values."""
+        if self.elem is None:
+            raise TypeError(f"{self.expected} has no element type")
+        return self.elem
 
     @property
     def expected(self) -> str:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Final, TypeVar, dataclass_transform
+from typing import Annotated, Any, Final, TypeVar, dataclass_transform
 
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
 
@@ -42,7 +43,7 @@ __all__ = [
 
 
 
-class Wire(str, enum.Enum):
+class Wire(enum.StrEnum):
     """Wire representations that Python's own types do not pin down."""
 
     U64 = "u64"
@@ -143,7 +144,7 @@ def _struct(cls: type[_T]) -> type[_T]:
 def _message(tag: str) -> Callable[[type[_T]], type[_T]]:
     def wrap(cls: type[_T]) -> type[_T]:
         out = dataclass(slots=True)(cls)
-        setattr(out, "TAG", tag)
+        out.TAG = tag  # type: ignore[attr-defined]  # the class attribute Message declares
         MESSAGE_TYPES.append(out)  # type: ignore[arg-type]
         return out
 

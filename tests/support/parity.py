@@ -4,7 +4,8 @@ twins must give the same outcome for the same input (only ProtocolError may esca
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from descartes_fast.wire.errors import ProtocolError
 
@@ -15,7 +16,7 @@ def outcome(fn: Callable[[Any], Any], arg: Any) -> tuple:
     """("ok", value) or ("err", exception type, str(exception))."""
     try:
         return ("ok", fn(arg))
-    except Exception as exc:  # noqa: BLE001 - every exception is part of the verdict
+    except Exception as exc:
         return ("err", type(exc), str(exc))
 
 
@@ -40,7 +41,7 @@ def safe_repr(v: Any) -> str:
         return f"{type(v).__name__}({inner})"
     try:
         return repr(v)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return object.__repr__(v)
 
 

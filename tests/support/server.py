@@ -22,7 +22,14 @@ import zmq
 
 from descartes_fast.wire import codec
 from descartes_fast.wire.schema import (
-    AgentConfig, AgentStatus, CommandResponse, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest)
+    AgentConfig,
+    AgentStatus,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    SpawnRequest,
+)
 
 __all__ = ["CONFIG", "Server", "server_env"]
 
@@ -41,12 +48,12 @@ CONFIG = textwrap.dedent("""
     cooperative_pause = true
 
     [backends.py]
-    command = ["%s", "-c", "{task}"]
+    command = ["PYTHON", "-c", "{task}"]
     stdin = "null"
 
     [policy]
     allow_extra_args = true
-""" % sys.executable)
+""").replace("PYTHON", sys.executable)
 
 
 def server_env(implementation: str) -> dict[str, str]:
@@ -79,7 +86,7 @@ class Server:
         assert health.healthy
         assert health.metadata["implementation"] == implementation, health.metadata
 
-    def socket(self, kind: int, curve: tuple[bytes, bytes, bytes] | None | bool = True, **opts: Any) -> zmq.Socket:
+    def socket(self, kind: int, curve: tuple[bytes, bytes, bytes] | bool | None = True, **opts: Any) -> zmq.Socket:
         """A socket to the server; *curve*: this Server's keys (True), other keys, or None for no CURVE."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
