@@ -23,9 +23,21 @@ import zmq
 
 from descartes_fast.wire import codec
 from descartes_fast.wire.schema import (
-    AgentInfo, AgentStatus, CommandResponse, ControlCommand, ControlCommandType, HealthCheckRequest,
-    HealthCheckResponse, ListAgentsRequest, ListAgentsResponse, LogStreamMessage, LogStreamType, SpawnRequest,
-    SpawnResponse, now)
+    AgentInfo,
+    AgentStatus,
+    CommandResponse,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    HealthCheckResponse,
+    ListAgentsRequest,
+    ListAgentsResponse,
+    LogStreamMessage,
+    LogStreamType,
+    SpawnRequest,
+    SpawnResponse,
+    now,
+)
 
 __all__ = ["RustLikeServer"]
 
