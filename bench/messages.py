@@ -179,6 +179,8 @@ def _value(v: Any, t: L.TypeSpec, named: bool) -> Any:
         return _struct(v, L.BY_CLASS[t.ref], named)
     if k == L.K_BYTES:
         return list(v)
+    if k == L.K_BIN:
+        return bytes(v)
     if k == L.K_LIST:
         return [_value(e, t.elem, named) for e in v]
     if k == L.K_MAP:

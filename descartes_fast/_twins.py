@@ -16,6 +16,7 @@ TWINS: Final = {
     "codec": ("descartes_fast.wire._codec_py", "descartes_fast.wire._codec_c"),
     "frames": ("descartes_fast.wire._frames_py", "descartes_fast.wire._frames_c"),
     "dispatch": ("descartes_fast.wire._dispatch_py", "descartes_fast.wire._dispatch_c"),
+    "lineindex": ("descartes_fast.agents._lineindex_py", "descartes_fast.agents._lineindex_c"),
 }
 #: the names each twin of an area provides (a parity test checks both)
 API: Final = {
@@ -23,6 +24,7 @@ API: Final = {
     "frames": ("split_request", "build_reply", "pub_frame", "parse_pub_frame", "log_topic",
                "status_topic", "HEARTBEAT_TOPIC"),
     "dispatch": ("Dispatcher", "Requester", "LIBZMQ_DIRECT", "DIRECT_REASON"),
+    "lineindex": ("scan", "line_ends", "split_lines", "find_record", "RECORD_FIELDS"),
 }
 
 _ON: Final = frozenset({"1", "true", "yes", "on"})

@@ -378,7 +378,7 @@ def _impostor(cls: type) -> Any:
     return type(f"Fake{cls.__name__}", (), {"__class__": cls})()
 
 
-_IMPOSTOR_TYPES = {L.K_STR: str, L.K_UUID: uuid.UUID, L.K_ENUM: str, L.K_BYTES: bytes,
+_IMPOSTOR_TYPES = {L.K_STR: str, L.K_UUID: uuid.UUID, L.K_ENUM: str, L.K_BYTES: bytes, L.K_BIN: bytes,
                    L.K_LIST: list, L.K_MAP: dict, L.K_JSON: float}
 
 

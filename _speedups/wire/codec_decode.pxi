@@ -385,7 +385,7 @@ cdef object _value_other(Rd* r, TypeC* t, int depth):
             return _struct_array(r, t.sub, h.n, depth)
         if typ == T_MAP:
             return _struct_map(r, t.sub, h.n, depth)
-    elif k == K_BYTES:
+    elif k == K_BYTES or k == K_BIN:
         if typ == T_BIN:
             p = _need(r, h.n)
             return PyBytes_FromStringAndSize(<const char*>p, h.n)

@@ -11,6 +11,7 @@ cdef extern from "msgpack_writer.h":
     int df_w_raw(df_out* o, const char* p, Py_ssize_t n) except -1
     int df_w_array(df_out* o, Py_ssize_t n) except -1
     int df_w_map(df_out* o, Py_ssize_t n) except -1
+    int df_w_bin(df_out* o, const char* p, Py_ssize_t n) except -1
     int df_w_pystr(df_out* o, object s) except -1
     int df_reserve(df_out* o, Py_ssize_t n) except -1
 
@@ -130,13 +131,16 @@ cdef int _enc_other(Out* o, object v, TypeC* t, int depth) except -1:
                     if e.lens[j] == n and memcmp(e.vals[j], p, n) == 0:
                         return df_w_str(o, p, n)
             raise EncodeError(T.not_enum_value(str.__str__(v), _spec(t).expected))
-    elif k == K_BYTES:
+    elif k == K_BYTES or k == K_BIN:
         if PyBytes_Check(v) or PyByteArray_Check(v) or PyMemoryView_Check(v):
             if PyMemoryView_Check(v) and not v.c_contiguous:
                 raise EncodeError(T.MEMORYVIEW_NOT_CONTIGUOUS)
             PyObject_GetBuffer(v, &view, PyBUF_SIMPLE)
             try:
-                _enc_byte_array(o, <const unsigned char*>view.buf, view.len)
+                if k == K_BIN:
+                    df_w_bin(o, <const char*>view.buf, view.len)
+                else:
+                    _enc_byte_array(o, <const unsigned char*>view.buf, view.len)
             finally:
                 PyBuffer_Release(&view)
             return 0

@@ -74,6 +74,13 @@ static inline int df_w_str(df_out *o, const char *p, Py_ssize_t n) {
 }
 static inline int df_w_array(df_out *o, Py_ssize_t n) { return df_w_len(o, n, 0x90, 16, 0, 0xdc, 0xdd); }
 static inline int df_w_map(df_out *o, Py_ssize_t n) { return df_w_len(o, n, 0x80, 16, 0, 0xde, 0xdf); }
+/* bin 8/16/32 header, then the bytes */
+static inline int df_w_bin(df_out *o, const char *p, Py_ssize_t n) {
+    int r = n <= 0xff ? df_w_head(o, 0xc4, (unsigned long long)n, 1)
+          : n <= 0xffff ? df_w_head(o, 0xc5, (unsigned long long)n, 2)
+          : df_w_head(o, 0xc6, (unsigned long long)n, 4);
+    return r < 0 ? r : df_w_raw(o, p, n);
+}
 /* 0 written, -1 error set, 1 not encodable as UTF-8 (lone surrogates; no error set) */
 static inline int df_w_pystr(df_out *o, PyObject *s) {
     Py_ssize_t n;

@@ -174,11 +174,12 @@ def _enc(v: Any, t: L.TypeSpec, depth: int) -> Any:
             out: list = []
             _enc_fields(v, L.BY_CLASS[t.ref], out, depth)
             return out
-    elif k == L.K_BYTES:
+    elif k == L.K_BYTES or k == L.K_BIN:
         if _is(v, (bytes, bytearray, memoryview)):
             if _is(v, memoryview) and not v.c_contiguous:
                 raise EncodeError(T.MEMORYVIEW_NOT_CONTIGUOUS)
-            return list(bytes(memoryview(v)))
+            raw = bytes(memoryview(v))
+            return raw if k == L.K_BIN else list(raw)  # bin, or rmp-serde's array of ints
     elif k == L.K_JSON:
         return _enc_json(v, depth)
     elif k == L.K_LIST:
@@ -558,7 +559,7 @@ class _Decoder:
                 return self.struct_array(L.STRUCTS[t.index], x, depth)
             if typ == T_MAP:
                 return self.struct_map(L.STRUCTS[t.index], x, depth)
-        elif k == L.K_BYTES:
+        elif k == L.K_BYTES or k == L.K_BIN:
             if typ == T_BIN:
                 return bytes(self.take(x))
             if typ == T_ARRAY:

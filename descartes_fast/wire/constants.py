@@ -33,6 +33,7 @@ K_BYTES: Final = 9
 K_JSON: Final = 10
 K_LIST: Final = 11
 K_MAP: Final = 12
+K_BIN: Final = 13      # bytes written as MessagePack bin (our extension messages; read like K_BYTES)
 
 # MessagePack value types, as the decoders see them (T_BAD: the reserved byte 0xc1).
 T_NIL: Final = 0

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from descartes_fast.wire import schema
 from descartes_fast.wire.constants import (
+    K_BIN,
     K_BOOL,
     K_BYTES,
     K_ENUM,
@@ -35,10 +36,10 @@ __all__ = ["TypeSpec", "FieldSpec", "StructSpec", "ENUMS", "STRUCTS", "MESSAGES"
            "BY_CLASS", "enum_values",
            # the wire kinds of descartes_fast.wire.constants, handed on: TypeSpec.kind is one of them
            "K_STR", "K_BOOL", "K_U64", "K_I64", "K_UUID", "K_TIME", "K_ENUM", "K_STRUCT", "K_BYTES", "K_JSON",
-           "K_LIST", "K_MAP"]
+           "K_LIST", "K_MAP", "K_BIN"]
 
 _SCALAR_NAMES: Final = {K_STR: "str", K_BOOL: "bool", K_U64: "u64", K_I64: "i64",
-                        K_UUID: "UUID", K_TIME: "timestamp", K_BYTES: "bytes",
+                        K_UUID: "UUID", K_TIME: "timestamp", K_BYTES: "bytes", K_BIN: "bytes",
                         K_JSON: "JSON value", K_LIST: "array", K_MAP: "map"}
 
 
@@ -91,7 +92,7 @@ class StructSpec:
 
 
 _MARKERS: Final = {schema.Wire.U64: K_U64, schema.Wire.I64: K_I64,
-                   schema.Wire.TIMESTAMP: K_TIME, schema.Wire.JSON: K_JSON}
+                   schema.Wire.TIMESTAMP: K_TIME, schema.Wire.JSON: K_JSON, schema.Wire.BIN: K_BIN}
 _PLAIN: Final = {str: K_STR, bool: K_BOOL, uuid.UUID: K_UUID, bytes: K_BYTES}
 
 ENUMS: Final[tuple[type[enum.Enum], ...]] = tuple(schema.ENUM_TYPES)

@@ -37,7 +37,8 @@ __all__ = [
     "CommandResponse", "StatusUpdate", "ListAgentsRequest", "ListAgentsResponse",
     "HealthCheckRequest", "HealthCheckResponse", "CustomActionRequest",
     "BatchControlCommand", "BatchControlResponse", "OutputQueryRequest",
-    "OutputQueryResponse", "LogStreamMessage", "ErrorResponse", "Message",
+    "OutputQueryResponse", "LogStreamMessage", "ErrorResponse", "OutputReadRequest", "OutputReadResponse",
+    "Message", "Bin",
     "MESSAGE_TYPES", "RUST_MESSAGE_TYPES", "STRUCT_TYPES", "ENUM_TYPES",
 ]
 
@@ -50,12 +51,15 @@ class Wire(enum.StrEnum):
     I64 = "i64"
     TIMESTAMP = "timestamp"
     JSON = "json"
+    BIN = "bin"
 
 
 u64 = Annotated[int, Wire.U64]
 i64 = Annotated[int, Wire.I64]
 Timestamp = Annotated[int, Wire.TIMESTAMP]
 JsonValue = Annotated[Any, Wire.JSON]
+#: bytes written as MessagePack ``bin`` (Rust's ``Vec<u8>`` is an array of ints: only in our extensions)
+Bin = Annotated[bytes, Wire.BIN]
 
 
 def now() -> int:
@@ -349,6 +353,54 @@ class ErrorResponse(Message):
 
     request_id: str
     error: str
+
+
+@_message("output_read_request")
+class OutputReadRequest(Message):
+    """Read an agent's stored output as raw bytes (docs/protocol.md §4.20; not a Rust variant).
+
+    It starts at *offset* (a byte of the stream), *sequence* (a chunk, as numbered in the log
+    stream), or *line*, whichever is given first; with none, at the first byte still stored.
+    """
+
+    request_id: str
+    agent_id: uuid.UUID
+    stream: LogStreamType
+    offset: u64 | None = None
+    sequence: u64 | None = None
+    line: u64 | None = None
+    max_bytes: u64 | None = None
+
+
+@_message("output_read_response")
+class OutputReadResponse(Message):
+    """Stored output and the facts about the stream (docs/protocol.md §4.21; not a Rust variant).
+
+    *data* holds the bytes from *offset*: the chunks numbered *sequence*, *sequence* + 1, ...,
+    ending at *chunk_ends* (absolute offsets), written at *chunk_times*; *line* is the line
+    number at *offset*. The ``first_*`` fields say what is still stored (what came before was
+    dropped by the retention budget), the ``end_*`` fields what was ever written, and *ended*
+    whether the agent has ended (nothing after the ``end_*`` will come).
+    """
+
+    request_id: str
+    agent_id: uuid.UUID
+    success: bool
+    stream: LogStreamType | None = None
+    data: Bin = b""
+    offset: u64 = 0
+    sequence: u64 = 0
+    line: u64 = 0
+    chunk_ends: list[u64] = field(default_factory=list)
+    chunk_times: list[Timestamp] = field(default_factory=list)
+    first_offset: u64 = 0
+    first_sequence: u64 = 0
+    first_line: u64 = 0
+    end_offset: u64 = 0
+    end_sequence: u64 = 0
+    end_line: u64 = 0
+    ended: bool = False
+    error: str | None = None
 
 
 ENUM_TYPES: Final = (AgentStatus, PauseMode, ControlCommandType, StatusUpdateType,

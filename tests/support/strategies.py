@@ -111,7 +111,7 @@ def value_of(t: L.TypeSpec) -> st.SearchStrategy[Any]:
         s = st.sampled_from(list(t.ref))
     elif k == L.K_STRUCT:
         s = st.deferred(lambda: struct_of(L.BY_CLASS[t.ref]))
-    elif k == L.K_BYTES:
+    elif k == L.K_BYTES or k == L.K_BIN:
         s = st.one_of(st.binary(max_size=40),
                       st.builds(lambda n, b: bytes([b]) * n,
                                 st.sampled_from([15, 16, 17, 255, 256]), st.integers(0, 255)))
@@ -195,7 +195,7 @@ def _named(v: Any, t: L.TypeSpec, rnd: random.Random) -> Any:
         return v.value
     if k == L.K_STRUCT:
         return _named_struct(v, L.BY_CLASS[t.ref], rnd, rnd.random() < 0.5, None)
-    if k == L.K_BYTES:
+    if k == L.K_BYTES or k == L.K_BIN:
         return list(v) if rnd.random() < 0.3 else bytes(v)
     if k == L.K_JSON:
         return v
@@ -442,7 +442,7 @@ def wrong_values(t: L.TypeSpec | None = None) -> st.SearchStrategy[Any]:
         st.sampled_from([e for cls in L.ENUMS for e in cls]),
         st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=5),
         st.sampled_from([L.TypeSpec(k) for k in (L.K_STR, L.K_BOOL, L.K_U64, L.K_I64, L.K_UUID,
-                                                 L.K_TIME, L.K_BYTES, L.K_JSON)]).flatmap(value_of),
+                                                 L.K_TIME, L.K_BYTES, L.K_BIN, L.K_JSON)]).flatmap(value_of),
         _any_struct(),
     )
     if t is not None and t.kind in (L.K_LIST, L.K_MAP, L.K_JSON):
