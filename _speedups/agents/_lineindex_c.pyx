@@ -13,7 +13,10 @@ from libc.string cimport memchr, memcpy
 
 __all__ = ["scan", "line_ends", "split_lines", "find_record", "RECORD_FIELDS"]
 
-RECORD_FIELDS = 3
+cdef enum:
+    _FIELDS = 3  # u64 fields per index record: end_offset, end_line, time_ns
+
+RECORD_FIELDS = _FIELDS
 
 cdef extern from "string.h":
     void* memrchr(const void* s, int c, size_t n)
@@ -130,17 +133,17 @@ def find_record(records, int field, uint64_t value):
     cdef Py_buffer view
     cdef const unsigned char* p
     cdef Py_ssize_t lo = 0, hi, mid
-    if not 0 <= field < RECORD_FIELDS:
+    if not 0 <= field < _FIELDS:
         raise ValueError(f"field must be 0, 1 or 2, not {field}")
     PyObject_GetBuffer(records, &view, PyBUF_SIMPLE)
     try:
-        if view.len % (8 * RECORD_FIELDS):
+        if view.len % (8 * _FIELDS):
             raise ValueError("index records must be whole u64 triples")
         p = <const unsigned char*>view.buf
-        hi = view.len // (8 * RECORD_FIELDS)
+        hi = view.len // (8 * _FIELDS)
         while lo < hi:
             mid = (lo + hi) // 2
-            if df_load_le64(p + (mid * RECORD_FIELDS + field) * 8) > value:
+            if df_load_le64(p + (mid * _FIELDS + field) * 8) > value:
                 hi = mid
             else:
                 lo = mid + 1

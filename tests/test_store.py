@@ -1,0 +1,254 @@
+"""The output store and the line index against a plain-bytes model (hypothesis), on both twins.
+
+The model of a stream is all its bytes; its lines end at each ``\\n`` and after every
+``line_max`` bytes without one; a chunk ends at the last line end of each append.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from descartes_fast import _impl
+from descartes_fast.agents.store import RECORD, StreamLog
+
+LINE_MAX = 8  # small, so that long lines and forced ends are everywhere
+_SETTINGS = settings(max_examples=int(150 * float(os.environ.get("DESCARTES_STORE_SCALE", "1"))), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+blocks = st.lists(st.one_of(st.binary(max_size=30), st.sampled_from([b"\n", b"\n\n", b"abc\n", b"x" * 20])),
+                  max_size=30)
+
+
+def model_line_ends(data: bytes, line_max: int) -> list[int]:
+    """Offsets after every line end of *data* (which starts at a line start), the plain way."""
+    ends, start = [], 0
+    for i, byte in enumerate(data):
+        if byte == 0x0A or i + 1 - start == line_max:
+            ends.append(i + 1)
+            start = i + 1
+    return ends
+
+
+def model_lines(data: bytes, line_max: int, final: bool) -> list[str]:
+    out, start = [], 0
+    for end in model_line_ends(data, line_max):
+        line = data[start:end]
+        if line.endswith(b"\n"):
+            line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+        out.append(line.decode("utf-8", "replace"))
+        start = end
+    if final and start < len(data):
+        out.append(data[start:].decode("utf-8", "replace"))
+    return out
+
+
+# -- the line index twins --
+
+
+@pytest.fixture(params=[pytest.param("cython", marks=pytest.mark.c_extension), "python"], ids=["c", "py"])
+def index(request):
+    return _impl.load("lineindex", request.param)
+
+
+@_SETTINGS
+@given(data=st.binary(max_size=200), carry=st.integers(0, LINE_MAX - 1), line_max=st.integers(1, 12))
+def test_scan_finds_the_line_ends(index, data, carry, line_max) -> None:
+    carry = min(carry, line_max - 1)
+    ends = model_line_ends(b"\x00" * carry + data, line_max)
+    lines, cut = index.scan(data, carry, line_max)
+    assert lines == len(ends)
+    assert cut == (ends[-1] - carry if ends else 0)
+
+
+@_SETTINGS
+@given(data=st.binary(max_size=200), count=st.integers(0, 50), line_max=st.integers(1, 12), final=st.booleans())
+def test_line_ends_and_split_lines(index, data, count, line_max, final) -> None:
+    assert index.line_ends(data, count, line_max) == model_line_ends(data, line_max)[:count]
+    assert index.split_lines(data, line_max, count, final) == model_lines(data, line_max, final)[:count]
+
+
+@_SETTINGS
+@given(values=st.lists(st.integers(0, 2**64 - 1), max_size=60), probe=st.integers(0, 2**64 - 1),
+       field=st.integers(0, 2))
+def test_find_record(index, values, probe, field) -> None:
+    values.sort()
+    records = b"".join(struct.pack("<QQQ", v, v, v) for v in values)
+    expected = sum(1 for v in values if v <= probe)
+    assert index.find_record(records, field, probe) == expected
+    assert index.find_record(bytearray(records), field, probe) == expected
+
+
+def test_find_record_refuses_bad_input(index) -> None:
+    with pytest.raises(ValueError, match="whole u64 triples"):
+        index.find_record(b"\x00" * 23, 0, 1)
+    with pytest.raises(ValueError, match="field must be"):
+        index.find_record(b"", 3, 1)
+
+
+# -- the store --
+
+
+class Model:
+    """What a stream must hold after some appends."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.chunk_ends: list[int] = []
+
+    def append(self, block: bytes) -> None:
+        self.data += block
+        ends = model_line_ends(bytes(self.data), LINE_MAX)
+        if ends and (not self.chunk_ends or ends[-1] > self.chunk_ends[-1]):
+            self.chunk_ends.append(ends[-1])
+
+    def finish(self) -> None:
+        if self.data and (not self.chunk_ends or self.chunk_ends[-1] < len(self.data)):
+            self.chunk_ends.append(len(self.data))
+
+    @property
+    def end(self) -> int:
+        return self.chunk_ends[-1] if self.chunk_ends else 0
+
+    def lines(self) -> list[int]:
+        """Line end offsets of the chunked part."""
+        ends = [e for e in model_line_ends(bytes(self.data), LINE_MAX) if e <= self.end]
+        if self.end and (not ends or ends[-1] < self.end):
+            ends.append(self.end)  # a final unfinished line, made a line by finish()
+        return ends
+
+
+def open_log(tmp_path: Path, segment_bytes: int, sizes: list[int]) -> StreamLog:
+    return StreamLog(tmp_path, "stdout", tail_bytes=0, segment_bytes=segment_bytes, on_size=sizes.append,
+                     line_max=LINE_MAX)
+
+
+def check(log: StreamLog, model: Model) -> None:
+    facts = log.facts()
+    assert facts.end_offset == model.end
+    assert facts.end_sequence == len(model.chunk_ends)
+    line_ends = model.lines()
+    assert facts.end_line == len(line_ends)
+    first = facts.first_offset
+    # the whole stored stream, page by page, equals the model's bytes
+    got, offset = bytearray(), None
+    while True:
+        page = log.read(offset=offset, max_bytes=7)
+        if not page.data:
+            break
+        assert page.chunk_ends and page.chunk_ends[-1] == page.offset + len(page.data)
+        got += page.data
+        offset = page.chunk_ends[-1]
+    assert bytes(got) == bytes(model.data[first:model.end])
+    # every chunk by its sequence, every line by its number
+    for seq in range(facts.first_sequence, facts.end_sequence):
+        page = log.read(sequence=seq, max_chunks=1)
+        start = model.chunk_ends[seq - 1] if seq else 0
+        assert (page.sequence, page.offset, page.chunk_ends) == (seq, start, [model.chunk_ends[seq]])
+        assert page.data == bytes(model.data[start:model.chunk_ends[seq]])
+    for line in range(facts.first_line, facts.end_line):
+        page = log.read(line=line, max_chunks=1)
+        start = line_ends[line - 1] if line else 0
+        assert (page.line, page.offset) == (line, start)
+    texts = model_lines(bytes(model.data[:model.end]), LINE_MAX, True)
+    assert log.lines(facts.first_line, 1000) == texts[facts.first_line:]
+
+
+@_SETTINGS
+@given(appends=blocks, finish=st.booleans(), segment_bytes=st.sampled_from([40, 100, 10_000]))
+def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends, finish, segment_bytes) -> None:
+    tmp = tmp_path_factory.mktemp("s")
+    sizes: list[int] = []
+    log = open_log(tmp, segment_bytes, sizes)
+    model = Model()
+    seen: list[tuple[int, bytes]] = []
+    for block in appends:
+        chunk = log.append(block, 1)
+        model.append(block)
+        if chunk is not None:
+            seen.append((chunk.sequence, chunk.data))
+    if finish:
+        chunk = log.finish(2)
+        model.finish()
+        if chunk is not None:
+            seen.append((chunk.sequence, chunk.data))
+    # the chunks handed out are the stream, numbered 0, 1, 2, ...
+    assert [s for s, _ in seen] == list(range(len(seen)))
+    assert b"".join(d for _, d in seen) == bytes(model.data[:model.end])
+    check(log, model)
+    # the bytes on disk are what the store counted
+    on_disk = sum(p.stat().st_size for p in tmp.iterdir())
+    assert sum(sizes) == log.size == on_disk
+    log.close_files()
+
+
+@_SETTINGS
+@given(appends=blocks, drops=st.integers(0, 3))
+def test_dropping_old_segments_is_counted_and_reads_start_after_them(tmp_path_factory, appends, drops) -> None:
+    log = open_log(tmp_path_factory.mktemp("d"), 30, [])
+    model = Model()
+    for block in appends:
+        log.append(block, 1)
+        model.append(block)
+    for _ in range(drops):
+        log.drop_oldest()
+    facts = log.facts()
+    if facts.first_offset:  # something was dropped: it is said, and reads start after it
+        assert facts.first_sequence > 0 and model.chunk_ends[facts.first_sequence - 1] == facts.first_offset
+        assert log.read(offset=0).offset == facts.first_offset
+        assert log.read(sequence=0).sequence == facts.first_sequence
+        assert log.read(line=0).line == facts.first_line
+    check(log, model)
+    log.close_files()
+
+
+@_SETTINGS
+@given(appends=blocks, ended=st.booleans(), cut_index=st.booleans(), extra=st.binary(max_size=20))
+def test_reopen_after_a_crash_keeps_every_byte(tmp_path_factory, appends, ended, cut_index, extra) -> None:
+    tmp = tmp_path_factory.mktemp("r")
+    log = open_log(tmp, 60, [])
+    data = bytearray()
+    for block in appends:
+        log.append(block, 1)
+        data += block
+    log.close_files()  # the server dies here, without finishing anything
+    last = max(tmp.glob("stdout.*.idx"), default=None)
+    if cut_index and last is not None and last.stat().st_size > RECORD.size:
+        with open(last, "r+b") as f:  # the last record (and a bit of the one before) never reached the disk
+            f.truncate(max(RECORD.size, last.stat().st_size - RECORD.size - 5))
+    again = StreamLog.reopen(tmp, "stdout", tail_bytes=0, segment_bytes=60, ended=ended, on_size=lambda n: None,
+                             line_max=LINE_MAX)
+    ends = model_line_ends(bytes(data), LINE_MAX)
+    facts = again.facts()
+    # every byte that ends a line is there again (and, once the agent has ended, the rest too)
+    assert facts.end_offset == (len(data) if ended else (ends[-1] if ends else 0))
+    assert facts.end_line == len(ends) + (1 if ended and data and (not ends or ends[-1] < len(data)) else 0)
+    whole, offset = bytearray(), None
+    while (page := again.read(offset=offset)).data:
+        whole += page.data
+        offset = page.chunk_ends[-1]
+    assert bytes(whole) == bytes(data[:facts.end_offset])
+    if not ended:  # and it goes on where it stopped
+        again.append(extra, 3)
+        data += extra
+        ends = model_line_ends(bytes(data), LINE_MAX)
+        assert again.facts().end_offset == (ends[-1] if ends else 0)
+    again.close_files()
+
+
+def test_a_line_longer_than_the_maximum_is_split_not_lost(tmp_path) -> None:
+    log = open_log(tmp_path, 1 << 20, [])
+    blob = bytes(range(65, 91)) * 3 + b"abcdefghijklmnopqrstuv"  # 100 bytes, no newline at all
+    assert log.append(blob, 1) is not None  # 12 forced line ends of 8 bytes
+    assert log.facts().end_line == 12 and log.carry == 4
+    chunk = log.finish(2)
+    assert chunk is not None and chunk.data == blob[96:]
+    assert log.facts().end_line == 13 and log.facts().end_offset == 100
+    assert log.lines(0, 100) == [blob[i:i + 8].decode() for i in range(0, 100, 8)]
+    log.close_files()
