@@ -181,7 +181,8 @@ class OurServer:
         self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
         args = [sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1",
-                "--rate-limit", "0"]  # one benchmark client is one identity: a per-client limit would cap it
+                "--rate-limit", "0",  # one benchmark client is one identity: a per-client limit would cap it
+                "--state-dir", str(tmp / f"state-{_port()}")]
         for k, v in flags.items():
             args += ["--" + k.replace("_", "-"), v]
         self.proc = subprocess.Popen(args)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 import sys
+import tempfile
 import time
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 import pytest
 import uvloop
+from support.agents import state_dir
 
 from descartes_fast.agents.backends import BackendRegistry
 from descartes_fast.agents.policy import DEFAULT_ENV_DENY, PolicyError, SpawnPolicy
@@ -50,6 +54,8 @@ def run(request):
             finally:
                 for sup in _CREATED:
                     r.run(sup.shutdown(grace=0.2))
+                    sup.state.close()
+                    shutil.rmtree(sup.state.path, ignore_errors=True)
                 _CREATED.clear()
     return runner
 
@@ -58,7 +64,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple] = []
 
-    def on_output(self, agent, stream, data) -> None:
+    def on_output(self, agent, stream, data, sequence) -> None:
         pass
 
     def on_status(self, agent, kind, message) -> None:
@@ -67,7 +73,8 @@ class Recorder:
 
 def supervisor(policy: SpawnPolicy | None = None, backends: BackendRegistry = BACKENDS) -> tuple[Supervisor, Recorder]:
     rec = Recorder()
-    _CREATED.append(Supervisor(backends, listener=rec, policy=policy, stop_grace=0.5))
+    state = state_dir(Path(tempfile.mkdtemp(prefix="descartes-test-state-")))
+    _CREATED.append(Supervisor(state, backends, listener=rec, policy=policy, stop_grace=0.5))
     return _CREATED[-1], rec
 
 
@@ -77,7 +84,7 @@ def sh(script: str, backend: str = "sh", **kw) -> AgentConfig:
 
 async def output(sup: Supervisor, agent) -> list[str]:
     await sup.wait(agent.id)
-    return agent.stdout.text_lines()
+    return agent.output[LogStreamType.STDOUT].lines(0, 1 << 20)
 
 
 async def ends_failed(sup: Supervisor, rec: Recorder, agent, reason: str) -> None:

@@ -255,7 +255,8 @@ def test_a_public_bind_without_curve_is_refused_unless_insecure(tmp_path) -> Non
     half = run_cli(*args, "--curve-secret-key", str(tmp_path / "x.key_secret"))
     assert half.returncode == 2 and "needs both" in half.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESCARTES_FAST_")}
-    proc = subprocess.Popen([PY, "-P", "-m", "descartes_fast", *args, "--insecure"], env=env,
+    proc = subprocess.Popen([PY, "-P", "-m", "descartes_fast", *args, "--insecure", "--state-dir",
+                             str(tmp_path / "state")], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()

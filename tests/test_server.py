@@ -77,11 +77,16 @@ def test_every_request_type(server) -> None:
     assert replies[C.STREAM_LOGS].data["topic"] == str(agent) and replies[C.STREAM_LOGS].data["enabled"]
     until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines >= 1)
     read = server.control(agent, C.READ_STDOUT)
+    facts = read.data.pop("output")  # what the stream holds, and what it dropped (docs/protocol.md §6.20)
     assert read.data == {"bytes": 6, "data": "hello\n"}
+    assert facts["first_line"] == facts["dropped_lines"] == facts["dropped_bytes"] == 0 and not facts["ended"]
+    assert facts["total_bytes"] == 6 + 34 + 35  # hello, and cat's echo of the pause and resume lines
     empty = server.control(agent, C.READ_STDERR)
-    assert empty.data == {"bytes": 0, "data": None, "message": "No data available in stderr buffer"}
+    assert empty.data["output"]["total_bytes"] == 0
+    assert empty.data == {"bytes": 0, "data": None, "message": "No data available in stderr buffer",
+                          "output": empty.data["output"]}
     query = server.control(agent, C.QUERY_OUTPUT, {"max_lines": 10})
-    assert set(query.data) == {"stdout", "stdout_lines", "stderr", "stderr_lines"}
+    assert set(query.data) == {"stdout", "stdout_lines", "stderr", "stderr_lines", "output"}
     assert server.control(agent, C.GET_STATUS).data == {"status": "Running"}
 
     listed = server.call(ListAgentsRequest("l"))
@@ -290,6 +295,7 @@ def test_bad_settings_exit_2_with_a_message(tmp_path) -> None:
     busy = zmq.Context().socket(zmq.ROUTER)
     port = busy.bind_to_random_port("tcp://127.0.0.1")
     proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", f"tcp://127.0.0.1:{port}",
-                           "--pub", "none"], capture_output=True, text=True, timeout=30)
+                           "--pub", "none", "--state-dir", str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=30)
     busy.close(0)
     assert proc.returncode == 1 and "cannot bind" in proc.stderr

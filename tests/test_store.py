@@ -18,7 +18,9 @@ from descartes_fast import _impl
 from descartes_fast.agents.store import RECORD, StreamLog
 
 LINE_MAX = 8  # small, so that long lines and forced ends are everywhere
-_SETTINGS = settings(max_examples=int(150 * float(os.environ.get("DESCARTES_STORE_SCALE", "1"))), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+#: DESCARTES_STORE_SCALE=20 for a long soak
+_SETTINGS = settings(max_examples=int(150 * float(os.environ.get("DESCARTES_STORE_SCALE", "1"))), deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 blocks = st.lists(st.one_of(st.binary(max_size=30), st.sampled_from([b"\n", b"\n\n", b"abc\n", b"x" * 20])),
                   max_size=30)
@@ -251,4 +253,16 @@ def test_a_line_longer_than_the_maximum_is_split_not_lost(tmp_path) -> None:
     assert chunk is not None and chunk.data == blob[96:]
     assert log.facts().end_line == 13 and log.facts().end_offset == 100
     assert log.lines(0, 100) == [blob[i:i + 8].decode() for i in range(0, 100, 8)]
+    log.close_files()
+
+
+def test_a_read_takes_as_many_small_chunks_as_fit(tmp_path) -> None:
+    log = open_log(tmp_path, 1 << 20, [])
+    for i in range(3000):
+        log.append(b"%d\n" % (i % 10), i)
+    page = log.read(offset=0, max_bytes=1 << 20)
+    assert len(page.chunk_ends) == 3000 and page.data == b"".join(b"%d\n" % (i % 10) for i in range(3000))
+    assert page.chunk_times == list(range(3000))
+    page = log.read(sequence=10, max_bytes=100, max_chunks=20)
+    assert (page.sequence, len(page.chunk_ends), page.offset) == (10, 20, 20)
     log.close_files()

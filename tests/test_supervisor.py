@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 import uvloop
-from support.agents import BACKENDS, PY, Recorder
+from support.agents import BACKENDS, PY, Recorder, state_dir
 from support.procs import LOOP, alive, live_group_members, proc_state
 
 from descartes_fast.agents.policy import SpawnPolicy
@@ -38,9 +38,19 @@ def run(request):
     return runner
 
 
-def supervisor(**kw) -> tuple[Supervisor, Recorder]:
-    rec = Recorder()
-    return Supervisor(BACKENDS, listener=rec, **kw), rec
+@pytest.fixture
+def supervisor(tmp_path):
+    """``supervisor(**kw) -> (Supervisor, Recorder)``, in a state directory of this test's own."""
+    made = []
+
+    def make(*, output_limit: int = 1 << 20, log_max_bytes: int = 64 << 20, **kw) -> tuple[Supervisor, Recorder]:
+        rec = Recorder()
+        state = state_dir(tmp_path / f"state{len(made)}", tail_bytes=output_limit, agent_bytes=log_max_bytes)
+        made.append(state)
+        return Supervisor(state, BACKENDS, listener=rec, **kw), rec
+    yield make
+    for state in made:
+        state.close()
 
 
 def sh(script: str, backend: str = "sh") -> AgentConfig:
@@ -54,7 +64,7 @@ async def until(check, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_demo_agent_runs_to_completion(run) -> None:
+def test_demo_agent_runs_to_completion(run, supervisor) -> None:
     async def main():
         sup, rec = supervisor()
         agent = await sup.spawn(AgentConfig(name="demo", model_backend="demo", task="refactor"))
@@ -68,7 +78,7 @@ def test_demo_agent_runs_to_completion(run) -> None:
     run(main())
 
 
-def test_failure_is_reported_with_its_reason(run) -> None:
+def test_failure_is_reported_with_its_reason(run, supervisor) -> None:
     async def main():
         sup, rec = supervisor()
         agent = await sup.spawn(sh("echo oops >&2; exit 3"))
@@ -80,7 +90,7 @@ def test_failure_is_reported_with_its_reason(run) -> None:
     run(main())
 
 
-def test_cooperative_pause_writes_the_reference_lines(run) -> None:
+def test_cooperative_pause_writes_the_reference_lines(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(AgentConfig(model_backend="cat"))
@@ -90,7 +100,7 @@ def test_cooperative_pause_writes_the_reference_lines(run) -> None:
             sup.pause(agent.id)
         sup.resume(agent.id)
         assert agent.status == AgentStatus.RUNNING and agent.pause_mode is None
-        await until(lambda: agent.stdout.total_bytes >= len(PAUSE_LINE + RESUME_LINE))
+        await until(lambda: agent.facts(OUT).end_offset >= len(PAUSE_LINE + RESUME_LINE))
         assert sup.read_next(agent.id, OUT) == PAUSE_LINE  # cat echoes what arrived on stdin
         assert sup.read_next(agent.id, OUT) == RESUME_LINE
         sup.kill(agent.id)
@@ -98,7 +108,7 @@ def test_cooperative_pause_writes_the_reference_lines(run) -> None:
     run(main())
 
 
-def test_forced_pause_stops_the_process(run) -> None:
+def test_forced_pause_stops_the_process(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(sh(LOOP))
@@ -113,14 +123,14 @@ def test_forced_pause_stops_the_process(run) -> None:
     run(main())
 
 
-def test_forced_pause_survives_a_member_dying(run) -> None:
+def test_forced_pause_survives_a_member_dying(run, supervisor) -> None:
     # If the agent's group were orphaned (its own session), the kernel would send SIGHUP and
     # SIGCONT to the whole stopped group when one member exits: the pause would be undone and
     # the agent killed by the SIGHUP.
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(sh("sleep 1000 & echo $!; " + LOOP))
-        await until(lambda: agent.stdout.total_lines == 1)
+        await until(lambda: agent.facts(OUT).end_line == 1)
         grandchild = int(sup.read_next(agent.id, OUT))
         sup.pause(agent.id, force=True)
         await until(lambda: proc_state(agent.pid) == "T")
@@ -134,7 +144,7 @@ def test_forced_pause_survives_a_member_dying(run) -> None:
     run(main())
 
 
-def test_llm_backends_pause_by_sigstop(run) -> None:
+def test_llm_backends_pause_by_sigstop(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(sh(LOOP, backend="sh-closed"))  # stdin closed: no cooperative pause
@@ -148,11 +158,11 @@ def test_llm_backends_pause_by_sigstop(run) -> None:
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-def test_stop_and_kill_end_the_whole_group(run, how) -> None:
+def test_stop_and_kill_end_the_whole_group(run, how, supervisor) -> None:
     async def main():
         sup, rec = supervisor(stop_grace=0.5)
         agent = await sup.spawn(sh("sleep 1000 & echo $!; wait"))
-        await until(lambda: agent.stdout.total_lines == 1)
+        await until(lambda: agent.facts(OUT).end_line == 1)
         grandchild = int(sup.read_next(agent.id, OUT))
         assert alive(grandchild)
         getattr(sup, how)(agent.id)
@@ -164,11 +174,11 @@ def test_stop_and_kill_end_the_whole_group(run, how) -> None:
     run(main())
 
 
-def test_stop_escalates_to_sigkill_after_the_grace(run) -> None:
+def test_stop_escalates_to_sigkill_after_the_grace(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor(stop_grace=0.3)
         agent = await sup.spawn(sh("trap '' TERM; echo ready; while true; do sleep 0.05; done"))
-        await until(lambda: agent.stdout.total_lines == 1)
+        await until(lambda: agent.facts(OUT).end_line == 1)
         started = time.monotonic()
         sup.stop(agent.id)
         assert await sup.wait(agent.id) == -signal.SIGKILL
@@ -176,7 +186,7 @@ def test_stop_escalates_to_sigkill_after_the_grace(run) -> None:
     run(main())
 
 
-def test_stdin_writes_and_eof(run) -> None:
+def test_stdin_writes_and_eof(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(AgentConfig(model_backend="cat"))
@@ -187,11 +197,11 @@ def test_stdin_writes_and_eof(run) -> None:
             sup.write_stdin(agent.id, b"late")
         assert await sup.wait(agent.id) == 0
         assert agent.status == AgentStatus.COMPLETED
-        assert agent.stdout.total_bytes == 6 + len(big)
+        assert agent.facts(OUT).end_offset == 6 + len(big)
     run(main())
 
 
-def test_output_is_complete_in_order_and_bytes_survive(run) -> None:
+def test_output_is_complete_in_order_and_bytes_survive(run, supervisor) -> None:
     async def main():
         sup, rec = supervisor(output_limit=64 * 1024 * 1024)
         script = ("import sys\nw=sys.stdout.buffer.write\n"
@@ -201,55 +211,58 @@ def test_output_is_complete_in_order_and_bytes_survive(run) -> None:
         data = bytes(rec.output[(agent.id, OUT)])
         expected = b"".join(b"%07d \xff\xfe line\n" % i for i in range(200000))
         assert data == expected
-        assert agent.stdout.total_lines == 200000 and agent.stdout.dropped_lines == 0
+        assert agent.facts(OUT).end_line == 200000 and agent.facts(OUT).first_line == 0
     run(main())
 
 
-def test_published_chunks_hold_whole_lines(run) -> None:
+def test_published_chunks_hold_whole_lines(run, supervisor) -> None:
     async def main():
         chunks = []
         sup, rec = supervisor()
-        rec.on_output = lambda agent, stream, data: chunks.append(data)
+        rec.on_output = lambda agent, stream, data, sequence: chunks.append(data)
         agent = await sup.spawn(sh("printf 'one\\ntw'; sleep 0.2; printf 'o\\nthr'; sleep 0.2; printf ee"))
         await sup.wait(agent.id)
         assert chunks == [b"one\n", b"two\n", b"three"]  # the unterminated tail goes out at EOF
     run(main())
 
 
-def test_buffer_is_bounded_and_counts_what_it_drops(run) -> None:
+def test_output_on_disk_is_bounded_and_counts_what_it_drops(run, supervisor) -> None:
     async def main():
-        sup, _ = supervisor(output_limit=2000)  # 1000 bytes per stream
-        agent = await sup.spawn(sh("i=0; while [ $i -lt 100 ]; do echo line-$i-padding; i=$((i+1)); done"))
+        sup, _ = supervisor(log_max_bytes=1)  # every older segment goes: the store keeps the last one
+        agent = await sup.spawn(sh("i=0; while [ $i -lt 30000 ]; do echo line-$i-padding; i=$((i+1)); done"))
         await sup.wait(agent.id)
-        buf = agent.stdout
-        assert buf.size <= 1000 and buf.total_lines == 100
-        assert buf.dropped_lines == 100 - len(buf.lines) > 0
-        assert buf.text_lines()[-1] == "line-99-padding"
-        assert sup.read_next(agent.id, OUT) == buf.lines[0]  # reading starts at the oldest kept line
+        facts = agent.facts(OUT)
+        assert facts.end_line == 30000 and facts.first_line > 0  # lines were dropped, and that is said
+        assert facts.first_offset == sum(len(f"line-{i}-padding\n") for i in range(facts.first_line))
+        assert agent.output[OUT].lines(facts.end_line - 1, 5) == ["line-29999-padding"]
+        first = sup.read_next(agent.id, OUT)  # reading starts at the oldest kept line
+        assert first == f"line-{facts.first_line}-padding\n".encode()
     run(main())
 
 
-def test_query_filter_offset_limit(run) -> None:
+def test_query_filter_offset_limit(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(sh("for i in 1 2 3 4 5 6; do echo out-$i; echo err-$i >&2; done; printf tail"))
         await sup.wait(agent.id)
-        lines, total, more = sup.query(agent.id, (OUT,), pattern=r"out-[2-5]", offset=1, limit=2)
+        lines, total, more = await sup.query(agent.id, (OUT,), pattern=r"out-[2-5]", offset=1, limit=2)
         assert (lines, total, more) == (["out-3", "out-4"], 4, True)
-        lines, total, more = sup.query(agent.id, (OUT, ERR))
+        lines, total, more = await sup.query(agent.id, (OUT, ERR))
         assert total == 13 and lines[6] == "tail" and lines[-1] == "err-6" and not more
+        lines, total, more = await sup.query(agent.id, (OUT, ERR), offset=5, limit=3)
+        assert (lines, total, more) == (["out-6", "tail", "err-1"], 13, True)
         with pytest.raises(SupervisorError, match="invalid filter regex"):
-            sup.query(agent.id, (OUT,), pattern="(")
+            await sup.query(agent.id, (OUT,), pattern="(")
     run(main())
 
 
-def test_signals(run) -> None:
+def test_signals(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(sh("trap 'echo got-int' INT; echo ready; while true; do sleep 0.05; done"))
-        await until(lambda: agent.stdout.total_lines >= 1)  # the trap is in place
+        await until(lambda: agent.facts(OUT).end_line >= 1)  # the trap is in place
         assert sup.send_signal(agent.id, "SIGINT") == "SIGINT"
-        await until(lambda: agent.stdout.total_lines >= 2)
+        await until(lambda: agent.facts(OUT).end_line >= 2)
         assert sup.send_signal(agent.id, "Force_Pause") == "Force_Pause"
         assert agent.pause_mode == PauseMode.FORCED
         sup.send_signal(agent.id, "cont")
@@ -262,7 +275,7 @@ def test_signals(run) -> None:
     run(main())
 
 
-def test_spawn_errors_and_limits(run) -> None:
+def test_spawn_errors_and_limits(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor(max_agents=1, policy=SpawnPolicy(allow_program_cli=True))
         with pytest.raises(SpawnError, match=r"^Agent spawn failed: Unsupported model backend for process "
@@ -282,7 +295,7 @@ def test_spawn_errors_and_limits(run) -> None:
     run(main())
 
 
-def test_environment_reaches_the_agent_without_claudecode(run, monkeypatch) -> None:
+def test_environment_reaches_the_agent_without_claudecode(run, monkeypatch, supervisor) -> None:
     monkeypatch.setenv("CLAUDECODE", "1")
     async def main():
         sup, _ = supervisor()
@@ -293,7 +306,7 @@ def test_environment_reaches_the_agent_without_claudecode(run, monkeypatch) -> N
     run(main())
 
 
-def test_retention_evicts_the_oldest_finished_agents(run) -> None:
+def test_retention_evicts_the_oldest_finished_agents(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor(max_retained=2)
         agents = [await sup.spawn(sh("true")) for _ in range(4)]
@@ -308,7 +321,7 @@ def test_retention_evicts_the_oldest_finished_agents(run) -> None:
     run(main())
 
 
-def test_shutdown_leaves_no_process_behind(run) -> None:
+def test_shutdown_leaves_no_process_behind(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor(stop_grace=0.3)
         agents = [await sup.spawn(sh("trap '' TERM; sleep 1000 & wait")) for _ in range(3)]
@@ -329,10 +342,11 @@ def test_agents_of_a_background_host_can_be_interrupted() -> None:
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "from descartes_fast.wire.schema import AgentConfig\n"
         "from descartes_fast.agents.supervisor import Supervisor\n"
-        "from support.agents import BACKENDS, Recorder\n"
+        "import tempfile, pathlib\n"
+        "from support.agents import BACKENDS, Recorder, state_dir\n"
         "async def main():\n"
         "    rec = Recorder()\n"
-        "    sup = Supervisor(BACKENDS, listener=rec)\n"
+        "    sup = Supervisor(state_dir(pathlib.Path(tempfile.mkdtemp())), BACKENDS, listener=rec)\n"
         "    agent = await sup.spawn(AgentConfig(model_backend='sh', task='grep SigIgn /proc/self/status'))\n"
         "    await sup.wait(agent.id)\n"
         "    print(bytes(rec.output[(agent.id, 'stdout')]).decode())\n"

@@ -7,7 +7,8 @@ without one: a long line is split, never dropped.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from descartes_fast import _impl
 

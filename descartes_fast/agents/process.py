@@ -17,7 +17,7 @@ from typing import IO
 from descartes_fast.agents.backends import Launch
 from descartes_fast.wire.schema import LogStreamType
 
-__all__ = ["AgentProcess", "StdinClosedError", "READ_SIZE"]
+__all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "READ_SIZE"]
 
 #: bytes taken from a pipe per read
 READ_SIZE = 65536
@@ -192,3 +192,29 @@ class AgentProcess:
             while self._on_readable(stream):
                 pass
         self._on_exit(self.exit_code, usage)
+
+
+class EndedProcess:
+    """The process of an agent that ended before this server knew it (it is in the records only):
+    it has its pid and exit code, and signals and writes reach nothing."""
+
+    stdin_fd = None
+    stdin_open = False
+    running = False
+    usage = None
+
+    def __init__(self, pid: int, exit_code: int | None) -> None:
+        self.pid = pid
+        self.exit_code = exit_code
+
+    def signal_group(self, sig: int) -> None:
+        pass
+
+    def terminate(self, grace: float) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        raise StdinClosedError("the agent has ended")
+
+    def close_stdin(self, when_flushed: bool = False) -> None:
+        pass

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -38,13 +39,15 @@ from typing import Final
 from descartes_fast.agents.lineindex import LINE_MAX, find_record, line_ends, scan, split_lines
 from descartes_fast.wire.schema import LogStreamType
 
-__all__ = ["Facts", "Chunk", "ReadResult", "StreamLog", "AgentOutput", "OutputStore", "StoreError"]
+__all__ = ["Facts", "Chunk", "ReadResult", "StreamLog", "AgentOutput", "OutputStore", "StoreError", "WouldBlock"]
 
 #: one index record: a chunk's end offset, end line and time (ns); also a segment's header
 RECORD: Final = struct.Struct("<QQQ")
 _SEGMENT: Final = re.compile(r"^(stdout|stderr)\.(\d{6})\.log$")
 _PROBE_WINDOW: Final = 128  # records read at once at the end of a binary search
+_RECORD_WINDOW: Final = 1024  # records read at once for a read's chunks
 MAX_READ_CHUNKS: Final = 16384  # chunks described in one read (their ends and times travel along)
+_READ_AHEAD: Final = 4 << 20  # bytes the kernel is asked to bring in after each read from a file
 
 
 class StoreError(Exception):
@@ -95,6 +98,25 @@ class ReadResult:
     facts: Facts
 
 
+class _Files:
+    """A segment's log and index open for reading, closed when nothing refers to them any more (a
+    read on a worker thread keeps them open while the segment is dropped meanwhile)."""
+
+    __slots__ = ("idx", "log")
+
+    def __init__(self, log_path: Path, idx_path: Path) -> None:
+        self.log = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.idx = os.open(idx_path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self.log)
+            raise
+
+    def __del__(self) -> None:
+        os.close(self.log)
+        os.close(self.idx)
+
+
 @dataclass(slots=True)
 class _Segment:
     number: int
@@ -105,6 +127,7 @@ class _Segment:
     end_line: int
     end_sequence: int
     written: int       # bytes in its log file (its chunks, and then an unfinished line)
+    files: _Files | None = None  # open for reading, once read
 
     @property
     def size(self) -> int:
@@ -168,11 +191,39 @@ class _Ring:
         return bytes(buf[at:]) + bytes(buf[:n - (len(buf) - at)])
 
 
-def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+class WouldBlock(Exception):
+    """A read asked not to wait found its bytes not in the page cache (read it on a worker thread)."""
+
+
+_NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
+
+
+def _pread_exact(fd: int, n: int, offset: int, nowait: bool = False) -> bytes:
+    """*n* bytes at *offset*; with *nowait*, only from the page cache (else WouldBlock)."""
+    if nowait:
+        if _NOWAIT is None:
+            raise WouldBlock
+        buf = bytearray(n)
+        try:
+            got = os.preadv(fd, [buf], offset, _NOWAIT)
+        except BlockingIOError:
+            raise WouldBlock from None
+        if got != n:
+            raise WouldBlock
+        return bytes(buf)
     data = os.pread(fd, n, offset)
     if len(data) != n:
         raise StoreError(f"short read: {len(data)} of {n} bytes at {offset}")
     return data
+
+
+def _columns(raw: bytes | memoryview) -> tuple[list[int], list[int]]:
+    """The end offsets and times of packed index records."""
+    if sys.byteorder == "little":
+        fields = memoryview(raw).cast("Q")
+        return fields[0::3].tolist(), fields[2::3].tolist()
+    records = list(RECORD.iter_unpack(bytes(raw)))  # pragma: no cover - big-endian hosts
+    return [r[0] for r in records], [r[2] for r in records]
 
 
 class StreamLog:
@@ -216,11 +267,17 @@ class StreamLog:
         self._idx_fd = os.open(self._path(seg.number, "idx"), flags)
         return seg
 
-    def close_files(self) -> None:
+    def _close_writer(self) -> None:
         for fd in (self._log_fd, self._idx_fd):
             if fd is not None:
                 os.close(fd)
         self._log_fd = self._idx_fd = None
+
+    def close_files(self) -> None:
+        """Close what is open for writing, and let go of what is open for reading."""
+        self._close_writer()
+        for seg in self._segments:
+            seg.files = None
 
     def _write(self, seg: _Segment, data: bytes | memoryview) -> None:
         assert self._log_fd is not None
@@ -282,7 +339,7 @@ class StreamLog:
             os.ftruncate(self._log_fd, seg.end_offset - seg.start_offset)
             seg.written -= len(carried)
             self._on_size(-len(carried))
-        self.close_files()
+        self._close_writer()
         nxt = self._open_segment(seg.number + 1, seg.end_offset, seg.end_line, seg.end_sequence)
         if carried:
             self._write(nxt, carried)
@@ -325,10 +382,12 @@ class StreamLog:
 
     def read(self, *, offset: int | None = None, sequence: int | None = None, line: int | None = None,
              max_bytes: int = 1 << 20, max_chunks: int = MAX_READ_CHUNKS,
-             snapshot: tuple[list[_Segment], Facts] | None = None) -> ReadResult:
+             snapshot: tuple[list[_Segment], Facts] | None = None, nowait: bool = False) -> ReadResult:
         """Whole chunks from *offset*, *sequence* or *line* (the first given; none: from the first
         byte stored), at most *max_bytes* (but at least one chunk) and *max_chunks*, within one
-        segment. A point before what is stored starts at the first byte stored."""
+        segment. A point before what is stored starts at the first byte stored. With *nowait*
+        everything must come from memory or the page cache (else WouldBlock: ask again on a
+        worker thread); a read that needs the disk then never holds the event loop."""
         segments, facts = snapshot or self.snapshot()
         empty = ReadResult(b"", facts.end_offset, facts.end_line, facts.end_sequence, [], [], facts)
         if not segments:
@@ -350,27 +409,27 @@ class StreamLog:
             if value >= facts.end_offset:
                 return empty
         seg = self._segment_for(segments, key, value)
-        idx = os.open(self._path(seg.number, "idx"), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            count = seg.end_sequence - seg.start_sequence
-            r = value - seg.start_sequence if key < 0 else self._search(idx, count, key, value)
-            take = min(max_chunks, count - r)
-            # record r - 1 (the header when r is 0: the segment's start) ends where chunk r starts
-            raw = _pread_exact(idx, RECORD.size * (take + 1), RECORD.size * r)
-        finally:
-            os.close(idx)
-        prev = RECORD.unpack_from(raw, 0)[:2]
-        records = [RECORD.unpack_from(raw, RECORD.size * (i + 1)) for i in range(take)]
-        chunk_start, chunk_line = prev
+        files = self._files(seg)
+        count = seg.end_sequence - seg.start_sequence
+        r = value - seg.start_sequence if key < 0 else self._search(files.idx, count, key, value, nowait)
+        # record r - 1 (the header when r is 0: the segment's start) ends where chunk r starts; the
+        # records after it are read a window at a time, and those ending within max_bytes are taken
+        available = min(count - r, max_chunks)
+        window = min(available, _RECORD_WINDOW)
+        raw = _pread_exact(files.idx, RECORD.size * (window + 1), RECORD.size * r, nowait)
+        chunk_start, chunk_line = RECORD.unpack_from(raw, 0)[:2]
+        records = memoryview(raw)[RECORD.size:]
+        take = find_record(records, 0, chunk_start + max_bytes)
+        ends, times = _columns(records[:RECORD.size * max(1, take)])
+        while take == window and len(ends) < available:  # all of them fit: there may be room for more
+            window = min(available - len(ends), _RECORD_WINDOW)
+            raw = _pread_exact(files.idx, RECORD.size * window, RECORD.size * (r + 1 + len(ends)), nowait)
+            take = find_record(raw, 0, chunk_start + max_bytes)
+            more_ends, more_times = _columns(memoryview(raw)[:RECORD.size * take])
+            ends += more_ends
+            times += more_times
         start_offset, start_line = chunk_start, chunk_line
-        ends: list[int] = []
-        times: list[int] = []
-        for end_offset, _end_line, when in records:
-            if ends and end_offset - chunk_start > max_bytes:
-                break
-            ends.append(end_offset)
-            times.append(when)
-        data = self._bytes(seg, chunk_start, ends[-1] - chunk_start)
+        data = self._bytes(seg, files, chunk_start, ends[-1] - chunk_start, nowait)
         if key == 0 and value > chunk_start:  # from a byte inside the first chunk
             cut = value - chunk_start
             start_line = chunk_line + (scan(data[:cut], 0, self.line_max)[0] if cut else 0)
@@ -389,27 +448,38 @@ class StreamLog:
         return segments[-1]
 
     @staticmethod
-    def _search(idx: int, count: int, field: int, value: int) -> int:
+    def _search(idx: int, count: int, field: int, value: int, nowait: bool = False) -> int:
         """The first record (of *count*, after the header) whose *field* exceeds *value*."""
         lo, hi = 0, count
         while hi - lo > _PROBE_WINDOW:
             mid = (lo + hi) // 2
-            if RECORD.unpack(_pread_exact(idx, RECORD.size, RECORD.size * (mid + 1)))[field] > value:
+            if RECORD.unpack(_pread_exact(idx, RECORD.size, RECORD.size * (mid + 1), nowait))[field] > value:
                 hi = mid + 1  # mid may be the answer
             else:
                 lo = mid + 1
-        window = _pread_exact(idx, RECORD.size * (hi - lo), RECORD.size * (lo + 1))
+        window = _pread_exact(idx, RECORD.size * (hi - lo), RECORD.size * (lo + 1), nowait)
         return lo + find_record(window, field, value)
 
-    def _bytes(self, seg: _Segment, offset: int, n: int) -> bytes:
+    def _files(self, seg: _Segment) -> _Files:
+        """The segment's files open for reading (opened at its first read, kept while it is stored)."""
+        files = seg.files
+        if files is None:
+            files = _Files(self._path(seg.number, "log"), self._path(seg.number, "idx"))
+            for live in self._segments:  # the segment itself, not only the snapshot's copy of it
+                if live.number == seg.number:
+                    live.files = files
+            seg.files = files
+        return files
+
+    def _bytes(self, seg: _Segment, files: _Files, offset: int, n: int, nowait: bool = False) -> bytes:
         held = self._ring.get(offset, n)
         if held is not None:
             return held
-        fd = os.open(self._path(seg.number, "log"), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return _pread_exact(fd, n, offset - seg.start_offset)
-        finally:
-            os.close(fd)
+        at = offset - seg.start_offset
+        data = _pread_exact(files.log, n, at, nowait)
+        # a reader goes on from here: have the kernel fetch what comes next meanwhile
+        os.posix_fadvise(files.log, at + n, _READ_AHEAD, os.POSIX_FADV_WILLNEED)
+        return data
 
     def lines(self, first: int, limit: int, snapshot: tuple[list[_Segment], Facts] | None = None) -> list[str]:
         """Up to *limit* lines as text from line *first* (absolute), line ends removed."""
@@ -417,7 +487,8 @@ class StreamLog:
         out: list[str] = []
         line = first
         while len(out) < limit and line < facts.end_line:
-            got = self.read(line=line, max_bytes=max(self.line_max, (limit - len(out)) * 128), snapshot=(segments, facts))
+            want = max(self.line_max, (limit - len(out)) * 128)
+            got = self.read(line=line, max_bytes=want, snapshot=(segments, facts))
             if not got.data:
                 break
             texts = split_lines(got.data, self.line_max, limit - len(out), True)

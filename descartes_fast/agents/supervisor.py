@@ -2,9 +2,12 @@
 
 Each agent is an :class:`~descartes_fast.agents.process.AgentProcess` (its own session, pipes,
 stdin queue, exit through a pidfd, signals to its group) plus what is known about it: its
-status, pause mode, output buffers (:mod:`descartes_fast.agents.output`) and limits
-(:mod:`descartes_fast.agents.limits`). Finished agents stay queryable until the retention limits
-evict them. What happens is reported to a :class:`Listener` (the server publishes it on PUB).
+status, pause mode, output (:mod:`descartes_fast.agents.store`, on disk in the state directory)
+and limits (:mod:`descartes_fast.agents.limits`). Every agent is recorded in the state directory
+(:mod:`descartes_fast.agents.records`): a finished agent stays in memory until the retention
+limits evict it, and stays queryable by id (status and output) until the output store's budget
+evicts it, across restarts of the server. What happens is reported to a :class:`Listener` (the
+server publishes it on PUB).
 
 Error texts follow the Rust reference where it has one (docs/protocol.md §6), so a Rust client
 sees the messages it knows. A :class:`~descartes_fast.agents.policy.SpawnPolicy` decides what a
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import os
 import re
 import resource
@@ -24,13 +28,16 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
-from descartes_fast.agents.output import OutputBuffer
+from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
-from descartes_fast.agents.process import READ_SIZE, AgentProcess, StdinClosedError
+from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError
+from descartes_fast.agents.records import AgentRecord
+from descartes_fast.agents.state import StateDir
+from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
 from descartes_fast.wire.schema import (
     AgentConfig,
     AgentInfo,
@@ -69,6 +76,11 @@ SIGNALS: Final[dict[str, str]] = {
 }
 _ACTIVE: Final = (AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNING, AgentStatus.THINKING,
                   AgentStatus.PAUSED)
+_PAST_KEPT: Final = 64  # agents of the records (evicted from memory, or of an earlier run) kept open at once
+#: the reason given to agents that were running when the previous server stopped without stopping them
+LOST: Final = "lost: the server stopped while it ran, and this server does not adopt running agents"
+
+log = logging.getLogger("descartes_fast.supervisor")
 
 
 class SupervisorError(Exception):
@@ -99,12 +111,12 @@ class AgentNotFoundError(SupervisorError):
 class Listener(Protocol):
     """Receives what happens to agents (the server turns it into PUB messages)."""
 
-    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None: ...
+    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None: ...
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None: ...
 
 
 class _Silent:
-    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
+    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None:
         pass
 
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None:
@@ -117,21 +129,20 @@ class Agent:
 
     id: uuid.UUID
     config: AgentConfig
-    launch: Launch
-    process: AgentProcess = field(repr=False)
+    launch: Launch | None                 # None for an agent known from the records only
+    process: AgentProcess | EndedProcess = field(repr=False)
     started_at: int
-    stdout: OutputBuffer
-    stderr: OutputBuffer
-    exited: asyncio.Future[int] = field(repr=False)
+    output: AgentOutput = field(repr=False)
+    exited: asyncio.Future[int] | None = field(repr=False)
     limits: Limits = field(default_factory=Limits)
     owner: str | None = None              # the client identity that spawned it (None: not counted)
     status: AgentStatus = AgentStatus.RUNNING
     pause_mode: PauseMode | None = None
     paused_at: int | None = None
-    ended_at: float | None = None         # time.monotonic() of the exit
+    ended_at: int | None = None           # time.time_ns() of the exit
     reason: str | None = None
     limit_hit: bool = False               # a limit ended it: ``failed`` with ``reason``, whatever the exit
-    _unsent: dict[LogStreamType, bytes] = field(default_factory=dict, repr=False)  # partial lines
+    cursors: dict[LogStreamType, int] = field(default_factory=dict, repr=False)  # read_stdout/stderr: next line
     _wall_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def info(self) -> AgentInfo:
@@ -151,8 +162,13 @@ class Agent:
         """The process has not been reaped yet."""
         return self.process.running
 
-    def buffer(self, stream: LogStreamType) -> OutputBuffer:
-        return self.stdout if stream == LogStreamType.STDOUT else self.stderr
+    def facts(self, stream: LogStreamType) -> Facts:
+        """What its output *stream* holds (first retained, ever written, ended)."""
+        return self.output[stream].facts()
+
+    def record(self) -> AgentRecord:
+        return AgentRecord(self.id, self.config, self.owner, self.started_at, self.status, self.pause_mode,
+                           self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at)
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -176,43 +192,90 @@ class Supervisor:
 
     Parameters
     ----------
+    state : the state directory (agent records and output store)
     backends : how ``model_backend`` names become command lines
     max_agents : agents that may be active (not completed/failed/terminated) at once
     stop_grace : seconds between SIGTERM and SIGKILL for ``stop``
-    output_limit : bytes kept per agent (half per stream); older lines are dropped
-    retention : seconds a finished agent stays queryable
-    max_retained : finished agents kept at most (the oldest go first)
+    retention : seconds a finished agent stays in memory (listed); after that it is queryable by id
+    max_retained : finished agents kept in memory at most (the oldest go first)
     policy : what requests may ask for and the per-agent limits (default: ``SpawnPolicy()``)
     """
 
-    def __init__(self, backends: BackendRegistry | None = None, *, max_agents: int = 100,
-                 stop_grace: float = 2.0, output_limit: int = 8 * 1024 * 1024,
-                 retention: float = 3600.0, max_retained: int = 1000,
+    def __init__(self, state: StateDir, backends: BackendRegistry | None = None, *, max_agents: int = 100,
+                 stop_grace: float = 2.0, retention: float = 3600.0, max_retained: int = 1000,
                  listener: Listener | None = None, policy: SpawnPolicy | None = None) -> None:
+        self.state = state
         self.backends = backends or BackendRegistry()
         self.policy = policy or SpawnPolicy()
         self.max_agents = max_agents
         self.stop_grace = stop_grace
-        self.output_limit = output_limit
         self.retention = retention
         self.max_retained = max_retained
         self.listener: Listener = listener or _Silent()
         self._agents: dict[uuid.UUID, Agent] = {}
         self._finished: collections.deque[uuid.UUID] = collections.deque()
+        self._past: collections.OrderedDict[uuid.UUID, Agent] = collections.OrderedDict()  # of the records
         self._env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
         _give_agents_default_signals()
         self._starting: collections.Counter[str | None] = collections.Counter()  # spawns under way, by owner
         self._by_pid: dict[int, Agent] = {}
         self._memory = MemoryWatchdog(self._memory_exceeded)
+        state.store.on_evicted = self._output_evicted
+        self._load_records()
 
     # -- registry --
 
     def get(self, agent_id: uuid.UUID) -> Agent:
+        """The agent, from memory, or from the records (a finished agent evicted from memory, or one
+        of an earlier run of the server) while its output is stored."""
         self._evict()
-        try:
-            return self._agents[agent_id]
-        except KeyError:
-            raise AgentNotFoundError(agent_id) from None
+        agent = self._agents.get(agent_id) or self._past.get(agent_id)
+        if agent is None:
+            record = self.state.records.get(agent_id)
+            output = self.state.store.open(agent_id, ended=True) if record is not None else None
+            if record is None or output is None:
+                raise AgentNotFoundError(agent_id)
+            agent = self._past[agent_id] = self._from_record(record, output)
+            while len(self._past) > _PAST_KEPT:
+                self.state.store.release(self._past.popitem(last=False)[0])
+        return agent
+
+    @staticmethod
+    def _from_record(record: AgentRecord, output: AgentOutput) -> Agent:
+        return Agent(record.id, record.config, None, EndedProcess(record.pid, record.exit_code), record.started_at,
+                     output, None, owner=record.owner, status=record.status, ended_at=record.ended_at,
+                     reason=record.reason)
+
+    def _load_records(self) -> None:
+        """At start: what an earlier run left. Agents that had not ended are marked lost; finished
+        ones come back into memory within the retention limits (so they are listed again)."""
+        records = self.state.records
+        now = time.time_ns()
+        for record in records.unended():
+            record.status, record.reason, record.ended_at = AgentStatus.FAILED, LOST, now
+            records.put(record)
+            output = self.state.store.open(record.id, ended=True)  # repairs what the crash cut short
+            if output is not None:
+                self.state.store.release(record.id)
+            log.warning("agent %s (%s) was running when the previous server stopped: marked failed",
+                        record.id, record.config.model_backend)
+        horizon = now - int(self.retention * 1e9)
+        kept = [r for r in records.ended() if (r.ended_at or 0) > horizon][-self.max_retained:]
+        for record in kept:
+            output = self.state.store.open(record.id, ended=True)
+            if output is not None:
+                self._agents[record.id] = self._from_record(record, output)
+                self._finished.append(record.id)
+
+    def _output_evicted(self, agent_id: uuid.UUID) -> None:
+        """The output store deleted a finished agent's output to stay within its budget: it is gone."""
+        self.state.records.delete(agent_id)
+        self._past.pop(agent_id, None)
+        if self._agents.pop(agent_id, None) is not None:
+            try:
+                self._finished.remove(agent_id)
+            except ValueError:
+                pass
 
     def agents(self, status: AgentStatus | None = None, limit: int | None = None) -> list[Agent]:
         """Agents in spawn order, optionally only those with *status*, at most *limit*."""
@@ -226,9 +289,10 @@ class Supervisor:
                    if a.status in _ACTIVE and (owner is None or a.owner == owner))
 
     def _evict(self) -> None:
+        """Finished agents past the retention limits leave memory (their records and output stay)."""
         if not self._finished:
             return
-        horizon = time.monotonic() - self.retention
+        horizon = time.time_ns() - int(self.retention * 1e9)
         while self._finished:
             oldest = self._agents.get(self._finished[0])
             if oldest is not None and len(self._finished) <= self.max_retained and \
@@ -237,6 +301,7 @@ class Supervisor:
             self._finished.popleft()
             if oldest is not None:
                 del self._agents[oldest.id]
+                self.state.store.release(oldest.id)
 
     # -- lifecycle --
 
@@ -282,10 +347,10 @@ class Supervisor:
             self._starting[owner] -= 1
             if not self._starting[owner]:
                 del self._starting[owner]
-        half = max(1, self.output_limit // 2)
-        agent = Agent(agent_id, config, launch, process, time.time_ns(), OutputBuffer(half), OutputBuffer(half),
+        agent = Agent(agent_id, config, launch, process, time.time_ns(), self.state.store.create(agent_id),
                       loop.create_future(), Limits.of(policy, timeout_secs), owner)
         self._agents[agent.id] = agent
+        self.state.records.put(agent.record())
         process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
                       lambda code, usage: self._on_exit(agent, code, usage))
         limits = agent.limits
@@ -326,26 +391,17 @@ class Supervisor:
         return process
 
     def _on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
-        buffer = agent.buffer(stream)
-        if data:
-            buffer.append(data)
-            self._publish(agent, stream, data)
-        else:
-            buffer.close()
-            self._publish(agent, stream, b"", end=True)
-
-    def _publish(self, agent: Agent, stream: LogStreamType, data: bytes, end: bool = False) -> None:
-        """Hand output to the listener in whole lines: a partial line waits for its end
-        (or for EOF, or until it is longer than one read)."""
-        data = agent._unsent.pop(stream, b"") + data
-        cut = len(data) if end or len(data) > READ_SIZE else data.rfind(b"\n") + 1
-        if cut < len(data):
-            agent._unsent[stream] = data[cut:]
-        if cut:
-            self.listener.on_output(agent, stream, data[:cut])
+        """Output as read from a pipe: stored, and what it completes (whole lines) published;
+        at the end of a stream (``b""``) its unfinished line becomes a line."""
+        log = agent.output[stream]
+        chunk = agent.output.append(stream, data) if data else log.finish(time.time_ns())
+        if chunk is not None:
+            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
 
     def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
-        agent.ended_at = time.monotonic()
+        agent.ended_at = time.time_ns()
+        for stream, chunk in agent.output.finish():  # what it wrote until now is all there will be
+            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
         if agent._wall_timer is not None:
             agent._wall_timer.cancel()
             agent._wall_timer = None
@@ -364,7 +420,9 @@ class Supervisor:
                     f"exited with status {exit_code}"
             self.listener.on_status(agent, StatusUpdateType.COMPLETED if ok else StatusUpdateType.ERROR,
                                     agent.reason or "exited with status 0")
+        self.state.records.put(agent.record())
         self._finished.append(agent.id)
+        assert agent.exited is not None
         agent.exited.set_result(exit_code)
         self._evict()
 
@@ -391,15 +449,19 @@ class Supervisor:
         if agent is not None and agent.running and not agent.limit_hit:
             self._limit_exceeded(agent, reason, graceful=False)
 
-    async def wait(self, agent_id: uuid.UUID) -> int:
+    async def wait(self, agent_id: uuid.UUID) -> int | None:
         """The agent's exit code, once its process has exited."""
-        return await asyncio.shield(self.get(agent_id).exited)
+        agent = self.get(agent_id)
+        if agent.exited is None:
+            return agent.exit_code
+        return await asyncio.shield(agent.exited)
 
     def _set(self, agent: Agent, status: AgentStatus, message: str,
              kind: StatusUpdateType = StatusUpdateType.STATUS_CHANGED) -> None:
         agent.status = status
         if status != AgentStatus.PAUSED:
             agent.pause_mode = agent.paused_at = None
+        self.state.records.put(agent.record())
         self.listener.on_status(agent, kind, message)
 
     def stop(self, agent_id: uuid.UUID) -> bool:
@@ -433,7 +495,8 @@ class Supervisor:
         if agent.status not in (AgentStatus.RUNNING, AgentStatus.THINKING):
             what = "terminal state" if agent.status.is_terminal() else "state"
             raise SupervisorError(f"Agent execution error: Cannot pause agent in {what}: {agent.status}")
-        cooperative = not force and agent.launch.cooperative_pause and agent.process.stdin_fd is not None
+        cooperative = (not force and agent.launch is not None and agent.launch.cooperative_pause
+                       and agent.process.stdin_fd is not None)
         if cooperative:
             self._write(agent, PAUSE_LINE)
         else:
@@ -441,6 +504,7 @@ class Supervisor:
         agent.pause_mode = PauseMode.COOPERATIVE if cooperative else PauseMode.FORCED
         agent.paused_at = time.time_ns()
         agent.status = AgentStatus.PAUSED
+        self.state.records.put(agent.record())
         self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, f"paused ({agent.pause_mode})")
         return agent.pause_mode
 
@@ -501,21 +565,32 @@ class Supervisor:
     # -- output --
 
     def read_next(self, agent_id: uuid.UUID, stream: LogStreamType) -> bytes | None:
-        """The next unread line of *stream* (None when there is none)."""
-        return self.get(agent_id).buffer(stream).read_next()
+        """The next unread line of *stream* (the reference's destructive ``read_stdout``), or None.
+        Lines dropped by the retention budget are skipped (they are counted in the facts)."""
+        agent = self.get(agent_id)
+        log = agent.output[stream]
+        facts = log.facts()
+        line = max(agent.cursors.get(stream, 0), facts.first_line)
+        if line >= facts.end_line:
+            return None
+        got = log.read(line=line, max_chunks=1)
+        ends = line_ends(got.data, 1, LINE_MAX)
+        agent.cursors[stream] = line + 1
+        return got.data[:ends[0]] if ends else got.data
 
-    def query(self, agent_id: uuid.UUID, streams: tuple[LogStreamType, ...], *, offset: int = 0,
-              limit: int | None = None, pattern: str | None = None) -> tuple[list[str], int, bool]:
-        """Retained lines of *streams* matching *pattern*: (page, total matching, has_more)."""
+    async def query(self, agent_id: uuid.UUID, streams: tuple[LogStreamType, ...], *, offset: int = 0,
+                    limit: int | None = None, pattern: str | None = None) -> tuple[list[str], int, bool]:
+        """Stored lines of *streams* (one after the other) matching *pattern*: (page, total
+        matching, has_more). Reading and matching run on a worker thread, not the event loop."""
         agent = self.get(agent_id)
         try:
             regex = re.compile(pattern) if pattern is not None else None
         except re.error as exc:
             raise SupervisorError(f"Agent execution error: invalid filter regex {pattern!r}: {exc}") from None
-        lines = [line for s in streams for line in agent.buffer(s).text_lines()
-                 if regex is None or regex.search(line)]
-        page = lines[offset:] if limit is None else lines[offset:offset + limit]
-        return page, len(lines), offset + len(page) < len(lines)
+        logs = [agent.output[s] for s in streams]
+        snapshots = [log.snapshot() for log in logs]
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _query, logs, snapshots, offset, limit, regex)
 
     # -- shutdown --
 
@@ -532,10 +607,41 @@ class Supervisor:
         self._memory.close()
         if not live:
             return
-        futures = [asyncio.shield(a.exited) for a in live]
+        futures = [asyncio.shield(a.exited) for a in live if a.exited is not None]
         _, pending = await asyncio.wait(futures, timeout=grace)
         if pending:
             for agent in live:
                 if agent.running:
                     agent.process.signal_group(signal.SIGKILL)
             await asyncio.wait(futures, timeout=5.0)
+
+
+def _query(logs: list[StreamLog], snapshots: list[tuple[Any, Facts]], offset: int, limit: int | None,
+           regex: re.Pattern[str] | None,
+           page: int = 4096) -> tuple[list[str], int, bool]:
+    """On a worker thread: the lines of *logs* (their stored lines, one log after the other) from the
+    *offset*-th match on, at most *limit*, the number of matches, and whether more follow."""
+    out: list[str] = []
+    total = 0
+    want = limit if limit is not None else 1 << 62
+    for log, snapshot in zip(logs, snapshots):
+        facts = snapshot[1]
+        if regex is None:  # no filter: counting is arithmetic and the page is read directly
+            count = facts.end_line - facts.first_line
+            skip = max(0, offset - total)
+            if skip < count and len(out) < want:
+                out += log.lines(facts.first_line + skip, min(want - len(out), count - skip), snapshot)
+            total += count
+            continue
+        line = facts.first_line
+        while line < facts.end_line:
+            texts = log.lines(line, page, snapshot)
+            if not texts:
+                break
+            line += len(texts)
+            for text in texts:
+                if regex.search(text):
+                    if total >= offset and len(out) < want:
+                        out.append(text)
+                    total += 1
+    return out, total, offset + len(out) < total

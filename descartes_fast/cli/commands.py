@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from descartes_fast.cli.memory import keep_big_buffers
 from descartes_fast.client import Client, ClientError, RequestTimeoutError, ServerError, ZmqRunnerConfig
 from descartes_fast.wire.curve import SecurityError
 from descartes_fast.wire.schema import (
@@ -112,11 +113,15 @@ def add_commands(commands: Any) -> None:
     p.add_argument("text", nargs="?", help="what to write (default: read this command's stdin)")
     p.add_argument("--newline", action="store_true", help="append a newline to TEXT")
     p.add_argument("--eof", action="store_true", help="close the agent's stdin afterwards")
-    p = sub("logs", "print an agent's captured output; --follow keeps printing it live")
+    p = sub("logs", "print an agent's stored output, exactly as it wrote it; --follow then prints what comes "
+                    "next until the agent ends (every chunk once)")
     p.add_argument("agent", type=_agent_id, help="agent id")
     p.add_argument("--stream", choices=[s.value for s in ZmqOutputStream], default=ZmqOutputStream.BOTH.value,
-                   metavar="STREAM", help="stdout, stderr or both (default)")
+                   metavar="STREAM", help="stdout, stderr or both (default; in the order they were written)")
     p.add_argument("--follow", "-f", action="store_true", help="then print new output until the agent ends")
+    p.add_argument("--from", dest="start", default="start", metavar="WHERE",
+                   help="with --follow, where to start: start (the first stored byte; default), now, line:N or "
+                        "sequence:N")
     p = sub("events", "print status updates as they happen (Ctrl-C to stop)")
     p.add_argument("agent", type=_agent_id, nargs="?", help="only this agent's (default: all, heartbeats included)")
     p.add_argument("--count", type=int, help="stop after this many")
@@ -281,21 +286,46 @@ def _send(client: Client, args: argparse.Namespace) -> int:
     return _emit(args, {"id": str(args.agent), "bytes_written": written}, f"{written} bytes written")
 
 
+def _start(text: str) -> dict[str, Any]:
+    """``--from``: start, now, line:N or sequence:N, as follow_logs' keywords."""
+    kind, _, number = text.partition(":")
+    if text in ("start", "") and not number:
+        return {}
+    if text == "now":
+        return {"from_now": True}
+    if kind in ("line", "sequence") and number.isdigit():
+        return {f"from_{kind}": int(number)}
+    raise _Usage(f"--from wants start, now, line:N or sequence:N, not {text!r}")
+
+
 def _logs(client: Client, args: argparse.Namespace) -> int:
+    keep_big_buffers()  # output comes in pages of hundreds of KiB
     stream = ZmqOutputStream(args.stream)
-    live = client.follow_logs(args.agent) if args.follow else None  # subscribe before the replay
-    for line in client.read_output_lines(args.agent, stream):
-        _emit(args, {"replay": True, "line": line}, line)
+    start = _start(args.start)
+    if not client.descartes_fast_server:  # a Rust server stores no output: what read_stdout gives, then live
+        live = client.follow_logs(args.agent) if args.follow else None  # subscribe before reading
+        for line in client.read_output_lines(args.agent, stream):
+            _emit(args, {"stream": None, "line": line}, line)
+        chunks: Any = live or ()
+    elif args.follow:
+        chunks = client.follow_logs(args.agent, streams=stream, **start)
+    else:
+        if start:
+            raise _Usage("--from is for --follow (without it, logs prints everything stored)")
+        chunks = client.stored_output(args.agent, stream)
+    out = sys.stdout.buffer
     wanted = {ZmqOutputStream.BOTH: ("stdout", "stderr")}.get(stream, (stream.value,))
-    for chunk in live or ():
+    for chunk in chunks:
         if chunk.stream_type.value not in wanted:
             continue
-        text = chunk.data.decode("utf-8", "replace")
         if args.json:
-            _emit(args, {"stream": chunk.stream_type.value, "sequence": chunk.sequence, "data": text}, "")
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            for line in chunk.data.decode("utf-8", "replace").splitlines():
+                _emit(args, {"stream": chunk.stream_type.value, "sequence": chunk.sequence, "line": line}, "")
+            continue
+        out.write(chunk.data)  # the bytes exactly as the agent wrote them
+        if args.follow:
+            out.flush()
+    out.flush()
     return 0
 
 

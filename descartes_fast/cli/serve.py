@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import descartes_fast
+from descartes_fast.cli.memory import keep_big_buffers
 
 __all__ = ["add_serve_command", "serve", "server_main"]
 
@@ -68,6 +69,7 @@ def serve(args: argparse.Namespace, prog: str) -> int:
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_fd_limit()
+    keep_big_buffers()
     server = AgentServer(config)
     try:
         server.bind()

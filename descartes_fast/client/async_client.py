@@ -31,6 +31,7 @@ import zmq
 from descartes_fast import _impl
 from descartes_fast.client.config import ZmqRunnerConfig, curve_keys
 from descartes_fast.client.errors import NotConnectedError, RequestTimeoutError, ServerError, UnexpectedReplyError
+from descartes_fast.client.follow import Replay, Start
 from descartes_fast.client.subscriptions import Follow, Subscription
 from descartes_fast.wire import codec
 from descartes_fast.wire.curve import curve_client
@@ -54,9 +55,12 @@ from descartes_fast.wire.schema import (
     ListAgentsRequest,
     ListAgentsResponse,
     LogStreamMessage,
+    LogStreamType,
     Message,
     OutputQueryRequest,
     OutputQueryResponse,
+    OutputReadRequest,
+    OutputReadResponse,
     SpawnRequest,
     SpawnResponse,
     StatusUpdate,
@@ -74,6 +78,8 @@ _C = ControlCommandType
 #: server publishes the end, a Rust one never does
 _POLL_OURS = 5.0
 _POLL_OTHERS = 1.0
+_LOG_STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STDERR: (LogStreamType.STDERR,),
+                ZmqOutputStream.BOTH: (LogStreamType.STDOUT, LogStreamType.STDERR)}
 
 
 class AsyncClient:
@@ -419,13 +425,38 @@ class AsyncClient:
         """The agent's log chunks as they are published (``sequence`` counts per stream)."""
         return await self._subscribe(log_topic(agent_id), LogStreamMessage, agent_id)
 
-    async def follow_logs(self, agent_id: uuid.UUID) -> Follow:
-        """Like :meth:`stream_logs`, but the iteration ends once the agent has ended (seen from its
-        status updates, or by asking for its status when the server has been quiet for a while)."""
+    async def follow_logs(self, agent_id: uuid.UUID, *, from_line: int | None = None,
+                          from_sequence: int | None = None, from_now: bool = False,
+                          streams: ZmqOutputStream = ZmqOutputStream.BOTH) -> Replay | Follow:
+        """The agent's output chunks until it has ended: by default every chunk the server stored
+        from the first on, then the live ones, each exactly once and in order (stdout and stderr in
+        the order they were written). Start instead at a line, a chunk sequence number or now
+        (``from_line``, ``from_sequence``, ``from_now``; per stream).
+
+        A server that stores no output (a Rust Descartes server) gives live chunks only, and is
+        asked for the agent's status when quiet, to see it end."""
         logs = await self.stream_logs(agent_id)
         events = await self.subscribe_status_updates(agent_id)
-        poll = _POLL_OURS if self.descartes_fast_server else _POLL_OTHERS
-        return Follow(logs, events, await self._ended(agent_id), lambda: self._ended(agent_id), poll)
+        if not self.descartes_fast_server:
+            return Follow(logs, events, await self._ended(agent_id), lambda: self._ended(agent_id), _POLL_OTHERS)
+        return Replay(self, agent_id, _LOG_STREAMS[streams], Start(from_line, from_sequence, from_now), logs, events,
+                      _POLL_OURS)
+
+    async def stored_output(self, agent_id: uuid.UUID, streams: ZmqOutputStream = ZmqOutputStream.BOTH) -> Replay:
+        """Every chunk the server stores for the agent now, stdout and stderr in the order they were
+        written (no live chunks: it ends when it has read what is stored)."""
+        return Replay(self, agent_id, _LOG_STREAMS[streams], Start(), None, None, _POLL_OURS)
+
+    async def read_output(self, agent_id: uuid.UUID, stream: LogStreamType, *, offset: int | None = None,
+                          sequence: int | None = None, line: int | None = None,
+                          max_bytes: int | None = None) -> OutputReadResponse:
+        """One read of the agent's stored output (``output_read``, a descartes_fast server only): raw
+        bytes from a byte offset, chunk sequence or line, and what the stream holds and dropped."""
+        reply = await self._request(OutputReadRequest(next(self._ids), agent_id, stream, offset, sequence, line,
+                                                      max_bytes), OutputReadResponse)
+        if not reply.success:
+            raise ServerError(reply.error or "Output read failed", reply)
+        return reply
 
     async def _ended(self, agent_id: uuid.UUID) -> bool:
         """Whether the agent has ended (or the server no longer knows it); False if it does not answer."""

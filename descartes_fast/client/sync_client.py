@@ -21,7 +21,9 @@ from descartes_fast.wire.schema import (
     ControlCommandType,
     HealthCheckResponse,
     LogStreamMessage,
+    LogStreamType,
     OutputQueryResponse,
+    OutputReadResponse,
     StatusUpdate,
     ZmqOutputStream,
 )
@@ -45,22 +47,26 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _iterate(self, items: AsyncIterator[_T]) -> Iterator[_T]:
-        """An async iterator of the client's loop as a plain iterator (closed when left)."""
-        async def step() -> tuple[bool, _T | None]:
+        """An async iterator of the client's loop as a plain iterator (closed when left). Where the
+        async iterator can hand out several items at once (``batch()``), one hop to the client's
+        thread brings them all."""
+        batch = getattr(items, "batch", None)
+
+        async def step() -> list[_T]:
             try:
-                return True, await items.__anext__()
+                return await batch() if batch is not None else [await items.__anext__()]
             except StopAsyncIteration:
-                return False, None
+                return []
 
         try:
             while True:
-                more, item = self._run(step())
-                if not more:
+                got = self._run(step())
+                if not got:
                     return
-                yield item  # type: ignore[misc]  # not None while more is True
-        finally:
+                yield from got
+        finally:  # (when the iterator is dropped after close(), the loop is gone: nothing to close)
             close = getattr(items, "aclose", None)
-            if close is not None:
+            if close is not None and self._loop.is_running():
                 self._run(close())
 
     # -- connection --
@@ -176,6 +182,23 @@ class Client:
         """The agent's log chunks as they are published."""
         return self._iterate(self._run(self._async.stream_logs(agent_id)))
 
-    def follow_logs(self, agent_id: uuid.UUID) -> Iterator[LogStreamMessage]:
-        """The agent's log chunks until it has ended."""
-        return self._iterate(self._run(self._async.follow_logs(agent_id)))
+    def follow_logs(self, agent_id: uuid.UUID, *, from_line: int | None = None, from_sequence: int | None = None,
+                    from_now: bool = False, streams: ZmqOutputStream = ZmqOutputStream.BOTH
+                    ) -> Iterator[LogStreamMessage]:
+        """The agent's output chunks, stored then live, until it has ended (see
+        :meth:`AsyncClient.follow_logs`)."""
+        return self._iterate(self._run(self._async.follow_logs(agent_id, from_line=from_line,
+                                                               from_sequence=from_sequence, from_now=from_now,
+                                                               streams=streams)))
+
+    def stored_output(self, agent_id: uuid.UUID,
+                      streams: ZmqOutputStream = ZmqOutputStream.BOTH) -> Iterator[LogStreamMessage]:
+        """Every chunk the server stores for the agent now, in the order written."""
+        return self._iterate(self._run(self._async.stored_output(agent_id, streams)))
+
+    def read_output(self, agent_id: uuid.UUID, stream: LogStreamType, *, offset: int | None = None,
+                    sequence: int | None = None, line: int | None = None,
+                    max_bytes: int | None = None) -> OutputReadResponse:
+        """One read of the agent's stored output (see :meth:`AsyncClient.read_output`)."""
+        return self._run(self._async.read_output(agent_id, stream, offset=offset, sequence=sequence, line=line,
+                                                 max_bytes=max_bytes))

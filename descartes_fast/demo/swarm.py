@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
@@ -111,13 +112,14 @@ def main() -> int:
     port, pub_port = _free_port(), _free_port()
     endpoint, pub = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{pub_port}"
     print(f"starting descartes-fast serve on {endpoint} (events on {pub})", flush=True)
-    config = tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="descartes-demo-")
-    config.write(DEMO_CONFIG)
-    config.flush()
+    workspace = tempfile.TemporaryDirectory(prefix="descartes-demo-")  # its config and state: gone afterwards
+    config = Path(workspace.name) / "demo.toml"
+    config.write_text(DEMO_CONFIG)
     # -P: the installed package, even when this runs in a source tree (README command 1)
     server = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", endpoint, "--pub", pub,
-                               "--config", config.name, "--server-id", "demo-server", "--log-level", "WARNING",
-                               "--stop-grace", "1"], env={**os.environ})
+                               "--config", str(config), "--server-id", "demo-server", "--log-level", "WARNING",
+                               "--stop-grace", "1", "--state-dir", str(Path(workspace.name) / "state")],
+                              env={**os.environ})
     ctx = zmq.Context()
     try:
         return _run(ctx, endpoint, pub)
@@ -126,6 +128,7 @@ def main() -> int:
         code = server.wait(30)
         print(f"server stopped (exit status {code})")
         ctx.destroy(linger=0)
+        workspace.cleanup()
 
 
 def _run(ctx: zmq.Context, endpoint: str, pub: str) -> int:

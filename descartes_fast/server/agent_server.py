@@ -18,8 +18,11 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -28,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 import descartes_fast
 from descartes_fast import _impl
+from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.supervisor import AgentLimitError, SpawnError, SpawnPolicyError, Supervisor
 from descartes_fast.server.admission import Gate, Refusal, Throttle
 from descartes_fast.server.config import ServerConfig
@@ -53,6 +57,8 @@ from descartes_fast.wire.schema import (
     Message,
     OutputQueryRequest,
     OutputQueryResponse,
+    OutputReadRequest,
+    OutputReadResponse,
     SpawnRequest,
     SpawnResponse,
 )
@@ -62,6 +68,9 @@ __all__ = ["AgentServer"]
 log = logging.getLogger("descartes_fast.server")
 
 _TAGS = {cls.TAG: cls.__name__ for cls in MESSAGE_TYPES}
+_SWITCH_INTERVAL = 0.0005  # seconds a worker thread may hold the interpreter while the loop waits
+_LOOP_TICK = 0.01  # seconds between checks of the loop's lateness
+_LOOP_STALL = 0.005  # a loop later than this counts as stalled
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _HANDSHAKE_ERRORS: dict[int, str] = {
@@ -81,9 +90,11 @@ class AgentServer:
         self._ctx = zmq.Context()
         self.events = EventPublisher(self._ctx.socket(zmq.PUB) if config.pub else None, self.codec.encode,
                                      self.stats)
-        self.supervisor = Supervisor(config.backends, max_agents=config.max_agents, stop_grace=config.stop_grace,
-                                     output_limit=config.output_limit, retention=config.retention,
-                                     policy=config.policy, listener=self.events)
+        self.state = StateDir(Path(config.state_dir), tail_bytes=config.output_limit,
+                              agent_bytes=config.log_max_bytes, total_bytes=config.state_max_bytes)
+        self.supervisor = Supervisor(self.state, config.backends, max_agents=config.max_agents,
+                                     stop_grace=config.stop_grace, retention=config.retention, policy=config.policy,
+                                     listener=self.events)
         self.controller = Controller(self.supervisor, config.pub)
         self._handshake_log = Throttle(60.0)  # per reason: a refused peer retries every 100 ms
         self.zap: ZapHandler | None = None
@@ -92,6 +103,8 @@ class AgentServer:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag_max = 0.0  # seconds: the latest the loop ever was (see _watch_loop)
+        self.loop_stalls = 0
         self._stopping: asyncio.Event | None = None
         self.endpoints: dict[str, str] = {}
         dispatch = _impl.load("dispatch", config.implementation)
@@ -99,7 +112,8 @@ class AgentServer:
         c = self.controller
         handlers.update({
             SpawnRequest: self._spawn, ControlCommand: c.control, CustomActionRequest: c.custom_action,
-            BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents, OutputQueryRequest: c.output_query,
+            BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents,
+            OutputQueryRequest: self._later(c.output_query), OutputReadRequest: self._later(c.output_read),
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
         self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate)
@@ -135,6 +149,9 @@ class AgentServer:
         """Answer requests until :meth:`request_stop`; then stop agents and close."""
         if not self.endpoints:
             self.bind()
+        # reads and queries run on worker threads; the loop must get the interpreter back within a
+        # millisecond of asking (the default hand-over interval is 5 ms) so that requests stay fast
+        sys.setswitchinterval(_SWITCH_INTERVAL)
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         config = self.config
@@ -165,6 +182,7 @@ class AgentServer:
         self._on_readable()  # requests may have queued before the reader was added
         heartbeat = asyncio.create_task(self.events.heartbeats(config.server_id, config.heartbeat_interval,
                                                                self._heartbeat_facts))
+        self._watch_loop(loop.time() + _LOOP_TICK)
         await self._stopping.wait()
         log.info("shutting down: no new requests; stopping agents (grace %.1f s)", self.config.stop_grace)
         loop.remove_reader(self._router.fileno())
@@ -180,6 +198,7 @@ class AgentServer:
         self._router.close()
         self.events.close()
         self._ctx.term()
+        self.state.close()
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -243,6 +262,16 @@ class AgentServer:
         if has_input(self._router):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
+    def _later(self, handler: Callable[[Any, list], Awaitable[Message]]) -> Callable[[Any, list], None]:
+        """A handler whose reply comes later (it waits for a worker thread): run it as a task."""
+        def start(msg: Any, envelope: list) -> None:
+            async def answer() -> None:
+                self._reply_later(envelope, await handler(msg, envelope))
+            task = asyncio.get_running_loop().create_task(answer())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return start
+
     def _spawn(self, msg: SpawnRequest, envelope: list) -> None:
         task = asyncio.get_running_loop().create_task(self._do_spawn(msg, envelope, self.gate.identity))
         self._tasks.add(task)
@@ -281,9 +310,26 @@ class AgentServer:
                     "requests": str(d.received), "decode_errors": str(d.decode_errors),
                     "bad_frames": str(d.bad_frames), "rate_limited": str(g.rate_limited),
                     "unauthorized": str(g.unauthorized), "auth_accepted": str(z.accepted if z else 0),
-                    "auth_refused": str(z.refused if z else 0), **{k: str(v) for k, v in self.stats.items()}}
+                    "auth_refused": str(z.refused if z else 0), **{k: str(v) for k, v in self.stats.items()},
+                    "state_dir": str(self.state.path), "stored_bytes": str(self.state.store.size),
+                    "state_max_bytes": str(self.config.state_max_bytes),
+                    "evicted_agents": str(self.state.store.evicted_agents),
+                    "loop_lag_max_ms": f"{self.loop_lag_max * 1e3:.1f}", "loop_stalls": str(self.loop_stalls)}
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)
+
+    def _watch_loop(self, due: float) -> None:
+        """Every _LOOP_TICK: how late this callback ran is how long the loop was held (or the process
+        was not scheduled); the worst and the count over _LOOP_STALL go to the health metadata."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = now - due
+        if late > self.loop_lag_max:
+            self.loop_lag_max = late
+        if late > _LOOP_STALL:
+            self.loop_stalls += 1
+        if self._stopping is None or not self._stopping.is_set():
+            loop.call_at(now + _LOOP_TICK, self._watch_loop, now + _LOOP_TICK)
 
     def _heartbeat_facts(self) -> dict[str, Any]:
         return {"active_agents": self.supervisor.active_count(), "uptime_secs": int(time.monotonic() - self.started)}
@@ -308,6 +354,8 @@ class AgentServer:
             return ListAgentsResponse(request_id, False, [], text)
         if kind == "OutputQueryRequest":
             return OutputQueryResponse(request_id, agent_id, False, error=text)
+        if kind == "OutputReadRequest":
+            return OutputReadResponse(request_id, agent_id, False, error=text)
         return ErrorResponse(request_id, text)
 
 

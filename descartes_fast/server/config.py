@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from descartes_fast import _impl
 from descartes_fast.agents.backends import BackendRegistry
 from descartes_fast.agents.policy import SpawnPolicy
+from descartes_fast.agents.state import default_state_dir
 from descartes_fast.server.security import SecurityError, is_local_endpoint
 
 __all__ = ["ServerConfig", "SecurityError"]
@@ -26,7 +27,10 @@ class ServerConfig:
     max_agents: int = 100
     stop_grace: float = 5.0
     heartbeat_interval: float = 10.0
-    output_limit: int = 8 * 1024 * 1024
+    state_dir: str = field(default_factory=lambda: str(default_state_dir()))
+    output_limit: int = 1 << 20           # bytes of each agent's latest output in memory
+    log_max_bytes: int = 128 << 20        # bytes of output on disk per agent
+    state_max_bytes: int = 4 << 30        # bytes of output in the state directory
     retention: float = 3600.0
     backends: BackendRegistry = field(default_factory=BackendRegistry)
     policy: SpawnPolicy = field(default_factory=SpawnPolicy)

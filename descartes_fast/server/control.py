@@ -6,10 +6,13 @@ module knows nothing of sockets; :mod:`descartes_fast.server` wires it to ZeroMQ
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 
+from descartes_fast.agents.store import StoreError, WouldBlock
 from descartes_fast.agents.supervisor import Agent, Supervisor, SupervisorError
 from descartes_fast.wire.schema import (
     AgentStatus,
@@ -25,6 +28,8 @@ from descartes_fast.wire.schema import (
     LogStreamType,
     OutputQueryRequest,
     OutputQueryResponse,
+    OutputReadRequest,
+    OutputReadResponse,
     ZmqOutputStream,
 )
 
@@ -33,6 +38,11 @@ __all__ = ["Controller", "debug_status"]
 _STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STDERR: (LogStreamType.STDERR,),
             ZmqOutputStream.BOTH: (LogStreamType.STDOUT, LogStreamType.STDERR)}
 _C = ControlCommandType
+#: bytes an output_read answers with by default (measured: larger pages cost more than they save in page
+#: faults of fresh buffers), and at most (a reply stays far below MAX_MESSAGE_SIZE,
+#: and one read and its encoding stay well under a millisecond or two of the event loop)
+READ_DEFAULT: Final = 512 << 10
+READ_MAX: Final = 4 << 20
 
 
 _DEBUG = {s: s.value.capitalize() for s in AgentStatus}
@@ -113,10 +123,11 @@ class Controller:
         return self._read(agent, LogStreamType.STDERR)
 
     def _read(self, agent: Agent, stream: LogStreamType) -> Any:
-        line = agent.buffer(stream).read_next()
+        line = self.sup.read_next(agent.id, stream)
+        facts = {"output": agent.facts(stream).as_dict()}  # what exists and what was dropped (§6.20)
         if line is None:
-            return {"bytes": 0, "data": None, "message": f"No data available in {stream.value} buffer"}
-        return {"bytes": len(line), **_text(line)}
+            return {"bytes": 0, "data": None, "message": f"No data available in {stream.value} buffer", **facts}
+        return {"bytes": len(line), **_text(line), **facts}
 
     def _signal(self, agent: Agent, args: dict, payload: Any) -> Any:
         name = args.get("signal")
@@ -136,7 +147,8 @@ class Controller:
             raise SupervisorError("Agent execution error: Log streaming not enabled on this server "
                                   "(no pub_endpoint configured)")
         return {"enabled": True, "pub_endpoint": self.pub_endpoint, "topic": str(agent.id),
-                "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter"}
+                "instructions": "Connect SUB socket to pub_endpoint, subscribe to topic filter",
+                "output": {s.value: agent.facts(s).as_dict() for s in LogStreamType}}
 
     def custom(self, agent: Agent, action: str, params: Any) -> dict[str, Any]:
         """The built-in custom actions of the reference: echo, ping, get_env."""
@@ -161,10 +173,11 @@ class Controller:
         for stream in (LogStreamType.STDERR, LogStreamType.STDOUT):
             lines: list[str] = []
             if args.get(stream.value) is not False:
-                while len(lines) < max_lines and (line := agent.buffer(stream).read_next()) is not None:
+                while len(lines) < max_lines and (line := self.sup.read_next(agent.id, stream)) is not None:
                     lines.append(line.decode("utf-8", "replace"))
             out[stream.value] = lines
             out[f"{stream.value}_lines"] = len(lines)
+        out["output"] = {s.value: agent.facts(s).as_dict() for s in LogStreamType}
         return out
 
     # -- the other request types (handlers take the request and its envelope, unused here) --
@@ -187,13 +200,36 @@ class Controller:
         agents = self.sup.agents(msg.filter_status, msg.limit)
         return ListAgentsResponse(msg.request_id, True, [a.info() for a in agents])
 
-    def output_query(self, msg: OutputQueryRequest, envelope: list | None = None) -> OutputQueryResponse:
+    async def output_query(self, msg: OutputQueryRequest, envelope: list | None = None) -> OutputQueryResponse:
+        """Stored lines (read and filtered on a worker thread: the event loop goes on meanwhile)."""
         try:
-            lines, total, more = self.sup.query(msg.agent_id, _STREAMS[msg.stream], offset=msg.offset or 0,
-                                                limit=msg.limit, pattern=msg.filter)
+            lines, total, more = await self.sup.query(msg.agent_id, _STREAMS[msg.stream], offset=msg.offset or 0,
+                                                      limit=msg.limit, pattern=msg.filter)
         except SupervisorError as exc:
             return OutputQueryResponse(msg.request_id, msg.agent_id, False, error=str(exc))
         return OutputQueryResponse(msg.request_id, msg.agent_id, True, lines, total, more)
+
+    async def output_read(self, msg: OutputReadRequest, envelope: list | None = None) -> OutputReadResponse:
+        """Stored bytes and the stream's facts (read on a worker thread; docs/protocol.md §6.21)."""
+        try:
+            agent = self.sup.get(msg.agent_id)
+        except SupervisorError as exc:
+            return OutputReadResponse(msg.request_id, msg.agent_id, False, error=str(exc))
+        log = agent.output[msg.stream]
+        read = functools.partial(log.read, offset=msg.offset, sequence=msg.sequence, line=msg.line,
+                                 max_bytes=min(msg.max_bytes or READ_DEFAULT, READ_MAX))
+        try:  # what is in memory or the page cache is read here at once; what needs the disk, off the loop
+            got = read(nowait=True)
+        except WouldBlock:
+            snapshot = log.snapshot()  # taken here, on the loop, where the stream is written
+            try:
+                got = await asyncio.get_running_loop().run_in_executor(None, functools.partial(read, snapshot=snapshot))
+            except (OSError, StoreError):  # dropped meanwhile by the budget: read again from what is left
+                got = read()
+        f = got.facts
+        return OutputReadResponse(msg.request_id, msg.agent_id, True, msg.stream, got.data, got.offset, got.sequence,
+                                  got.line, got.chunk_ends, got.chunk_times, f.first_offset, f.first_sequence,
+                                  f.first_line, f.end_offset, f.end_sequence, f.end_line, f.ended)
 
 
 def _stdin_bytes(args: dict) -> bytes:

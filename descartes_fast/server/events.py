@@ -1,7 +1,8 @@
 """The server's PUB socket: agents' log chunks and status updates as they happen, and heartbeats.
 
 Every message is one frame, ``topic + b"\\x00" + msgpack`` (docs/protocol.md §5): log chunks on
-the agent's UUID with a ``sequence`` counting per agent and stream from 0, status updates on
+the agent's UUID with a ``sequence`` counting per agent and stream from 0 (the chunk's number in
+the output store, so a follower can refill what it missed), status updates on
 ``status.<uuid>``, heartbeats about the nil UUID. A subscriber that does not keep up loses
 messages past its queue (``--pub-hwm``), counted in ``pub_dropped``; the server does not wait.
 """
@@ -41,7 +42,6 @@ class EventPublisher:
         self.sock = sock
         self._encode = encode
         self._stats = stats
-        self._seq: dict[tuple[uuid.UUID, LogStreamType], int] = {}
         self.endpoint: str | None = None
 
     def bind(self, endpoint: str, hwm: int) -> str:
@@ -66,13 +66,10 @@ class EventPublisher:
 
     # -- the supervisor's Listener --
 
-    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
-        if self.sock is None:
-            return
-        key = (agent.id, stream)
-        seq = self._seq.get(key, 0)
-        self._seq[key] = seq + 1
-        self.publish(log_topic(agent.id), LogStreamMessage(agent.id, stream, data, time.time_ns(), seq))
+    def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None:
+        """A chunk the output store has just stored as number *sequence* of its stream."""
+        if self.sock is not None:
+            self.publish(log_topic(agent.id), LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
 
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None:
         log.info("agent %s: %s (%s)", agent.id, agent.status, message)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 
 from descartes_fast.agents.backends import BackendError, BackendRegistry
 from descartes_fast.agents.policy import PolicyError, SpawnPolicy
+from descartes_fast.agents.state import default_state_dir
 from descartes_fast.server.config import ServerConfig
 
 __all__ = ["SETTINGS", "add_arguments", "resolve", "SettingsError"]
@@ -89,6 +91,31 @@ def _path(value: str) -> str:
     return str(Path(value).expanduser())
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def size(value: str) -> int:
+    """Bytes: ``1048576``, ``64k``, ``64KiB``, ``128MiB``, ``4GiB`` (binary: K = 1024), or ``5MB``
+    (decimal: MB = 1000000)."""
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError("use a number of bytes, like 1048576, 64KiB, 128MiB or 4GiB")
+    number, unit, suffix = match.groups()
+    base = 1000 if suffix.lower() == "b" and unit else 1024
+    out = int(float(number) * base ** _UNITS[unit.lower()])
+    if out <= 0:
+        raise ValueError("must be greater than 0")
+    return out
+
+
+def _in_units(n: int) -> str:
+    for unit, power in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << power and n % (1 << power) == 0:
+            return f"{n >> power}{unit}"
+    return str(n)
+
+
 SETTINGS = (
     Setting("bind", str, "tcp://127.0.0.1:5555", "ROUTER endpoint for requests"),
     Setting("pub", _pub, "tcp://127.0.0.1:5556", "PUB endpoint for log chunks and status updates ('none' for none)"),
@@ -96,8 +123,16 @@ SETTINGS = (
     Setting("max_agents", _positive(int), 100, "agents that may be active at once"),
     Setting("stop_grace", _positive(float), 5.0, "seconds from SIGTERM to SIGKILL when stopping an agent"),
     Setting("heartbeat_interval", _positive(float), 10.0, "seconds between server heartbeats on PUB"),
-    Setting("output_limit", _positive(int), 8 * 1024 * 1024, "bytes of output kept per agent"),
-    Setting("retention", _positive(float), 3600.0, "seconds a finished agent stays queryable"),
+    Setting("state_dir", _path, str(default_state_dir()), "where agents' output and records are kept (created "
+            "with mode 0700; one server per directory)", metavar="DIR"),
+    Setting("output_limit", size, 1 << 20, "bytes of each agent's latest output kept in memory; the rest is "
+            "read from the state directory", metavar="BYTES"),
+    Setting("log_max_bytes", size, 128 << 20, "bytes of output kept on disk per agent (its oldest segments are "
+            "dropped, and counted, past it)", metavar="BYTES"),
+    Setting("state_max_bytes", size, 4 << 30, "bytes of output kept in the state directory in all (the oldest "
+            "finished agents go first)", metavar="BYTES"),
+    Setting("retention", _positive(float), 3600.0, "seconds a finished agent stays listed (after that it is "
+            "still queryable by id while its output is stored)"),
     Setting("curve_secret_key", _path, None, "this server's secret key file (NAME.key_secret from "
             "'descartes-fast keygen'); turns on CURVE encryption and authentication", metavar="FILE"),
     Setting("authorized_keys", _path, None, "directory of the public key files (*.key) of the clients "
@@ -126,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=f"{s.help} (env: {s.env}=1)")
             continue
         shown = {"server_id": "host-pid", "rate_burst": "the rate limit"}.get(s.name, s.default)
-        shown = "none" if shown is None else shown
+        shown = "none" if shown is None else _in_units(shown) if s.kind is size else shown
         parser.add_argument(option, dest=s.name, metavar=s.metavar or s.name.split("_")[-1].upper(),
                             help=f"{s.help} (default: {shown}; env: {s.env})")
 
@@ -174,6 +209,8 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
     config = ServerConfig(bind=values["bind"], pub=values["pub"], max_agents=values["max_agents"],
                           stop_grace=values["stop_grace"], heartbeat_interval=values["heartbeat_interval"],
                           output_limit=values["output_limit"], retention=values["retention"], backends=backends,
+                          state_dir=values["state_dir"], log_max_bytes=values["log_max_bytes"],
+                          state_max_bytes=values["state_max_bytes"],
                           policy=policy, curve_secret_key=values["curve_secret_key"],
                           authorized_keys=values["authorized_keys"], insecure=values["insecure"],
                           rate_limit=values["rate_limit"], rate_burst=values["rate_burst"], hwm=values["hwm"],

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from descartes_fast.agents.backends import BackendRegistry
+from descartes_fast.agents.state import StateDir
 
-__all__ = ["BACKENDS", "PY", "Recorder"]
+__all__ = ["BACKENDS", "PY", "Recorder", "state_dir"]
 
 PY = sys.executable
 BACKENDS = BackendRegistry.from_tables({
@@ -23,8 +25,14 @@ class Recorder:
         self.events: list[tuple] = []
         self.output: dict[tuple, bytearray] = {}
 
-    def on_output(self, agent: Any, stream: Any, data: bytes) -> None:
+    def on_output(self, agent: Any, stream: Any, data: bytes, sequence: int) -> None:
         self.output.setdefault((agent.id, stream), bytearray()).extend(data)
 
     def on_status(self, agent: Any, kind: Any, message: str | None) -> None:
         self.events.append((agent.id, kind, agent.status, message))
+
+
+def state_dir(path: Path, *, tail_bytes: int = 1 << 20, agent_bytes: int = 64 << 20,
+              total_bytes: int = 1 << 30) -> StateDir:
+    """A state directory at *path* for a supervisor under test."""
+    return StateDir(path, tail_bytes=tail_bytes, agent_bytes=agent_bytes, total_bytes=total_bytes)

@@ -74,11 +74,13 @@ class Server:
         config = tmp_path / "server.toml"
         config.write_text(CONFIG.replace("allow_extra_args = true", policy))
         self.bind = f"ipc://{tmp_path}/req"
+        self.state_dir = tmp_path / "state"
         self.log_path = tmp_path / "server.log"
         self.pub = f"ipc://{tmp_path}/pub"
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "descartes_fast", "serve", "--config", str(config), "--bind", self.bind,
-             "--pub", self.pub, "--server-id", "test-server", "--log-level", log_level, *flags],
+             "--pub", self.pub, "--server-id", "test-server", "--log-level", log_level,
+             "--state-dir", str(self.state_dir), *flags],
             env=server_env(implementation), stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"))
         self.ctx = zmq.Context()
         self.req = self.socket(zmq.REQ)
