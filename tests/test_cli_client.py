@@ -114,7 +114,8 @@ def test_only_the_request_endpoint_is_needed(server) -> None:
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(server) -> None:
-    agent = js(server, "spawn", "sh", "seq 1 20000")[0]["id"]
+    # 7 MB: far more than a pipe holds, so the writer surely meets the closed pipe
+    agent = js(server, "spawn", "sh", "seq 1 1000000")[0]["id"]
     server.wait_status(uuid.UUID(agent), ("completed",))
     script = (f'set -o pipefail; "{sys.executable}" -P -m descartes_fast logs {agent} --endpoint "{server.bind}" '
               '| head -n 1; echo "status=${PIPESTATUS[0]}"')

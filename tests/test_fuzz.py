@@ -383,6 +383,17 @@ def salvaged_request_id(payload: bytes) -> str | None:
     return request_id if isinstance(request_id, str) else ""
 
 
+def _answers(reply: Any, kind: str, payload: bytes) -> bool:
+    """Whether *reply* is the one the request *payload* (predicted *kind*) gets: a request that does
+    not decode is refused ("invalid request: ...", in the reply of its type where that is known)."""
+    refused = (getattr(reply, "error", None) or "").startswith("invalid request:")  # its own type, or error_response
+    if kind == "error":
+        salvaged = salvaged_request_id(payload)
+        return refused and (salvaged is None or reply.request_id == salvaged)
+    # (a message that is no request, e.g. a status_update, gets an error_response too, not "invalid")
+    return not refused and reply.request_id == getattr(PURE.decode(payload), "request_id", "")
+
+
 _spawn_ids = iter(range(1 << 62))
 
 
@@ -457,14 +468,16 @@ class FuzzClient:
     def sync(self, spawns: dict[str, list[bytes]], expected: list[tuple[str, list[bytes], Any]] = ()) -> dict:
         """Read the replies to what was sent, then a health check's; return its counters.
 
-        *expected*: predict() of each request sent since the last sync, in order.
+        *expected*: predict() of each request sent since the last sync. Replies may come in any
+        order (a slow request is answered after quicker ones that came later): each is matched to
+        its request by envelope and request_id, and every request must get exactly one.
         """
         sentinel = f"sentinel-{next(self.sentinels)}"
         self.dealer.send_multipart([b"", PURE.encode(HealthCheckRequest(sentinel))])
         pending = [x for x in expected if x[0] in ("reply", "error")]
         spawns = dict(spawns)
         counters = None
-        while counters is None or spawns:
+        while counters is None or spawns or pending:
             assert self.dealer.poll(15000), (
                 f"no reply within 15 s; waiting for {len(pending)} replies, {len(spawns)} spawn replies"
                 f"{'' if counters is None else ' (sentinel seen)'}; server alive: {self.server.proc.poll() is None}")
@@ -474,18 +487,13 @@ class FuzzClient:
                 assert frames[:-1] == spawns.pop(reply.request_id) and not reply.success
                 continue
             if isinstance(reply, HealthCheckResponse) and reply.request_id == sentinel:
-                assert not pending, f"{len(pending)} requests got no reply, e.g. one of kind {pending[0][0]}"
-                assert frames[:-1] == [b""]
+                assert counters is None and frames[:-1] == [b""]
                 counters = {k: int(reply.metadata.get(k, 0)) for k in _COUNTERS}
                 continue
-            assert pending, f"a reply nothing asked for: {frames[:-1]} {reply!r}"
-            kind, envelope, payload = pending.pop(0)
-            assert frames[:-1] == envelope, f"reply envelope {frames[:-1]} for a request with {envelope}"
-            if kind == "error":
-                assert reply.error.startswith("invalid request:"), reply
-                salvaged = salvaged_request_id(payload)
-                assert salvaged is None or reply.request_id == salvaged, (
-                    f"error reply with request_id {reply.request_id!r}, not {salvaged!r}, to {payload.hex()}")
+            match = next((i for i, (kind, envelope, payload) in enumerate(pending)
+                          if envelope == frames[:-1] and _answers(reply, kind, payload)), None)
+            assert match is not None, f"a reply nothing asked for (or in another envelope): {frames[:-1]} {reply!r}"
+            pending.pop(match)
         return counters
 
     def send(self, batch: list[list[bytes]]) -> None:

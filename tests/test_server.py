@@ -75,7 +75,8 @@ def test_every_request_type(server) -> None:
     assert replies[C.SIGNAL].data == {"signal_sent": "SIGSTOP"} and replies[C.SIGNAL].status == AgentStatus.PAUSED
     assert replies[C.CUSTOM_ACTION].data == {"action": "echo", "result": [1, "x"]}
     assert replies[C.STREAM_LOGS].data["topic"] == str(agent) and replies[C.STREAM_LOGS].data["enabled"]
-    until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines >= 1)
+    # cat echoes hello, then the pause and resume lines
+    until(lambda: server.call(OutputQueryRequest("o", agent, ZmqOutputStream.STDOUT)).total_lines >= 3)
     read = server.control(agent, C.READ_STDOUT)
     facts = read.data.pop("output")  # what the stream holds, and what it dropped (docs/protocol.md §6.20)
     assert read.data == {"bytes": 6, "data": "hello\n"}
