@@ -357,3 +357,40 @@ def test_agents_of_a_background_host_can_be_interrupted() -> None:
     assert proc.returncode == 0, proc.stderr
     ignored = int(proc.stdout.split()[1], 16)
     assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1))
+
+
+def test_a_stream_that_fills_its_pipe_gets_a_bigger_one_within_the_budget(run, monkeypatch) -> None:
+    from descartes_fast.agents import process as P
+    from descartes_fast.agents.backends import Launch
+
+    budget = P.PipeBudget(P.PIPE_SIZE - 65536)  # room to enlarge one default pipe, not two
+    monkeypatch.setattr(P, "PIPES", budget)
+    writer = ("import os\n"
+              "for _ in range(10):\n"
+              "    os.write(1, b'o' * 1_000_000)\n"
+              "    os.write(2, b'e' * 1_000_000)\n")
+
+    async def main() -> tuple[dict, dict, int]:
+        loop = asyncio.get_running_loop()
+        proc = await loop.run_in_executor(None, P.AgentProcess.start, Launch([PY, "-c", writer], {}, None, "null",
+                                                                              False), dict(os.environ))
+        got = {OUT: 0, ERR: 0}
+        sizes: dict[LogStreamType, set[int]] = {OUT: set(), ERR: set()}
+        exited = loop.create_future()
+
+        def on_output(stream: LogStreamType, data: bytes) -> None:
+            got[stream] += len(data)
+            if data:  # the kernel's own word for the pipe's size
+                sizes[stream].add(P.fcntl.fcntl(proc._pipes[stream].fileno(), P.fcntl.F_GETPIPE_SZ))
+
+        proc.watch(loop, on_output, lambda code, usage: exited.set_result(code))
+        code = await exited
+        return got, sizes, code
+
+    got, sizes, code = run(main())
+    assert code == 0 and got == {OUT: 10_000_000, ERR: 10_000_000}
+    enlarged = [s for s in (OUT, ERR) if P.PIPE_SIZE in sizes[s]]
+    assert len(enlarged) == 1, sizes  # the first to fill its pipe; the budget had room for one
+    other = ERR if enlarged == [OUT] else OUT
+    assert sizes[other] == {65536}
+    assert budget.used == 0  # given back when the pipes closed

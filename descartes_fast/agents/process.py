@@ -7,6 +7,7 @@ and signalled as a whole process group. No ZeroMQ and no agent state here: the s
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import resource
 import signal
@@ -17,10 +18,58 @@ from typing import IO
 from descartes_fast.agents.backends import Launch
 from descartes_fast.wire.schema import LogStreamType
 
-__all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "READ_SIZE"]
+__all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "PipeBudget", "PIPES", "PIPE_SIZE"]
 
-#: bytes taken from a pipe per read
-READ_SIZE = 65536
+#: the pipe capacity a busy stream gets. Linux gives a pipe 64 KiB; an agent that fills it blocks
+#: until the server has read it, and the server reads it often: with 1 MiB, about three times
+#: the capture rate (bench/output_bench.py).
+PIPE_SIZE = 1 << 20
+#: the most enlarged pipe capacity this process holds at once (see :class:`PipeBudget`)
+PIPE_BUDGET_MAX = 16 << 20
+
+
+class PipeBudget:
+    """How much capacity beyond the default this process's pipes may hold at once.
+
+    The kernel counts pipe capacity per user; past ``/proc/sys/fs/pipe-user-pages-soft`` (64 MiB
+    by default) it gives every new pipe of that user two pages only (the agents' own pipes too),
+    and refuses to enlarge any. So only streams that fill their pipe are enlarged, and only while
+    the total stays within a quarter of that limit (at most :data:`PIPE_BUDGET_MAX`); a pipe gives
+    its share back when it closes. Used on the event loop's thread only.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @classmethod
+    def from_kernel(cls) -> PipeBudget:
+        try:
+            with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+                pages = int(f.read())
+        except (OSError, ValueError):
+            pages = 0
+        soft = pages * os.sysconf("SC_PAGE_SIZE") if pages else PIPE_BUDGET_MAX * 4  # 0: no soft limit
+        return cls(min(PIPE_BUDGET_MAX, soft // 4))
+
+    def grow(self, fd: int, capacity: int) -> int:
+        """Enlarge the pipe *fd* (of *capacity* bytes) to :data:`PIPE_SIZE` if the budget allows;
+        its capacity afterwards."""
+        if capacity >= PIPE_SIZE or self.used + PIPE_SIZE - capacity > self.limit:
+            return capacity
+        try:
+            grown = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:  # the kernel refused (the user's pipes hold too much already)
+            return capacity
+        self.used += grown - capacity
+        return grown
+
+    def release(self, extra: int) -> None:
+        self.used -= extra
+
+
+#: this process's budget (the kernel's limit is per user, so one count per process)
+PIPES = PipeBudget.from_kernel()
 
 #: ``on_output(stream, data)``: *data* as read, ``b""`` once at the end of the stream
 OutputCallback = Callable[[LogStreamType, bytes], None]
@@ -49,6 +98,8 @@ class AgentProcess:
         assert popen.stdout is not None and popen.stderr is not None  # start() pipes both
         self._pipes: dict[LogStreamType, IO[bytes]] = {LogStreamType.STDOUT: popen.stdout,
                                                        LogStreamType.STDERR: popen.stderr}
+        self._capacity = {s: fcntl.fcntl(p.fileno(), fcntl.F_GETPIPE_SZ) for s, p in self._pipes.items()}
+        self._grown = dict.fromkeys(self._pipes, 0)  # capacity beyond the default, from PIPES
 
     @classmethod
     def start(cls, launch: Launch, env: dict[str, str]) -> AgentProcess:
@@ -162,18 +213,24 @@ class AgentProcess:
         pipe = self._pipes[stream]
         if pipe.closed:
             return False
+        capacity = self._capacity[stream]
         try:
-            data = os.read(pipe.fileno(), READ_SIZE)
+            data = os.read(pipe.fileno(), capacity)
         except BlockingIOError:
             return False
         except OSError:
             data = b""
         assert self._on_output is not None and self._loop is not None
         if data:
+            if len(data) == capacity < PIPE_SIZE:  # the pipe was full: the writer waits for us
+                self._capacity[stream] = PIPES.grow(pipe.fileno(), capacity)
+                self._grown[stream] += self._capacity[stream] - capacity
             self._on_output(stream, data)
             return True
         self._loop.remove_reader(pipe.fileno())
         pipe.close()
+        PIPES.release(self._grown[stream])
+        self._grown[stream] = 0
         self._on_output(stream, b"")
         return False
 

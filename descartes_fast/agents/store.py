@@ -154,6 +154,7 @@ class _Ring:
             self._append(data)
 
     def _append(self, data: bytes | memoryview) -> None:
+        data = memoryview(data)  # slices below copy nothing
         n = len(data)
         buf, cap = self._buf, self.capacity
         self.end += n
