@@ -439,13 +439,13 @@ class AsyncClient:
         events = await self.subscribe_status_updates(agent_id)
         if not self.descartes_fast_server:
             return Follow(logs, events, await self._ended(agent_id), lambda: self._ended(agent_id), _POLL_OTHERS)
-        return Replay(self, agent_id, _LOG_STREAMS[streams], Start(from_line, from_sequence, from_now), logs, events,
-                      _POLL_OURS)
+        return Replay(self.read_output, agent_id, _LOG_STREAMS[streams], Start(from_line, from_sequence, from_now),
+                      logs, events, _POLL_OURS)
 
     async def stored_output(self, agent_id: uuid.UUID, streams: ZmqOutputStream = ZmqOutputStream.BOTH) -> Replay:
         """Every chunk the server stores for the agent now, stdout and stderr in the order they were
         written (no live chunks: it ends when it has read what is stored)."""
-        return Replay(self, agent_id, _LOG_STREAMS[streams], Start(), None, None, _POLL_OURS)
+        return Replay(self.read_output, agent_id, _LOG_STREAMS[streams], Start(), None, None, _POLL_OURS)
 
     async def read_output(self, agent_id: uuid.UUID, stream: LogStreamType, *, offset: int | None = None,
                           sequence: int | None = None, line: int | None = None,

@@ -14,19 +14,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from descartes_fast.client.subscriptions import Subscription
 from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, OutputReadResponse, StatusUpdate
-
-if TYPE_CHECKING:
-    from descartes_fast.client.async_client import AsyncClient
 
 __all__ = ["Start", "Replay"]
 
 #: bytes asked for per read of stored output
 PAGE = 512 << 10
+
+
+class ReadOutput(Protocol):
+    """``AsyncClient.read_output``: one ``output_read`` request."""
+
+    def __call__(self, agent_id: Any, stream: LogStreamType, *, offset: int | None = None,
+                 sequence: int | None = None, line: int | None = None,
+                 max_bytes: int | None = None) -> Awaitable[OutputReadResponse]: ...
 
 
 @dataclass(frozen=True)
@@ -48,20 +54,22 @@ class _Cursor:
     caught_up: bool = False  # every chunk stored when last asked has been read
     ended: bool = False      # the agent has ended and every chunk up to its end was read
     pending: collections.deque[LogStreamMessage] = field(default_factory=collections.deque)
+    ahead: tuple[int, asyncio.Future[OutputReadResponse]] | None = None  # the next read, already asked
 
 
 class Replay:
     """An async iterator of the agent's :class:`LogStreamMessage` chunks; see the module docstring.
 
-    With *live* False it gives only what is stored now and ends (``descartes-fast logs``).
+    *read_output* is ``AsyncClient.read_output``. Without *logs* (a subscription to the live chunks)
+    it gives only what is stored now and ends (``descartes-fast logs``).
     *dropped* counts the chunks the server had already dropped (its retention budget) at the
     starting point, per stream.
     """
 
-    def __init__(self, client: AsyncClient, agent_id: Any, streams: tuple[LogStreamType, ...], start: Start,
+    def __init__(self, read_output: ReadOutput, agent_id: Any, streams: tuple[LogStreamType, ...], start: Start,
                  logs: Subscription[LogStreamMessage] | None, events: Subscription[StatusUpdate] | None,
                  poll_interval: float) -> None:
-        self.client, self.agent_id = client, agent_id
+        self.read_output, self.agent_id = read_output, agent_id
         self.logs, self.events = logs, events
         self.start = start
         self.poll_interval = poll_interval
@@ -109,11 +117,11 @@ class Replay:
         self._primed = True
         for cursor in self.cursors.values():
             if self.start.now:
-                reply = await self.client.read_output(self.agent_id, cursor.stream, sequence=1 << 62, max_bytes=1)
+                reply = await self.read_output(self.agent_id, cursor.stream, sequence=1 << 62, max_bytes=1)
                 cursor.next_sequence, cursor.caught_up = reply.end_sequence, True
                 cursor.ended = reply.ended
             elif self.start.line is not None:
-                reply = await self.client.read_output(self.agent_id, cursor.stream, line=self.start.line,
+                reply = await self.read_output(self.agent_id, cursor.stream, line=self.start.line,
                                                       max_bytes=PAGE)
                 self.dropped[cursor.stream] = reply.first_sequence
                 cursor.next_sequence = reply.sequence
@@ -122,13 +130,29 @@ class Replay:
                 cursor.next_sequence = self.start.sequence or 0
 
     async def _read(self, cursor: _Cursor) -> None:
-        """Read a page of stored chunks of *cursor* (which has none queued), from its next one."""
-        reply = await self.client.read_output(self.agent_id, cursor.stream, sequence=cursor.next_sequence,
-                                              max_bytes=PAGE)
+        """Read a page of stored chunks of *cursor* (which has none queued), from its next one. While
+        more is stored, the page after it is asked for at once: the server reads it while this one
+        is given out (one request at a time would leave both sides waiting half the time)."""
+        ahead, cursor.ahead = cursor.ahead, None
+        if ahead is not None and ahead[0] == cursor.next_sequence:
+            reply = await ahead[1]
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            reply = await self._ask(cursor, cursor.next_sequence)
         if reply.sequence > cursor.next_sequence:  # gone before we got there: the budget dropped them
             self.dropped[cursor.stream] += reply.sequence - cursor.next_sequence
             cursor.next_sequence = reply.sequence
         self._take(cursor, reply)
+        if not cursor.caught_up:
+            after = reply.sequence + len(reply.chunk_ends)
+            ahead_read = asyncio.ensure_future(self._ask(cursor, after))
+            # a read ahead that nobody takes (the reader stopped, the client disconnected) fails quietly
+            ahead_read.add_done_callback(lambda f: f.cancelled() or f.exception())
+            cursor.ahead = (after, ahead_read)
+
+    async def _ask(self, cursor: _Cursor, sequence: int) -> OutputReadResponse:
+        return await self.read_output(self.agent_id, cursor.stream, sequence=sequence, max_bytes=PAGE)
 
     def _take(self, cursor: _Cursor, reply: OutputReadResponse) -> None:
         """Queue the chunks of a read; note whether the stream is caught up, or over."""
@@ -199,6 +223,10 @@ class Replay:
         # (below: already read)
 
     async def aclose(self) -> None:
+        for cursor in self.cursors.values():
+            if cursor.ahead is not None:
+                cursor.ahead[1].cancel()
+                cursor.ahead = None
         if self._next_event is not None:
             self._next_event.cancel()
             self._next_event = None
