@@ -27,7 +27,7 @@ from report import TARGETS, Row, machine, print_targets  # noqa: E402
 
 #: script -> extra arguments for --quick
 SCRIPTS = {"codec_ratios.py": ["--rounds", "5"], "server_bench.py": ["--quick"], "client_bench.py": ["--quick"],
-           "pubsub_bench.py": ["--quick"]}
+           "pubsub_bench.py": ["--quick"], "output_bench.py": ["--quick"]}
 #: a ratio this much worse than in the compared run counts as a regression
 REGRESSION = 0.05
 
