@@ -394,3 +394,35 @@ def test_a_stream_that_fills_its_pipe_gets_a_bigger_one_within_the_budget(run, m
     other = ERR if enlarged == [OUT] else OUT
     assert sizes[other] == {65536}
     assert budget.used == 0  # given back when the pipes closed
+
+
+def test_records_are_written_in_the_turn_they_are_put_in_and_an_agent_without_output_is_kept(run, tmp_path) -> None:
+    import sqlite3
+
+    from support.agents import state_dir as make_state
+
+    def on_disk(path) -> dict[str, str]:  # what another reader of agents.db sees
+        with sqlite3.connect(path / "agents.db") as db:
+            return dict(db.execute("select id, status from agents").fetchall())
+
+    async def first_run() -> uuid.UUID:
+        sup = Supervisor(make_state(tmp_path / "s"), BACKENDS, listener=Recorder())
+        agent = await sup.spawn(sh("sleep 30"))
+        assert str(agent.id) not in on_disk(tmp_path / "s")  # put in this turn of the loop: not yet
+        await asyncio.sleep(0)
+        assert on_disk(tmp_path / "s")[str(agent.id)] == "running"  # the turn is over: written
+        await sup.shutdown()  # stops it
+        sup.state.close()
+        return agent.id
+
+    agent_id = run(first_run())
+    assert not (tmp_path / "s" / "agents" / str(agent_id)).exists()  # it wrote nothing: no directory
+
+    async def second_run() -> None:
+        sup = Supervisor(make_state(tmp_path / "s"), BACKENDS, listener=Recorder())
+        agent = sup.get(agent_id)
+        assert agent.status == AgentStatus.TERMINATED
+        assert agent.output[OUT].read(offset=0).data == b""
+        sup.state.close()
+
+    run(second_run())

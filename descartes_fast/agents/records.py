@@ -2,15 +2,20 @@
 whose process, whose place in the server's memory and whose server are gone.
 
 One row per agent (its config, owner, pid, status, pause, exit code, reason, start and end),
-written when it is spawned and at every change of its state. SQLite in WAL mode keeps the file
-readable whatever moment the server dies at.
+put when it is spawned and at every change of its state. On the event loop, every row put in
+one turn of the loop is written at its end in one transaction (a transaction costs several
+rows' worth; a row put twice meanwhile is written once): a crash of the server loses only that
+turn's rows. Reads see every row put. SQLite in WAL mode keeps the file readable whatever
+moment the server dies at.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sqlite3
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any
 
 from descartes_fast.wire.schema import AgentConfig, AgentStatus, PauseMode
 
-__all__ = ["AgentRecord", "AgentRecords"]
+__all__ = ["AgentRecord", "AgentRecords", "config_json"]
 
 _SCHEMA = """
 create table if not exists agents (
@@ -36,6 +41,15 @@ create table if not exists agents (
 )"""
 _COLUMNS = ("id", "config", "owner", "started_at", "status", "pause_mode", "paused_at", "pid", "exit_code",
             "reason", "ended_at")
+_PUT = f"insert or replace into agents ({', '.join(_COLUMNS)}) values ({', '.join('?' * len(_COLUMNS))})"
+_SELECT = f"select {', '.join(_COLUMNS)} from agents"
+#: AgentConfig's fields: its values are JSON already (str, dict, None), no deep copy needed
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(AgentConfig))
+
+
+def config_json(config: AgentConfig) -> str:
+    """*config* as stored (an agent's never changes: callers may keep it)."""
+    return json.dumps({name: getattr(config, name) for name in _CONFIG_FIELDS})
 
 
 @dataclass
@@ -53,9 +67,10 @@ class AgentRecord:
     exit_code: int | None = None
     reason: str | None = None
     ended_at: int | None = None  # ns since the epoch
+    config_json: str = dataclasses.field(default="", compare=False, repr=False)  # config_json(config), if known
 
     def _row(self) -> tuple[Any, ...]:
-        return (str(self.id), json.dumps(dataclasses.asdict(self.config)), self.owner, self.started_at,
+        return (str(self.id), self.config_json or config_json(self.config), self.owner, self.started_at,
                 self.status.value, self.pause_mode.value if self.pause_mode else None, self.paused_at, self.pid,
                 self.exit_code, self.reason, self.ended_at)
 
@@ -68,7 +83,7 @@ class AgentRecord:
 
 
 class AgentRecords:
-    """The ``agents.db`` of a state directory."""
+    """The ``agents.db`` of a state directory (any thread; rows are put on the event loop's)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -76,35 +91,62 @@ class AgentRecords:
         self._db.execute("pragma journal_mode = wal")
         self._db.execute("pragma synchronous = normal")  # a crash of the server loses nothing; of the machine, little
         self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[Any, ...]] = {}  # id -> the latest row put, not yet written
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
     def put(self, record: AgentRecord) -> None:
-        """Insert or replace *record*."""
-        self._db.execute(f"insert or replace into agents ({', '.join(_COLUMNS)}) values "
-                         f"({', '.join('?' * len(_COLUMNS))})", record._row())
+        """Insert or replace *record*: at the end of this turn of the running event loop, with the
+        other rows put in it (at once where no loop runs)."""
+        row = record._row()
+        with self._lock:
+            first = not self._pending
+            self._pending[row[0]] = row
+        if first:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write every row put so far."""
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """(Holding _lock.)"""
+        if self._pending:
+            rows, self._pending = list(self._pending.values()), {}
+            self._db.execute("begin")
+            self._db.executemany(_PUT, rows)
+            self._db.execute("commit")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            self._write_pending()
+            return self._db.execute(sql, args).fetchall()
 
     def get(self, agent_id: uuid.UUID) -> AgentRecord | None:
-        row = self._db.execute(f"select {', '.join(_COLUMNS)} from agents where id = ?", (str(agent_id),)).fetchone()
-        return AgentRecord._from_row(row) if row else None
+        rows = self._query(f"{_SELECT} where id = ?", (str(agent_id),))
+        return AgentRecord._from_row(rows[0]) if rows else None
 
     def delete(self, agent_id: uuid.UUID) -> None:
-        self._db.execute("delete from agents where id = ?", (str(agent_id),))
+        self._query("delete from agents where id = ?", (str(agent_id),))
 
     def ended(self) -> list[AgentRecord]:
         """The agents that have ended, the one that ended first first."""
-        rows = self._db.execute(f"select {', '.join(_COLUMNS)} from agents where ended_at is not null "
-                                "order by ended_at").fetchall()
+        rows = self._query(f"{_SELECT} where ended_at is not null order by ended_at")
         return [AgentRecord._from_row(r) for r in rows]
 
     def unended(self) -> list[AgentRecord]:
         """The agents that had not ended when the last server stopped, in spawn order."""
-        rows = self._db.execute(f"select {', '.join(_COLUMNS)} from agents where ended_at is null "
-                                "order by started_at").fetchall()
+        rows = self._query(f"{_SELECT} where ended_at is null order by started_at")
         return [AgentRecord._from_row(r) for r in rows]
 
     def ended_ids(self) -> list[uuid.UUID]:
         """The ids of the agents that have ended, the one that ended first first."""
-        return [uuid.UUID(r[0]) for r in self._db.execute(
-            "select id from agents where ended_at is not null order by ended_at").fetchall()]
+        rows = self._query("select id from agents where ended_at is not null order by ended_at")
+        return [uuid.UUID(r[0]) for r in rows]

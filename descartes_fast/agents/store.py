@@ -252,6 +252,8 @@ class StreamLog:
 
     def _open_segment(self, number: int, offset: int, line: int, sequence: int) -> _Segment:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        if not self._segments:  # the agent's directory is made with its first byte (most spawns have none)
+            self.directory.mkdir(mode=0o700, exist_ok=True)
         self._log_fd = os.open(self._path(number, "log"), flags, 0o600)
         self._idx_fd = os.open(self._path(number, "idx"), flags, 0o600)
         os.write(self._idx_fd, RECORD.pack(offset, line, sequence))
@@ -507,7 +509,7 @@ class StreamLog:
         the agent has ended). The in-memory tail starts empty (reads go to disk)."""
         log = cls(directory, name, tail_bytes=tail_bytes, segment_bytes=segment_bytes, on_size=on_size,
                   line_max=line_max)
-        numbers = sorted(int(m.group(2)) for p in directory.iterdir()
+        numbers = sorted(int(m.group(2)) for p in (directory.iterdir() if directory.is_dir() else ())
                          if (m := _SEGMENT.match(p.name)) and m.group(1) == name)
         for number in numbers:
             seg = log._load(number)
@@ -664,19 +666,16 @@ class OutputStore:
 
     def create(self, agent_id: uuid.UUID) -> AgentOutput:
         directory = self.root / str(agent_id)
-        directory.mkdir(mode=0o700)
         streams = {s: StreamLog(directory, s.value, tail_bytes=self.tail_bytes // 2,
                                 segment_bytes=self.segment_bytes, on_size=self._sized) for s in LogStreamType}
         output = self._live[agent_id] = AgentOutput(self, agent_id, directory, streams)
         return output
 
-    def open(self, agent_id: uuid.UUID, ended: bool) -> AgentOutput | None:
-        """The stored output of an agent of an earlier run (None when none is stored)."""
+    def open(self, agent_id: uuid.UUID, ended: bool) -> AgentOutput:
+        """The stored output of an agent of an earlier run (empty if it wrote nothing)."""
         if agent_id in self._live:
             return self._live[agent_id]
         directory = self.root / str(agent_id)
-        if not directory.is_dir():
-            return None
         self.size -= self._sizes.pop(agent_id, 0)
         streams = {s: StreamLog.reopen(directory, s.value, tail_bytes=self.tail_bytes // 2,
                                        segment_bytes=self.segment_bytes, ended=ended, on_size=self._sized)

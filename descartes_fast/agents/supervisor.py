@@ -35,7 +35,7 @@ from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
 from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
 from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError
-from descartes_fast.agents.records import AgentRecord
+from descartes_fast.agents.records import AgentRecord, config_json
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
 from descartes_fast.wire.schema import (
@@ -144,6 +144,7 @@ class Agent:
     limit_hit: bool = False               # a limit ended it: ``failed`` with ``reason``, whatever the exit
     cursors: dict[LogStreamType, int] = field(default_factory=dict, repr=False)  # read_stdout/stderr: next line
     _wall_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    _config_json: str = field(default="", repr=False)  # the config as the records keep it
 
     def info(self) -> AgentInfo:
         return AgentInfo(self.id, self.config.name, self.status, self.config.model_backend,
@@ -167,8 +168,10 @@ class Agent:
         return self.output[stream].facts()
 
     def record(self) -> AgentRecord:
+        if not self._config_json:
+            self._config_json = config_json(self.config)
         return AgentRecord(self.id, self.config, self.owner, self.started_at, self.status, self.pause_mode,
-                           self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at)
+                           self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at, self._config_json)
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -232,10 +235,9 @@ class Supervisor:
         agent = self._agents.get(agent_id) or self._past.get(agent_id)
         if agent is None:
             record = self.state.records.get(agent_id)
-            output = self.state.store.open(agent_id, ended=True) if record is not None else None
-            if record is None or output is None:
+            if record is None:  # (an agent's record goes when the store's budget deletes its output)
                 raise AgentNotFoundError(agent_id)
-            agent = self._past[agent_id] = self._from_record(record, output)
+            agent = self._past[agent_id] = self._from_record(record, self.state.store.open(agent_id, ended=True))
             while len(self._past) > _PAST_KEPT:
                 self.state.store.release(self._past.popitem(last=False)[0])
         return agent
@@ -254,18 +256,15 @@ class Supervisor:
         for record in records.unended():
             record.status, record.reason, record.ended_at = AgentStatus.FAILED, LOST, now
             records.put(record)
-            output = self.state.store.open(record.id, ended=True)  # repairs what the crash cut short
-            if output is not None:
-                self.state.store.release(record.id)
+            self.state.store.open(record.id, ended=True)  # repairs what the crash cut short
+            self.state.store.release(record.id)
             log.warning("agent %s (%s) was running when the previous server stopped: marked failed",
                         record.id, record.config.model_backend)
         horizon = now - int(self.retention * 1e9)
         kept = [r for r in records.ended() if (r.ended_at or 0) > horizon][-self.max_retained:]
         for record in kept:
-            output = self.state.store.open(record.id, ended=True)
-            if output is not None:
-                self._agents[record.id] = self._from_record(record, output)
-                self._finished.append(record.id)
+            self._agents[record.id] = self._from_record(record, self.state.store.open(record.id, ended=True))
+            self._finished.append(record.id)
 
     def _output_evicted(self, agent_id: uuid.UUID) -> None:
         """The output store deleted a finished agent's output to stay within its budget: it is gone."""
