@@ -299,11 +299,11 @@ def test_big_reads_and_queries_do_not_delay_health_checks(tmp_path, main_impleme
                 assert proc.returncode == 0, proc.stderr
                 results.update(json.loads(proc.stdout))
 
-            # This machine is shared: a run can be disturbed from outside. The server must keep the health
-            # checks within 5 ms of their idle latency in one of three runs (a loop held by a read or a
-            # query for longer would fail all three).
+            # This machine is shared: a run can be disturbed from outside (the idle p99 alone varies from 2
+            # to 6 ms here). The server must keep the health checks within 5 ms of their idle latency in
+            # one of five runs (a loop held by a read or a query for longer would fail all five).
             attempts = []
-            for _ in range(3):
+            for _ in range(5):
                 idle = health_latencies(server, lambda: time.sleep(1.0))
                 busy = health_latencies(server, read_and_query)
                 attempts.append((p99(busy), p99(idle)))
@@ -312,6 +312,7 @@ def test_big_reads_and_queries_do_not_delay_health_checks(tmp_path, main_impleme
         matching = sum(1 for i in range(1_300_000) if "9999" in f"{i:08d}")
         assert results == {"read": 1_300_000 * 41, "matching": matching, "page": 100}
         shown = ", ".join(f"{b * 1e3:.2f} ms (idle {i * 1e3:.2f} ms)" for b, i in attempts)
+        print("health p99 while reading:", shown)
         assert any(b <= i + 0.005 for b, i in attempts), f"health p99 while reading: {shown}"
     finally:
         server.close()
