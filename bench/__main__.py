@@ -2,7 +2,7 @@
 
     python -m bench [--quick] [--json OUT] [--compare OLD.json] [--plot OUT.png]
 
-It runs ``codec_ratios.py``, ``server_bench.py``, ``client_bench.py`` and ``pubsub_bench.py``
+It runs ``codec_ratios.py``, ``server_bench.py``, ``client_bench.py``, ``pubsub_bench.py`` and ``output_bench.py``
 (each in its own process, one after the other), checks each measured ratio against ``bench/targets.toml``,
 prints one table of measured value, reference, ratio, target and PASS/FAIL, and writes
 everything as JSON (default ``bench-results.json``). ``--compare OLD.json`` shows, for every

@@ -141,6 +141,17 @@ def test_hand_written_c_is_committed_and_not_ignored() -> None:
     assert _git("check-ignore", "-q", "_speedups/wire/_codec_c.c").returncode == 0  # Cython's output is
 
 
+def test_no_tracked_file_reaches_outside_the_repository() -> None:
+    # tests/golden.py once read its vectors from a folder beside the clone, which a user's clone
+    # does not have: every path a tracked file names stays inside the repository
+    hits = _git("grep", "-n", "-I", "-E", r"(^|[\"' (=])\.\./\.\./|(^|[\"' (=])\.\./[A-Za-z]").stdout.splitlines()
+    allowed = ("tests/test_security.py:",  # a key name the CLI must refuse
+               ".ci/run:")  # from inside the unpacked sdist, back to the build folder
+    assert [h for h in hits if not h.startswith(allowed)] == []
+    vectors = ROOT / "tests" / "data" / "golden-vectors.json"
+    assert vectors.is_file() and "tests/data/golden-vectors.json" in _git("ls-files", "tests/data").stdout.split()
+
+
 @pytest.mark.c_extension
 @pytest.mark.parametrize("module", ["descartes_fast.wire._codec_c", "descartes_fast.wire._dispatch_c"])
 def test_a_compiled_twin_with_stale_constants_refuses_to_load(module) -> None:
