@@ -6,8 +6,9 @@ It runs ``codec_ratios.py``, ``server_bench.py``, ``client_bench.py``, ``pubsub_
 (each in its own process, one after the other), checks each measured ratio against ``bench/targets.toml``,
 prints one table of measured value, reference, ratio, target and PASS/FAIL, and writes
 everything as JSON (default ``bench-results.json``). ``--compare OLD.json`` shows, for every
-target, how the ratio moved since that earlier run and marks what got slower. About two
-minutes by default, under one minute with ``--quick``. Exit status 1 if a target fails.
+target, how the ratio moved since that earlier run and marks what got slower. About six
+minutes by default (output_bench's gigabyte and supervisord are most of it), two with ``--quick``.
+Exit status 1 if a target fails.
 """
 
 from __future__ import annotations

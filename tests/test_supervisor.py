@@ -295,6 +295,42 @@ def test_spawn_errors_and_limits(run, supervisor) -> None:
     run(main())
 
 
+def test_the_active_count_follows_every_status_change(run, supervisor) -> None:
+    # kept as it changes (spawn asks at every call), so it must agree with the agents' statuses
+    active = {AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNING, AgentStatus.THINKING,
+              AgentStatus.PAUSED}
+
+    def agrees(sup) -> None:
+        for owner in (None, "a", "b"):
+            want = sum(1 for a in sup.agents() if a.status in active and owner in (None, a.owner))
+            assert sup.active_count(owner) == want, (owner, [(a.owner, a.status) for a in sup.agents()])
+
+    async def main():
+        sup, _ = supervisor()
+        done = await sup.spawn(sh("true"), owner="a")
+        bad = await sup.spawn(sh("exit 3"), owner="b")
+        stopped = await sup.spawn(sh("sleep 30"), owner="a")
+        paused = await sup.spawn(sh("sleep 30"), owner="b")
+        assert sup.active_count() >= 2
+        agrees(sup)
+        await sup.wait(done.id)
+        await sup.wait(bad.id)
+        agrees(sup)
+        sup.pause(paused.id, force=True)
+        sup.stop(stopped.id)  # terminated at once, though its process may not have exited yet
+        agrees(sup)
+        assert sup.active_count() == 1 and sup.active_count("b") == 1 and sup.active_count("a") == 0
+        await sup.wait(stopped.id)
+        sup.resume(paused.id)
+        agrees(sup)
+        sup.kill(paused.id)
+        await sup.wait(paused.id)
+        agrees(sup)
+        assert sup.active_count() == 0
+        await sup.shutdown()
+    run(main())
+
+
 def test_environment_reaches_the_agent_without_claudecode(run, monkeypatch, supervisor) -> None:
     monkeypatch.setenv("CLAUDECODE", "1")
     async def main():

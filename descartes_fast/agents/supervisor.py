@@ -216,6 +216,7 @@ class Supervisor:
         self.max_retained = max_retained
         self.listener: Listener = listener or _Silent()
         self._agents: dict[uuid.UUID, Agent] = {}
+        self._active: dict[uuid.UUID, Agent] = {}  # those of _agents whose status is active (see _track)
         self._finished: collections.deque[uuid.UUID] = collections.deque()
         self._past: collections.OrderedDict[uuid.UUID, Agent] = collections.OrderedDict()  # of the records
         self._env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
@@ -284,8 +285,16 @@ class Supervisor:
 
     def active_count(self, owner: str | None = None) -> int:
         """Active agents (of *owner* only, if given)."""
-        return sum(1 for a in self._agents.values()
-                   if a.status in _ACTIVE and (owner is None or a.owner == owner))
+        if owner is None:
+            return len(self._active)  # (asked at every spawn: not a scan of every agent retained)
+        return sum(1 for a in self._active.values() if a.owner == owner)
+
+    def _track(self, agent: Agent) -> None:
+        """Keep ``_active`` true to *agent*'s status; called wherever a status is set."""
+        if agent.status in _ACTIVE:
+            self._active[agent.id] = agent
+        else:
+            self._active.pop(agent.id, None)
 
     def _evict(self) -> None:
         """Finished agents past the retention limits leave memory (their records and output stay)."""
@@ -349,6 +358,7 @@ class Supervisor:
         agent = Agent(agent_id, config, launch, process, time.time_ns(), self.state.store.create(agent_id),
                       loop.create_future(), Limits.of(policy, timeout_secs), owner)
         self._agents[agent.id] = agent
+        self._track(agent)
         self.state.records.put(agent.record())
         process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
                       lambda code, usage: self._on_exit(agent, code, usage))
@@ -414,6 +424,7 @@ class Supervisor:
         if agent.status != AgentStatus.TERMINATED:  # stop and kill are sticky
             ok = exit_code == 0 and not agent.limit_hit
             agent.status = AgentStatus.COMPLETED if ok else AgentStatus.FAILED
+            self._track(agent)
             if not ok and agent.reason is None:
                 agent.reason = f"killed by signal {-exit_code}" if exit_code < 0 else \
                     f"exited with status {exit_code}"
@@ -458,6 +469,7 @@ class Supervisor:
     def _set(self, agent: Agent, status: AgentStatus, message: str,
              kind: StatusUpdateType = StatusUpdateType.STATUS_CHANGED) -> None:
         agent.status = status
+        self._track(agent)
         if status != AgentStatus.PAUSED:
             agent.pause_mode = agent.paused_at = None
         self.state.records.put(agent.record())
@@ -503,6 +515,7 @@ class Supervisor:
         agent.pause_mode = PauseMode.COOPERATIVE if cooperative else PauseMode.FORCED
         agent.paused_at = time.time_ns()
         agent.status = AgentStatus.PAUSED
+        self._track(agent)
         self.state.records.put(agent.record())
         self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, f"paused ({agent.pause_mode})")
         return agent.pause_mode
