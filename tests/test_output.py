@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from support.procs import rss_kib
 from support.server import Server
 from support.waiting import until
 
-from descartes_fast.client import Client
+from descartes_fast.client import Client, ServerError
 from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, ZmqOutputStream
 
 PY = sys.executable
@@ -137,6 +139,81 @@ def test_output_is_kept_exactly_after_the_end_after_retention_and_after_a_restar
             assert page.total_lines > 3 and len(page.lines) == 3 and page.has_more
     finally:
         again.close()
+
+
+def test_a_server_killed_with_sigkill_leaves_its_output_and_records_whole(tmp_path, main_implementation) -> None:
+    want = digests(expected(7))
+    server = Server(tmp_path, main_implementation)
+    pid = None
+    try:
+        with client(server) as c:
+            done = spawn_py(c, WRITER.replace("SEED", "7"))
+            wait_ended(c, done)
+            running = spawn_py(c, "import os, time\nprint(os.getpid(), flush=True)\n"
+                                  "for i in range(100): print(f'line {i}', flush=True)\ntime.sleep(120)\n")
+            until(lambda: stored(c, running)[OUT].endswith(b"line 99\n"), 30)
+            pid = int(stored(c, running)[OUT].split(b"\n", 1)[0])
+        server.proc.kill()  # no goodbye: nothing is flushed or closed by the server
+        server.close()
+        again = Server(tmp_path, main_implementation)  # the same state directory
+        try:
+            with client(again) as c:
+                assert c.get_agent_status(done) == AgentStatus.COMPLETED
+                assert digests(stored(c, done)) == want
+                # not adopted (yet): the agent that ran is known, failed, with what it wrote until the kill
+                assert c.get_agent_status(running) == AgentStatus.FAILED
+                assert stored(c, running)[OUT] == f"{pid}\n".encode() + b"".join(b"line %d\n" % i for i in range(100))
+            assert "was running when the previous server stopped" in again.log()
+        finally:
+            again.close()
+    finally:
+        if pid is not None:  # it outlived its server (a keeper adopting it is issue 13's)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_the_directory_budget_deletes_the_oldest_finished_agents_then_old_segments(tmp_path,
+                                                                                  main_implementation) -> None:
+    budget = 3 * MiB
+    server = Server(tmp_path, main_implementation, "--state-max-bytes", str(budget), "--log-max-bytes", "8MiB")
+
+    def writes(char: str, lines: int) -> str:
+        return f"import sys; [sys.stdout.buffer.write(b'{char}' * 99 + b'\\n') for _ in range({lines})]"
+
+    def disk() -> int:
+        return sum(p.stat().st_size for p in (server.state_dir / "agents").rglob("*") if p.is_file())
+
+    try:
+        with client(server) as c:
+            first = []
+            for _ in range(3):  # 3 MB in all: within the budget
+                first.append(spawn_py(c, writes("x", 10_000)))
+                wait_ended(c, first[-1])
+            assert all(len(stored(c, a)[OUT]) == 1_000_000 for a in first)
+            fourth = spawn_py(c, writes("y", 15_000))
+            wait_ended(c, fourth)
+            for gone in first[:2]:  # the two that ended first, deleted whole, records and all
+                with pytest.raises(ServerError, match="Agent not found"):
+                    c.get_agent_status(gone)
+            assert stored(c, first[2])[OUT] == (b"x" * 99 + b"\n") * 10_000
+            assert stored(c, fourth)[OUT] == (b"y" * 99 + b"\n") * 15_000
+            assert disk() <= budget
+            # a live agent bigger than the budget: the finished ones go, then its own oldest segments
+            big = spawn_py(c, writes("z", 60_000))
+            wait_ended(c, big)
+            for gone in (first[2], fourth):
+                with pytest.raises(ServerError, match="Agent not found"):
+                    c.get_agent_status(gone)
+            facts = c.read_output(big, OUT, max_bytes=1)
+            assert facts.end_offset == 6_000_000 and facts.first_offset > 0
+            data = stored(c, big)[OUT]
+            assert facts.first_offset % 100 == 0  # whole lines (whole chunks, whole segments) went
+            assert data == (b"z" * 99 + b"\n") * ((6_000_000 - facts.first_offset) // 100)
+            assert disk() <= budget
+    finally:
+        server.close()
 
 
 def test_a_line_without_end_is_split_and_counted_not_dropped(tmp_path, main_implementation) -> None:
