@@ -462,3 +462,37 @@ def test_records_are_written_in_the_turn_they_are_put_in_and_an_agent_without_ou
         sup.state.close()
 
     run(second_run())
+
+
+def test_the_state_directory_is_its_owners_alone_and_one_servers(run, tmp_path) -> None:
+    import stat
+
+    from support.agents import state_dir as make_state
+
+    from descartes_fast.agents.state import StateError
+
+    old = os.umask(0o002)  # a permissive umask: the modes must not depend on it
+    try:
+        state = make_state(tmp_path / "s")
+
+        async def write() -> uuid.UUID:
+            sup = Supervisor(state, BACKENDS, listener=Recorder())
+            agent = await sup.spawn(sh("echo secret; echo more >&2"))
+            await sup.wait(agent.id)
+            await sup.shutdown()
+            return agent.id
+
+        agent_id = run(write())
+        with pytest.raises(StateError, match=rf"in use by another descartes-fast-server \(pid {os.getpid()}\)"):
+            make_state(tmp_path / "s")
+        state.close()
+    finally:
+        os.umask(old)
+    mode = {p.relative_to(tmp_path / "s").as_posix(): stat.S_IMODE(p.stat().st_mode)
+            for p in [tmp_path / "s", *(tmp_path / "s").rglob("*")]}
+    assert mode["."] == mode["agents"] == mode[f"agents/{agent_id}"] == 0o700, mode
+    files = {name: m for name, m in mode.items() if (tmp_path / "s" / name).is_file()}
+    assert {"agents.db", "lock", f"agents/{agent_id}/stdout.000000.log", f"agents/{agent_id}/stderr.000000.idx"} \
+        <= set(files), files
+    assert set(files.values()) == {0o600}, files
+    make_state(tmp_path / "s").close()  # free again once its server has closed it

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -87,6 +88,10 @@ class AgentRecords:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # readable by its owner only, whatever the umask (configs hold environments); SQLite gives
+        # the -wal and -shm files the database's mode
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("pragma journal_mode = wal")
         self._db.execute("pragma synchronous = normal")  # a crash of the server loses nothing; of the machine, little
