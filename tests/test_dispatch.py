@@ -104,6 +104,43 @@ def test_requests_with_too_many_frames_are_dropped(pair) -> None:
     assert roundtrip(dispatcher, dealer, b"", req) is not None  # and it goes on
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_failing_handler_and_an_oversize_reply_still_get_one_reply(variant) -> None:
+    implementation, direct = variant
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.bind("inproc://f")
+    dealer.connect("inproc://f")
+    failed: list = []
+
+    def broken(msg, envelope):
+        raise KeyError("a bug")
+
+    def huge(msg, envelope):  # 11 MiB of agent names: over the message limit once encoded
+        return ListAgentsResponse(msg.request_id, True, [], "x" * (11 << 20))
+
+    def on_failure(message, exc):
+        failed.append((type(message).__name__, type(exc).__name__))
+        return ErrorResponse(message.request_id, f"{type(exc).__name__}: {exc}")
+
+    try:
+        dispatcher = _impl.load("dispatch", implementation).Dispatcher(
+            router, {HealthCheckRequest: broken, ListAgentsRequest: huge}, lambda payload, exc: ErrorResponse("", ""),
+            direct=direct, on_failure=on_failure)
+        reply = codec.decode(roundtrip(dispatcher, dealer, b"", codec.encode(HealthCheckRequest("h")))[1])
+        assert reply == ErrorResponse("h", "KeyError: 'a bug'")
+        reply = codec.decode(roundtrip(dispatcher, dealer, b"", codec.encode(ListAgentsRequest("l")))[1])
+        assert reply.request_id == "l" and reply.error.startswith("MessageTooLargeError: message of 11534")
+        assert failed == [("HealthCheckRequest", "KeyError"), ("ListAgentsResponse", "MessageTooLargeError")]
+        assert (dispatcher.failures, dispatcher.replies_dropped) == (2, 0)
+        # a reply to a peer that has gone is counted (ROUTER_MANDATORY makes it visible)
+        dispatcher.reply([b"\x00gone"], HealthCheckResponse("x", True, "1.0.0"))
+        assert dispatcher.replies_dropped == 1
+    finally:
+        ctx.destroy(linger=0)
+
+
 @pytest.mark.c_extension
 def test_compiled_twin_calls_libzmq_directly() -> None:
     from descartes_fast.wire import _dispatch_c

@@ -269,6 +269,36 @@ def test_bad_input_gets_error_replies_and_the_server_goes_on(server) -> None:
     assert health.healthy and int(health.metadata["decode_errors"]) == 6
 
 
+def test_a_reply_over_the_message_limit_becomes_an_error_reply_and_the_connection_goes_on(server) -> None:
+    # 200 lines of 64 KiB of bytes >= 0x80: as text (U+FFFD for each) one page of them is ~39 MB.
+    # The reply used to raise inside the server's receive callback: no answer, and the
+    # connection's next requests timed out too.
+    agent = server.spawn("py", "import sys; [sys.stdout.buffer.write(b'\\xff' * 65535 + b'\\n') for _ in range(200)]")
+    server.wait_status(agent, (AgentStatus.COMPLETED,))
+    started = time.monotonic()
+    reply = server.call(OutputQueryRequest("big", agent, ZmqOutputStream.STDOUT, limit=1000))
+    assert isinstance(reply, OutputQueryResponse) and not reply.success and reply.request_id == "big"
+    assert reply.error.startswith("reply too large: ") and "over the 10,485,760-byte message limit" in reply.error
+    assert "limit, then offset" in reply.error, reply.error
+    assert server.call(HealthCheckRequest("next")).healthy  # the same connection, at once
+    assert time.monotonic() - started < 10
+    page = server.call(OutputQueryRequest("small", agent, ZmqOutputStream.STDOUT, limit=20))
+    assert page.success and len(page.lines) == 20 and page.lines[0] == "\ufffd" * 65535
+    health = server.call(HealthCheckRequest("counts"))
+    assert int(health.metadata["failures"]) == 1 and health.metadata["replies_dropped"] == "0"
+    assert "not sent: reply too large" in server.log()
+
+
+def test_the_client_pages_a_query_whose_page_would_be_too_large(server) -> None:
+    from descartes_fast.client import Client
+
+    agent = server.spawn("py", "import sys; [sys.stdout.buffer.write(b'\\xfe' * 65535 + b'\\n') for _ in range(300)]")
+    server.wait_status(agent, (AgentStatus.COMPLETED,))
+    with Client(endpoint=server.bind, pub_endpoint=server.pub, enable_heartbeat=False) as c:
+        lines = list(c.read_output_lines(agent, ZmqOutputStream.STDOUT))
+    assert lines == ["\ufffd" * 65535] * 300
+
+
 def test_dealer_without_delimiter_is_answered_in_the_same_shape(server) -> None:
     dealer = server.socket(zmq.DEALER)
     dealer.send(codec.encode(HealthCheckRequest("nodelim")))

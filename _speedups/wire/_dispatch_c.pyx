@@ -126,25 +126,31 @@ cdef class Dispatcher:
     cdef public object sock
     cdef public dict handlers
     cdef public object on_error
+    cdef public object on_failure
     cdef public Py_ssize_t received
     cdef public Py_ssize_t bad_frames
     cdef public Py_ssize_t decode_errors
+    cdef public Py_ssize_t failures
+    cdef public Py_ssize_t replies_dropped
     cdef public object gate
     cdef _Property _user_id
     cdef _Property _peer
     cdef void* _handle
     cdef df_zmq_msg _frames[MAX_FRAMES]
 
-    def __init__(self, sock, handlers, on_error, direct=None, gate=None):
+    def __init__(self, sock, handlers, on_error, direct=None, gate=None, on_failure=None):
         self.sock = sock
         self.handlers = handlers
         self.on_error = on_error
+        self.on_failure = on_failure
         self.gate = gate
         self._user_id = _Property(b"User-Id")
         self._peer = _Property(b"Peer-Address")
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
+        self.failures = 0
+        self.replies_dropped = 0
         self._handle = _handle_of(sock, direct)
 
     @property
@@ -246,7 +252,13 @@ cdef class Dispatcher:
             self.decode_errors += 1
             self.reply(envelope, self.on_error(bytes(payload), exc))
             return None
-        reply = self.handlers[type(message)](message, envelope)
+        try:
+            reply = self.handlers[type(message)](message, envelope)
+        except Exception as exc:
+            if self.on_failure is None:
+                raise
+            self.failures += 1
+            reply = self.on_failure(message, exc)
         if reply is not None:
             self.reply(envelope, reply)
         return None
@@ -281,14 +293,22 @@ cdef class Dispatcher:
         return None
 
     cpdef reply(self, envelope, message):
-        """Send *message* to the peer behind *envelope* (dropped if the peer is gone)."""
-        cdef bytes payload = encode(message)
+        """Send *message* to the peer behind *envelope*; in its place ``on_failure``'s reply if it
+        cannot be encoded (dropped, and counted, if the peer's queue is full or it has gone)."""
+        cdef bytes payload
         cdef Py_ssize_t i, last
+        try:
+            payload = encode(message)
+        except ProtocolError as exc:
+            if self.on_failure is None:
+                raise
+            self.failures += 1
+            payload = encode(self.on_failure(message, exc))
         if self._handle == NULL:
             try:
                 self.sock.send_multipart(build_reply(envelope, payload), NOBLOCK)
-            except Again:
-                pass
+            except zmq.ZMQError:  # full (EAGAIN), or gone (EHOSTUNREACH, ROUTER_MANDATORY)
+                self.replies_dropped += 1
             return None
         last = len(envelope)
         for i in range(last):
@@ -296,7 +316,8 @@ cdef class Dispatcher:
             if not PyBytes_CheckExact(frame):
                 frame = bytes(frame)
             if df_send(self._handle, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), NOBLOCK | SNDMORE) < 0:
-                return None  # the peer is gone or its queue is full: ROUTER drops, so do we
+                self.replies_dropped += 1  # the peer's queue is full or it has gone
+                return None
         df_send(self._handle, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), NOBLOCK)
         return None
 

@@ -66,6 +66,7 @@ from descartes_fast.wire.schema import (
     StatusUpdate,
     ZmqOutputStream,
 )
+from descartes_fast.wire.texts import REPLY_TOO_LARGE
 
 __all__ = ["AsyncClient"]
 
@@ -407,7 +408,13 @@ class AsyncClient:
             return
         offset = 0
         while True:
-            reply = await self.query_agent_output(agent_id, stream, limit=page, offset=offset)
+            try:
+                reply = await self.query_agent_output(agent_id, stream, limit=page, offset=offset)
+            except ServerError as exc:  # a page of long lines over the message limit: smaller pages
+                if not str(exc).startswith(REPLY_TOO_LARGE) or page == 1:
+                    raise
+                page = max(1, page // 4)
+                continue
             for line in reply.lines:
                 yield line
             offset += len(reply.lines)

@@ -41,11 +41,12 @@ from descartes_fast.server.security import ZapHandler
 from descartes_fast.wire.codec import get_implementation
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
 from descartes_fast.wire.curve import curve_server, load_secret_key
-from descartes_fast.wire.errors import ProtocolError
+from descartes_fast.wire.errors import MessageTooLargeError, ProtocolError
 from descartes_fast.wire.readiness import has_input
 from descartes_fast.wire.schema import (
     MESSAGE_TYPES,
     BatchControlCommand,
+    BatchControlResponse,
     CommandResponse,
     ControlCommand,
     CustomActionRequest,
@@ -62,12 +63,25 @@ from descartes_fast.wire.schema import (
     SpawnRequest,
     SpawnResponse,
 )
+from descartes_fast.wire.texts import handler_failed, reply_too_large
 
 __all__ = ["AgentServer"]
 
 log = logging.getLogger("descartes_fast.server")
 
 _TAGS = {cls.TAG: cls.__name__ for cls in MESSAGE_TYPES}
+#: reply class -> the request it answers (where its error reply has that reply's shape)
+_ANSWERS = {SpawnResponse: "SpawnRequest", CommandResponse: "ControlCommand", ListAgentsResponse: "ListAgentsRequest",
+            OutputQueryResponse: "OutputQueryRequest", OutputReadResponse: "OutputReadRequest",
+            BatchControlResponse: "BatchControlCommand", HealthCheckResponse: "HealthCheckRequest"}
+#: reply class -> how to ask for less than a reply over the message limit
+_ASK_FOR_LESS = {
+    OutputQueryResponse: "ask for fewer lines at a time (output_query limit, then offset for the next page)",
+    OutputReadResponse: "ask for fewer bytes at a time (output_read max_bytes)",
+    ListAgentsResponse: "ask for fewer agents at a time (list_agents limit, or a status filter)",
+    CommandResponse: "ask for less at a time (query_output max_lines; for output, output_query with "
+                     "offset/limit or output_read with max_bytes)",
+}
 _SWITCH_INTERVAL = 0.0005  # seconds a worker thread may hold the interpreter while the loop waits
 _LOOP_TICK = 0.01  # seconds between checks of the loop's lateness
 _LOOP_STALL = 0.005  # a loop later than this counts as stalled
@@ -116,7 +130,8 @@ class AgentServer:
             OutputQueryRequest: self._later(c.output_query), OutputReadRequest: self._later(c.output_read),
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
-        self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate)
+        self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate,
+                                              on_failure=self._failed)
         #: how requests reach libzmq, for the start-up log and health metadata
         self.dispatch_path = "direct libzmq calls" if self.dispatcher.direct else \
             f"libzmq through pyzmq ({dispatch.DIRECT_REASON})"
@@ -140,6 +155,7 @@ class AgentServer:
         # a full request queue holds the client back (nothing is lost); a full reply queue drops
         self._router.setsockopt(zmq.RCVHWM, config.hwm)
         self._router.setsockopt(zmq.SNDHWM, config.reply_hwm)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot be queued is counted, not lost unseen
         self._router.bind(config.bind)
         self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if config.pub is not None:
@@ -266,7 +282,12 @@ class AgentServer:
         """A handler whose reply comes later (it waits for a worker thread): run it as a task."""
         def start(msg: Any, envelope: list) -> None:
             async def answer() -> None:
-                self._reply_later(envelope, await handler(msg, envelope))
+                try:
+                    reply = await handler(msg, envelope)
+                except Exception as exc:
+                    self.dispatcher.failures += 1
+                    reply = self._failed(msg, exc)
+                self._reply_later(envelope, reply)
             task = asyncio.get_running_loop().create_task(answer())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -280,6 +301,7 @@ class AgentServer:
 
     async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str) -> None:
         sid = self.config.server_id
+        reply: Message
         try:
             agent = await self.supervisor.spawn(msg.config, owner=owner, timeout_secs=msg.timeout_secs,
                                                 metadata=msg.metadata)
@@ -293,6 +315,9 @@ class AgentServer:
             self.stats["spawn_failures"] += 1
             log.warning("spawn %s (%s) failed: %s", msg.request_id, msg.config.model_backend, exc)
             reply = SpawnResponse(msg.request_id, False, None, f"Failed to spawn agent: {exc}", sid)
+        except Exception as exc:  # a bug: still one reply
+            self.dispatcher.failures += 1
+            reply = self._failed(msg, exc)
         else:
             self.stats["spawned"] += 1
             log.info("spawned agent %s (%s, pid %d) for %s from %s", agent.id, msg.config.model_backend,
@@ -309,6 +334,7 @@ class AgentServer:
                     "pub_endpoint": self.endpoints.get("pub", ""), "security": "curve" if z else "none",
                     "requests": str(d.received), "decode_errors": str(d.decode_errors),
                     "bad_frames": str(d.bad_frames), "rate_limited": str(g.rate_limited),
+                    "failures": str(d.failures), "replies_dropped": str(d.replies_dropped),
                     "unauthorized": str(g.unauthorized), "auth_accepted": str(z.accepted if z else 0),
                     "auth_refused": str(z.refused if z else 0), **{k: str(v) for k, v in self.stats.items()},
                     "state_dir": str(self.state.path), "stored_bytes": str(self.state.store.size),
@@ -346,17 +372,37 @@ class AgentServer:
         else:
             text, kind = f"invalid request: {exc}", getattr(exc, "message_type", None)
             log.info("refused a request (%s): %s", type(exc).__name__, exc)
-        if kind == "SpawnRequest":
-            return SpawnResponse(request_id, False, None, text, self.config.server_id)
-        if kind in ("ControlCommand", "CustomActionRequest"):
-            return CommandResponse(request_id, agent_id, False, None, None, text)
-        if kind == "ListAgentsRequest":
-            return ListAgentsResponse(request_id, False, [], text)
-        if kind == "OutputQueryRequest":
-            return OutputQueryResponse(request_id, agent_id, False, error=text)
-        if kind == "OutputReadRequest":
-            return OutputReadResponse(request_id, agent_id, False, error=text)
-        return ErrorResponse(request_id, text)
+        return _error_reply(kind, request_id, agent_id, text, self.config.server_id)
+
+    def _failed(self, message: Message, exc: Exception) -> Message:
+        """The error reply in place of a reply too large to send (*message* is that reply), or to a
+        request whose handler failed (*message* is the request): every request gets one reply."""
+        request_id = getattr(message, "request_id", "")
+        agent_id = getattr(message, "agent_id", NIL)
+        kind = _ANSWERS.get(type(message), type(message).__name__)
+        if isinstance(exc, MessageTooLargeError):
+            how = _ASK_FOR_LESS.get(type(message), "ask for less at a time")
+            text = reply_too_large(exc.size, exc.limit, how)
+            log.warning("reply to %s (%s) not sent: %s", request_id, type(message).__name__, text)
+        else:
+            text = handler_failed(kind, exc)
+            log.error("failed to answer %s (%s)", request_id, kind, exc_info=exc)
+        return _error_reply(kind, request_id, agent_id, text, self.config.server_id)
+
+
+def _error_reply(kind: str | None, request_id: str, agent_id: uuid.UUID, text: str, server_id: str) -> Message:
+    """An error reply of the shape that answers a request of class *kind* (else ErrorResponse)."""
+    if kind == "SpawnRequest":
+        return SpawnResponse(request_id, False, None, text, server_id)
+    if kind in ("ControlCommand", "CustomActionRequest"):
+        return CommandResponse(request_id, agent_id, False, None, None, text)
+    if kind == "ListAgentsRequest":
+        return ListAgentsResponse(request_id, False, [], text)
+    if kind == "OutputQueryRequest":
+        return OutputQueryResponse(request_id, agent_id, False, error=text)
+    if kind == "OutputReadRequest":
+        return OutputReadResponse(request_id, agent_id, False, error=text)
+    return ErrorResponse(request_id, text)
 
 
 def _salvage(payload: Any) -> tuple[str, uuid.UUID, Any]:

@@ -36,6 +36,9 @@ class Dispatcher:
     handlers : message class -> ``handler(message, envelope) -> Message | None``
     on_error : ``on_error(payload, exc) -> Message``: the reply to a request that is too
         large or does not decode (``exc`` is the ProtocolError)
+    on_failure : ``on_failure(message, exc) -> Message``: the reply to a request whose handler
+        raised (*message* is the request), or in place of a reply that cannot be encoded, such
+        as one over the message limit (*message* is that reply); without it, both raise
     direct : whether to call libzmq directly when possible; the compiled twin can (None means
         when available), this twin always goes through pyzmq
     gate : if given, ``gate.check(user_id, peer_address)`` is asked before each request is
@@ -47,14 +50,17 @@ class Dispatcher:
 
     def __init__(self, sock: zmq.Socket, handlers: dict[type, Callable[[Any, list], Message | None]],
                  on_error: Callable[[Any, Exception], Message], direct: bool | None = None,
-                 gate: Any = None) -> None:
+                 gate: Any = None, on_failure: Callable[[Message, Exception], Message] | None = None) -> None:
         self.sock = sock
         self.handlers = handlers
         self.on_error = on_error
+        self.on_failure = on_failure
         self.gate = gate
         self.received = 0
         self.bad_frames = 0
         self.decode_errors = 0
+        self.failures = 0        # handlers that raised, and replies that could not be encoded
+        self.replies_dropped = 0  # replies the peer's full queue (or its absence) refused
 
     def drain(self, limit: int = 4096) -> int:
         """Handle up to *limit* queued requests; returns how many were taken."""
@@ -95,16 +101,30 @@ class Dispatcher:
             self.decode_errors += 1
             self.reply(envelope, self.on_error(payload, exc))
             return
-        reply = self.handlers[type(message)](message, envelope)
+        try:
+            reply = self.handlers[type(message)](message, envelope)
+        except Exception as exc:
+            if self.on_failure is None:
+                raise
+            self.failures += 1
+            reply = self.on_failure(message, exc)
         if reply is not None:
             self.reply(envelope, reply)
 
     def reply(self, envelope: list, message: Message) -> None:
-        """Send *message* to the peer behind *envelope* (dropped if the peer is gone)."""
+        """Send *message* to the peer behind *envelope*; in its place ``on_failure``'s reply if it
+        cannot be encoded (dropped, and counted, if the peer's queue is full or it has gone)."""
         try:
-            self.sock.send_multipart(build_reply(envelope, _codec.encode(message)), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # the peer's queue is full or it has gone: ROUTER drops, so do we
+            payload = _codec.encode(message)
+        except ProtocolError as exc:
+            if self.on_failure is None:
+                raise
+            self.failures += 1
+            payload = _codec.encode(self.on_failure(message, exc))
+        try:
+            self.sock.send_multipart(build_reply(envelope, payload), zmq.NOBLOCK)
+        except zmq.ZMQError:  # its queue is full (EAGAIN), or it has gone (EHOSTUNREACH, ROUTER_MANDATORY)
+            self.replies_dropped += 1
 
 
 def _frame_property(frame: Any, name: str) -> str | None:

@@ -157,3 +157,19 @@ def topic_type(type_name: str) -> str:
 
 def payload_type(type_name: str) -> str:
     return f"payload must be bytes-like, not {type_name}"
+
+
+# -- replies a server gives in place of one it could not send (docs/protocol.md §6.1) --
+
+#: how an error reply in place of a reply over the message limit begins (clients page on it)
+REPLY_TOO_LARGE: Final = "reply too large"
+
+
+def reply_too_large(size: int, limit: int, how: str) -> str:
+    """The error text in place of a reply of *size* bytes; *how* says how to ask for less."""
+    return f"{REPLY_TOO_LARGE}: {size:,} bytes encoded, over the {limit:,}-byte message limit; {how}"
+
+
+def handler_failed(request: str, exc: BaseException) -> str:
+    """The error text when the server failed while answering *request* (a bug: it is logged)."""
+    return f"internal error while answering {request}: {type(exc).__name__}: {exc}"
