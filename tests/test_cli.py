@@ -117,6 +117,10 @@ def test_security_settings_from_file_environment_and_flags(tmp_path, monkeypatch
     ("[server]\nlog_level = 'loud'\n", "log level"),
     ("[backends.x]\ncommand = []\n", "non-empty list"),
     ("[server\n", "cannot read config file"),
+    # a typo in an endpoint used to be reported as "refusing to serve ... without encryption"
+    ("[server]\nbind = 'tcp//127.0.0.1:1'\n", "bind='tcp//127.0.0.1:1': not an endpoint: give TRANSPORT://ADDRESS"),
+    ("[server]\nbind = 'tcp://127.0.0.1'\n", "not an endpoint"),
+    ("[server]\npub = 'ipc://'\n", "pub='ipc://': not an endpoint"),
 ])
 def test_settings_errors(tmp_path, monkeypatch, content, text) -> None:
     monkeypatch.delenv("DESCARTES_FAST_MAX_AGENTS", raising=False)

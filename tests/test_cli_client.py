@@ -145,10 +145,13 @@ def test_spawn_quiet_and_repeated_commands(server) -> None:
     assert (again.returncode, again.stdout.decode().strip()) == (0, "not paused (running)")
     assert cli(server, "stop", agent).stdout.decode().strip() == "stopped"
     again = cli(server, "stop", agent)  # terminated at once: a second stop has nothing to do
-    assert (again.returncode, again.stdout.decode().strip()) == (0, "already ended")
+    assert (again.returncode, again.stdout.decode().strip()) == (0, "already terminated")
     until(lambda: js(server, "kill", agent)[0].get("already") is True)  # and kill, once the process is gone
     again = cli(server, "kill", agent)
-    assert (again.returncode, again.stdout.decode().strip()) == (0, "already ended")
+    assert (again.returncode, again.stdout.decode().strip()) == (0, "already terminated")
+    done = cli(server, "spawn", "sh", "true", "-q").stdout.decode().strip()
+    until(lambda: js(server, "status", done)[0].get("status") == "completed")
+    assert cli(server, "kill", done).stdout.decode().strip() == "already completed"
 
 
 def test_a_bad_status_lists_the_valid_ones(server) -> None:

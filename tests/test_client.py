@@ -184,12 +184,15 @@ def test_a_late_reply_is_not_taken_for_the_next_call() -> None:
         client = AsyncClient(ZmqRunnerConfig(endpoint=f"tcp://127.0.0.1:{stub.port}", enable_heartbeat=False,
                                              request_timeout_secs=0.2))
         await client.connect()
+        assert client.is_connected()
         with pytest.raises(RequestTimeoutError):
             await client.get_agent_status(uuid.UUID(int=1))
+        assert not client.is_connected()  # at once, not at the next heartbeat
         client.config.request_timeout_secs = 5
         await asyncio.sleep(0.7)  # the late reply arrives meanwhile and must be dropped
         reply = await client._command(uuid.UUID(int=1), C.GET_STATUS)
         assert reply.data["for"] == reply.request_id
+        assert client.is_connected()  # a reply says it is there again
         await client.disconnect()
     try:
         run(main())

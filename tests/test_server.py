@@ -138,8 +138,9 @@ def test_reference_error_texts(server) -> None:
     reply = server.control(missing, C.GET_STATUS)
     assert (reply.success, reply.status, reply.error) == (False, None, f"Agent not found: {missing}")
     bad = server.call(SpawnRequest("s", AgentConfig(model_backend="anthropic")))
-    assert bad.error == ("Failed to spawn agent: Agent spawn failed: Unsupported model backend for process "
-                         "spawning: anthropic. Use API mode instead.")
+    # the prefix once (the Rust server says "Failed to spawn agent: Agent spawn failed: ...")
+    assert bad.error == ("Agent spawn failed: Unsupported model backend for process spawning: anthropic. "
+                         "Use API mode instead.")
     assert bad.server_id == "test-server"
     agent = server.spawn("sh", "sleep 30")
     assert server.control(agent, C.RESUME).error == \
@@ -317,6 +318,21 @@ def test_sigterm_stops_every_agent_and_exits_0(server) -> None:
     assert time.monotonic() - started < 10
     for pgid in pgids:
         until(lambda pgid=pgid: not live_group_members(pgid))
+
+
+def test_the_open_file_room_counts_the_servers_own_descriptors(tmp_path, main_implementation) -> None:
+    import re
+
+    server = Server(tmp_path, main_implementation, log_level="INFO")
+    try:
+        found = re.search(r"open-file limit (\d+), (\d+) in use by the server: room for about (\d+) agents \(8 ",
+                          server.log())
+        assert found, server.log()
+        limit, used, room = map(int, found.groups())
+        assert used >= 8  # its sockets, the state directory's lock and database, ...
+        assert room == (limit - used) // 8
+    finally:
+        server.close()
 
 
 def test_bad_settings_exit_2_with_a_message(tmp_path) -> None:

@@ -273,8 +273,10 @@ def _ender(action: str) -> Callable[[Client, argparse.Namespace], int]:
     def handler(client: Client, args: argparse.Namespace) -> int:
         acted = client.stop_agent(args.agent) if action == "stop" else client.kill_agent(args.agent)
         done = {"stop": "stopped", "kill": "killed"}[action]
-        if not acted:
-            return _emit(args, {"id": str(args.agent), "done": done, "already": True}, "already ended")
+        if not acted:  # it has ended: say how (terminated, completed, failed)
+            status = client.get_agent_status(args.agent).value
+            return _emit(args, {"id": str(args.agent), "done": done, "already": True, "status": status},
+                         f"already {status}")
         return _emit(args, {"id": str(args.agent), "done": done}, done)
     return handler
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -68,7 +69,7 @@ def serve(args: argparse.Namespace, prog: str) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _raise_fd_limit()
+    fd_limit = _raise_fd_limit()
     keep_big_buffers()
     server = AgentServer(config)
     try:
@@ -79,6 +80,7 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     except zmq.ZMQError as exc:
         logging.getLogger("descartes_fast.server").error("cannot bind %s / %s: %s", config.bind, config.pub, exc)
         return 1
+    _log_fd_room(fd_limit)
     factory = None
     if loop_name == "uvloop":
         import uvloop
@@ -88,9 +90,13 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     return 0
 
 
-def _raise_fd_limit() -> None:
-    """Each agent holds about four descriptors (three pipes and a pidfd): allow what the system allows."""
-    import logging
+#: descriptors a running agent holds in the server: three pipes, a pidfd, and in the output store
+#: a segment and its index per stream
+_FDS_PER_AGENT = 8
+
+
+def _raise_fd_limit() -> int:
+    """Allow as many open files as the system allows (agents hold several each); the soft limit."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -101,7 +107,20 @@ def _raise_fd_limit() -> None:
             soft = target
         except (ValueError, OSError):
             pass  # keep the soft limit we have
-    logging.getLogger("descartes_fast.server").info("open-file limit %d (about %d agents)", soft, soft // 4)
+    return soft
+
+
+def _log_fd_room(limit: int) -> None:
+    """Say how many agents the open-file limit leaves room for, past what the server holds itself."""
+    import logging
+
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # (less the descriptor listdir itself opened)
+    except OSError:
+        used = 0
+    logging.getLogger("descartes_fast.server").info(
+        "open-file limit %d, %d in use by the server: room for about %d agents (%d descriptors each)",
+        limit, used, max(0, limit - used) // _FDS_PER_AGENT, _FDS_PER_AGENT)
 
 
 def server_main(argv: list[str] | None = None) -> int:

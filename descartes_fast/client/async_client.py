@@ -253,6 +253,7 @@ class AsyncClient:
                 break
             except zmq.Again:  # the send queue is full: wait for it to drain, up to the timeout
                 if self._loop.time() >= deadline:
+                    self._connected = False
                     raise RequestTimeoutError(f"could not send {message.TAG} {rid} within {timeout} s: the "
                                               f"send queue to {self._endpoint} stayed full") from None
                 await asyncio.sleep(0.001)

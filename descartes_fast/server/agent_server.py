@@ -314,7 +314,7 @@ class AgentServer:
         except SpawnError as exc:
             self.stats["spawn_failures"] += 1
             log.warning("spawn %s (%s) failed: %s", msg.request_id, msg.config.model_backend, exc)
-            reply = SpawnResponse(msg.request_id, False, None, f"Failed to spawn agent: {exc}", sid)
+            reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)  # one prefix (Rust: two)
         except Exception as exc:  # a bug: still one reply
             self.dispatcher.failures += 1
             reply = self._failed(msg, exc)

@@ -54,8 +54,26 @@ class Setting:
         return "DESCARTES_FAST_" + self.name.upper()
 
 
+_TRANSPORTS = ("tcp", "ipc", "inproc", "ws", "wss", "tipc", "vmci", "pgm", "epgm")
+
+
+def _endpoint(value: str) -> str:
+    """A ZeroMQ endpoint, TRANSPORT://ADDRESS, with a port for tcp (checked before anything binds, so
+    a typo is reported as one)."""
+    scheme, sep, address = value.partition("://")
+    ok = bool(sep) and scheme in _TRANSPORTS and bool(address)
+    if ok and scheme == "tcp":
+        host, colon, port = address.rpartition(":")
+        ok = bool(colon and host) and (port == "*" or (port.isdigit() and int(port) < 65536))
+    if not ok:
+        raise ValueError(f"not an endpoint: give TRANSPORT://ADDRESS, such as tcp://127.0.0.1:5555, "
+                         f"tcp://0.0.0.0:5555 or ipc:///run/descartes-fast.sock (transports: "
+                         f"{', '.join(_TRANSPORTS)})")
+    return value
+
+
 def _pub(value: str) -> str | None:
-    return None if value.strip().lower() in ("", "none", "off") else value
+    return None if value.strip().lower() in ("", "none", "off") else _endpoint(value)
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -117,7 +135,7 @@ def _in_units(n: int) -> str:
 
 
 SETTINGS = (
-    Setting("bind", str, "tcp://127.0.0.1:5555", "ROUTER endpoint for requests"),
+    Setting("bind", _endpoint, "tcp://127.0.0.1:5555", "ROUTER endpoint for requests"),
     Setting("pub", _pub, "tcp://127.0.0.1:5556", "PUB endpoint for log chunks and status updates ('none' for none)"),
     Setting("server_id", str, None, "name reported in health checks and spawn replies"),
     Setting("max_agents", _positive(int), 100, "agents that may be active at once"),
