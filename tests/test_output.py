@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -356,6 +357,31 @@ def health_latencies(server: Server, action: Callable[[], object]) -> list[float
 
 def p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98] if len(samples) >= 100 else max(samples)
+
+
+def test_a_backtracking_filter_is_answered_at_once_and_back_references_are_refused(tmp_path,
+                                                                                   main_implementation) -> None:
+    # with Python's re, "(a+)+$" on one line of 27 a's and a '!' held the server 8 s (doubling per a)
+    server = Server(tmp_path, main_implementation)
+    try:
+        with client(server) as c:
+            agent = spawn_py(c, "[print('a' * 40 + '!') for _ in range(2000)]")
+            wait_ended(c, agent)
+            started = time.monotonic()
+            page = c.query_agent_output(agent, ZmqOutputStream.STDOUT, filter="(a+)+$", limit=10)
+            assert (page.lines, page.total_lines, page.has_more) == ([], 0, False)
+            page = c.query_agent_output(agent, ZmqOutputStream.STDOUT, filter="(a+)+!$", limit=3)
+            assert (page.lines, page.total_lines) == (["a" * 40 + "!"] * 3, 2000)
+            assert time.monotonic() - started < 5  # (backtracking: 2**40 steps a line)
+            refused = r"invalid filter regex '(a)\\1': invalid escape sequence: \1 (filters are RE2 expressions"
+            with pytest.raises(ServerError, match=re.escape(refused)):
+                c.query_agent_output(agent, ZmqOutputStream.STDOUT, filter=r"(a)\1")
+            with pytest.raises(ServerError, match="invalid perl operator: \\(\\?="):
+                c.query_agent_output(agent, ZmqOutputStream.STDOUT, filter="(?=a)")
+            assert c.health_check().healthy
+        assert "Error parsing" not in server.log()  # the client's mistake is not the server's log
+    finally:
+        server.close()
 
 
 def test_big_reads_and_queries_do_not_delay_health_checks(tmp_path, main_implementation) -> None:

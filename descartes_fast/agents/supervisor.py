@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import logging
 import os
-import re
 import resource
 import signal
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled
+from descartes_fast.agents.filters import FilterError, LineFilter
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
 from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
@@ -596,8 +596,8 @@ class Supervisor:
         matching, has_more). Reading and matching run on a worker thread, not the event loop."""
         agent = self.get(agent_id)
         try:
-            regex = re.compile(pattern) if pattern is not None else None
-        except re.error as exc:
+            regex = LineFilter(pattern) if pattern is not None else None
+        except FilterError as exc:
             raise SupervisorError(f"Agent execution error: invalid filter regex {pattern!r}: {exc}") from None
         logs = [agent.output[s] for s in streams]
         snapshots = [log.snapshot() for log in logs]
@@ -629,7 +629,7 @@ class Supervisor:
 
 
 def _query(logs: list[StreamLog], snapshots: list[tuple[Any, Facts]], offset: int, limit: int | None,
-           regex: re.Pattern[str] | None,
+           regex: LineFilter | None,
            page: int = 4096) -> tuple[list[str], int, bool]:
     """On a worker thread: the lines of *logs* (their stored lines, one log after the other) from the
     *offset*-th match on, at most *limit*, the number of matches, and whether more follow."""
@@ -651,9 +651,8 @@ def _query(logs: list[StreamLog], snapshots: list[tuple[Any, Facts]], offset: in
             if not texts:
                 break
             line += len(texts)
-            for text in texts:
-                if regex.search(text):
-                    if total >= offset and len(out) < want:
-                        out.append(text)
-                    total += 1
+            for i in regex.matching(texts):
+                if total >= offset and len(out) < want:
+                    out.append(texts[i])
+                total += 1
     return out, total, offset + len(out) < total
