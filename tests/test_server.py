@@ -14,7 +14,7 @@ import uuid
 import msgpack
 import pytest
 import zmq
-from support.procs import LOOP, alive, live_group_members, proc_state
+from support.procs import LOOP, alive, live_group_members, proc_state, rss_kib
 from support.server import Server
 from support.waiting import until
 
@@ -69,7 +69,7 @@ def test_every_request_type(server) -> None:
         C.CUSTOM_ACTION: server.control(agent, C.CUSTOM_ACTION, {"action": "echo", "params": [1, "x"]}),
         C.STREAM_LOGS: server.control(agent, C.STREAM_LOGS),
     }
-    assert replies[C.WRITE_STDIN].data == {"bytes_written": 6}
+    assert replies[C.WRITE_STDIN].data == {"bytes_written": 6, "to_pipe": 6, "queued": 0, "stdin_buffer": 1 << 20}
     assert replies[C.PAUSE].data == {"mode": "cooperative", "paused": True}
     assert replies[C.RESUME].data == {"resumed": True} and replies[C.RESUME].status == AgentStatus.RUNNING
     assert replies[C.SIGNAL].data == {"signal_sent": "SIGSTOP"} and replies[C.SIGNAL].status == AgentStatus.PAUSED
@@ -298,6 +298,24 @@ def test_the_client_pages_a_query_whose_page_would_be_too_large(server) -> None:
     with Client(endpoint=server.bind, pub_endpoint=server.pub, enable_heartbeat=False) as c:
         lines = list(c.read_output_lines(agent, ZmqOutputStream.STDOUT))
     assert lines == ["\ufffd" * 65535] * 300
+
+
+def test_stdin_that_nobody_reads_is_bounded_in_bytes(server) -> None:
+    # 31 writes of 9 MB to an agent that never reads used to answer bytes_written=9000000 each and
+    # grow the server by ~300 MB
+    agent = server.spawn("sh", "sleep 60")
+    before = rss_kib(server.proc.pid)
+    for _ in range(31):
+        reply = server.control(agent, C.WRITE_STDIN, {"data": "x" * 9_000_000})
+        assert not reply.success and "is full: 0 bytes already wait for the agent" in reply.error, reply.error
+        assert "over the limit of 1,048,576 (--stdin-buffer)" in reply.error
+    assert rss_kib(server.proc.pid) - before < 48 * 1024  # (each 9 MB request is decoded, then let go)
+    first = server.control(agent, C.WRITE_STDIN, {"data": "y" * 600_000}).data
+    assert first == {"bytes_written": 600_000, "to_pipe": 65536, "queued": 600_000 - 65536, "stdin_buffer": 1 << 20}
+    second = server.control(agent, C.WRITE_STDIN, {"data": "z" * 520_000})  # 1,054,464 would wait
+    assert not second.success and "534,464 bytes already wait" in second.error
+    assert server.control(agent, C.WRITE_STDIN, {"data": "z" * 400_000}).data["queued"] == 934_464
+    assert server.call(HealthCheckRequest("h")).healthy
 
 
 def test_dealer_without_delimiter_is_answered_in_the_same_shape(server) -> None:

@@ -186,13 +186,35 @@ def test_stop_escalates_to_sigkill_after_the_grace(run, supervisor) -> None:
     run(main())
 
 
+def test_stdin_waits_in_the_server_up_to_its_buffer_and_no_more(run, supervisor) -> None:
+    async def main():
+        sup, _ = supervisor(stdin_buffer=256 * 1024)
+        agent = await sup.spawn(sh("sleep 30"))  # never reads its stdin
+        taken, queued = sup.write_stdin(agent.id, b"a" * 100_000)
+        assert taken == 65536 and queued == 100_000 - 65536  # the pipe took what it holds
+        taken, queued = sup.write_stdin(agent.id, b"b" * 200_000)
+        assert (taken, queued) == (0, 234_464)
+        with pytest.raises(SupervisorError, match=r"stdin of agent .* is full: 234,464 bytes already wait for the "
+                                                  r"agent to read them; this write of 30,000 bytes would leave "
+                                                  r"264,464 waiting, over the limit of 262,144 \(--stdin-buffer\)"):
+            sup.write_stdin(agent.id, b"c" * 30_000)
+        assert agent.process.stdin_queued == 234_464  # the refused write left nothing behind
+        other = await sup.spawn(sh("sleep 30"))
+        with pytest.raises(SupervisorError, match=r"this write of 400,000 bytes would leave 334,464 waiting"):
+            sup.write_stdin(other.id, b"d" * 400_000)  # too big even for an empty pipe and buffer
+        assert other.process.stdin_queued == 0
+        await sup.shutdown()
+    run(main())
+
+
 def test_stdin_writes_and_eof(run, supervisor) -> None:
     async def main():
         sup, _ = supervisor()
         agent = await sup.spawn(AgentConfig(model_backend="cat"))
-        assert sup.write_stdin(agent.id, b"hello\n") == 6
+        assert sup.write_stdin(agent.id, b"hello\n") == (6, 0)
         big = b"x" * 300_000 + b"\n"  # larger than a pipe: queued, never blocks the loop
-        assert sup.write_stdin(agent.id, big, eof=True) == len(big)
+        taken, queued = sup.write_stdin(agent.id, big, eof=True)
+        assert taken + queued == len(big) and queued > 0
         with pytest.raises(SupervisorError, match="is closed"):
             sup.write_stdin(agent.id, b"late")
         assert await sup.wait(agent.id) == 0

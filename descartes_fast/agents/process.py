@@ -11,14 +11,16 @@ import fcntl
 import os
 import resource
 import signal
+import struct
 import subprocess
+import termios
 from collections.abc import Callable
 from typing import IO
 
 from descartes_fast.agents.backends import Launch
 from descartes_fast.wire.schema import LogStreamType
 
-__all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "PipeBudget", "PIPES", "PIPE_SIZE"]
+__all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "StdinFullError", "PipeBudget", "PIPES", "PIPE_SIZE"]
 
 #: the pipe capacity a busy stream gets. Linux gives a pipe 64 KiB; an agent that fills it blocks
 #: until the server has read it, and the server reads it often: with 1 MiB, about three times
@@ -79,6 +81,15 @@ ExitCallback = Callable[[int, "resource.struct_rusage"], None]
 
 class StdinClosedError(Exception):
     """The agent's stdin is closed (never opened, closed by request, or the reader went away)."""
+
+
+class StdinFullError(Exception):
+    """A write to stdin refused: more than *limit* bytes would wait for the agent to read them."""
+
+    def __init__(self, queued: int, size: int, after: int, limit: int) -> None:
+        super().__init__(f"{queued:,} bytes already wait for the agent to read them; this write of {size:,} "
+                         f"bytes would leave {after:,} waiting, over the limit of {limit:,} (--stdin-buffer)")
+        self.queued, self.size, self.after, self.limit = queued, size, after, limit
 
 
 class AgentProcess:
@@ -157,13 +168,25 @@ class AgentProcess:
         """Writes are accepted (stdin is a pipe, not closed and not about to close)."""
         return self.stdin_fd is not None and not self._close_when_flushed
 
-    def write(self, data: bytes) -> None:
-        """Queue *data* for stdin; never blocks. Raises StdinClosedError if the reader is gone."""
+    @property
+    def stdin_queued(self) -> int:
+        """Bytes written to stdin that the pipe has not taken yet (they wait in this process)."""
+        return len(self._pending_stdin)
+
+    def write(self, data: bytes, limit: int) -> int:
+        """Write *data* to stdin, queueing what the pipe cannot take now; never blocks. Accepted whole
+        or not at all: StdinFullError if more than *limit* bytes would then wait here, and
+        StdinClosedError if the reader is gone. Returns the bytes the pipe took at once."""
         if self.stdin_fd is None:
             raise StdinClosedError("stdin is closed")
-        if self._pending_stdin:
+        queued = len(self._pending_stdin)
+        if queued:
+            if queued + len(data) > limit:
+                raise StdinFullError(queued, len(data), queued + len(data), limit)
             self._pending_stdin += data
-            return
+            return 0
+        if len(data) > limit and len(data) - self._pipe_room() > limit:
+            raise StdinFullError(0, len(data), len(data) - self._pipe_room(), limit)
         try:
             sent = os.write(self.stdin_fd, data)
         except BlockingIOError:
@@ -175,6 +198,16 @@ class AgentProcess:
             self._pending_stdin += data[sent:]
             assert self._loop is not None
             self._loop.add_writer(self.stdin_fd, self._flush_stdin)
+        return sent
+
+    def _pipe_room(self) -> int:
+        """Bytes the stdin pipe can take now (its capacity less what the agent has not read)."""
+        assert self.stdin_fd is not None
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(self.stdin_fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            return max(0, fcntl.fcntl(self.stdin_fd, fcntl.F_GETPIPE_SZ) - unread)
+        except OSError:
+            return 0
 
     def close_stdin(self, when_flushed: bool = False) -> None:
         """Close stdin now, or once what is queued has been written (*when_flushed*)."""
@@ -270,7 +303,9 @@ class EndedProcess:
     def terminate(self, grace: float) -> None:
         pass
 
-    def write(self, data: bytes) -> None:
+    stdin_queued = 0
+
+    def write(self, data: bytes, limit: int) -> int:
         raise StdinClosedError("the agent has ended")
 
     def close_stdin(self, when_flushed: bool = False) -> None:

@@ -34,7 +34,7 @@ from descartes_fast.agents.filters import FilterError, LineFilter
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
 from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
-from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError
+from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError, StdinFullError
 from descartes_fast.agents.records import AgentRecord, config_json
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
@@ -206,8 +206,10 @@ class Supervisor:
 
     def __init__(self, state: StateDir, backends: BackendRegistry | None = None, *, max_agents: int = 100,
                  stop_grace: float = 2.0, retention: float = 3600.0, max_retained: int = 1000,
-                 listener: Listener | None = None, policy: SpawnPolicy | None = None) -> None:
+                 listener: Listener | None = None, policy: SpawnPolicy | None = None,
+                 stdin_buffer: int = 1 << 20) -> None:
         self.state = state
+        self.stdin_buffer = stdin_buffer  # bytes of an agent's stdin that may wait for it to read them
         self.backends = backends or BackendRegistry()
         self.policy = policy or SpawnPolicy()
         self.max_agents = max_agents
@@ -556,23 +558,26 @@ class Supervisor:
 
     # -- stdin --
 
-    def write_stdin(self, agent_id: uuid.UUID, data: bytes, eof: bool = False) -> int:
-        """Queue *data* for the agent's stdin (never blocks); close it afterwards if *eof*."""
+    def write_stdin(self, agent_id: uuid.UUID, data: bytes, eof: bool = False) -> tuple[int, int]:
+        """Write *data* to the agent's stdin (never blocks; what the pipe cannot take waits, up to
+        ``stdin_buffer`` bytes); close it afterwards if *eof*. Returns the bytes the pipe took at
+        once and the bytes now waiting for the agent to read them."""
         agent = self.get(agent_id)
         if not agent.process.stdin_open:
             raise SupervisorError(f"Agent execution error: stdin of agent {agent.id} is closed")
-        if data:
-            self._write(agent, data)
+        taken = self._write(agent, data) if data else 0
         if eof:
             agent.process.close_stdin(when_flushed=True)
-        return len(data)
+        return taken, agent.process.stdin_queued
 
-    def _write(self, agent: Agent, data: bytes) -> None:
+    def _write(self, agent: Agent, data: bytes) -> int:
         try:
-            agent.process.write(data)
+            return agent.process.write(data, self.stdin_buffer)
         except StdinClosedError:
             raise SupervisorError(f"Agent execution error: stdin of agent {agent.id} is closed "
                                   "(the process stopped reading)") from None
+        except StdinFullError as exc:
+            raise SupervisorError(f"Agent execution error: stdin of agent {agent.id} is full: {exc}") from None
 
     # -- output --
 

@@ -108,7 +108,7 @@ class AgentServer:
                               agent_bytes=config.log_max_bytes, total_bytes=config.state_max_bytes)
         self.supervisor = Supervisor(self.state, config.backends, max_agents=config.max_agents,
                                      stop_grace=config.stop_grace, retention=config.retention, policy=config.policy,
-                                     listener=self.events)
+                                     listener=self.events, stdin_buffer=config.stdin_buffer)
         self.controller = Controller(self.supervisor, config.pub)
         self._handshake_log = Throttle(60.0)  # per reason: a refused peer retries every 100 ms
         self.zap: ZapHandler | None = None

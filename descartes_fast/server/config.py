@@ -31,6 +31,7 @@ class ServerConfig:
     output_limit: int = 1 << 20           # bytes of each agent's latest output in memory
     log_max_bytes: int = 128 << 20        # bytes of output on disk per agent
     state_max_bytes: int = 4 << 30        # bytes of output in the state directory
+    stdin_buffer: int = 1 << 20           # bytes of an agent's stdin that may wait for it to read them
     retention: float = 3600.0
     backends: BackendRegistry = field(default_factory=BackendRegistry)
     policy: SpawnPolicy = field(default_factory=SpawnPolicy)

@@ -114,7 +114,12 @@ class Controller:
         return {"status": _DEBUG[agent.status]}
 
     def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
-        return {"bytes_written": self.sup.write_stdin(agent.id, _stdin_bytes(args), eof=args.get("eof") is True)}
+        data = _stdin_bytes(args)
+        taken, queued = self.sup.write_stdin(agent.id, data, eof=args.get("eof") is True)
+        # bytes_written (as Rust): all of it was accepted; of it the pipe took to_pipe at once, and
+        # queued bytes (this write's and earlier ones) wait in the server for the agent to read them
+        return {"bytes_written": len(data), "to_pipe": taken, "queued": queued,
+                "stdin_buffer": self.sup.stdin_buffer}
 
     def _read_stdout(self, agent: Agent, args: dict, payload: Any) -> Any:
         return self._read(agent, LogStreamType.STDOUT)

@@ -149,6 +149,8 @@ SETTINGS = (
             "dropped, and counted, past it)", metavar="BYTES"),
     Setting("state_max_bytes", size, 4 << 30, "bytes of output kept in the state directory in all (the oldest "
             "finished agents go first)", metavar="BYTES"),
+    Setting("stdin_buffer", size, 1 << 20, "bytes written to an agent's stdin that may wait for it to read "
+            "them; a write that would leave more waiting is refused whole", metavar="BYTES"),
     Setting("retention", _positive(float), 3600.0, "seconds a finished agent stays listed (after that it is "
             "still queryable by id while its output is stored)"),
     Setting("curve_secret_key", _path, None, "this server's secret key file (NAME.key_secret from "
@@ -228,7 +230,7 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
                           stop_grace=values["stop_grace"], heartbeat_interval=values["heartbeat_interval"],
                           output_limit=values["output_limit"], retention=values["retention"], backends=backends,
                           state_dir=values["state_dir"], log_max_bytes=values["log_max_bytes"],
-                          state_max_bytes=values["state_max_bytes"],
+                          state_max_bytes=values["state_max_bytes"], stdin_buffer=values["stdin_buffer"],
                           policy=policy, curve_secret_key=values["curve_secret_key"],
                           authorized_keys=values["authorized_keys"], insecure=values["insecure"],
                           rate_limit=values["rate_limit"], rate_burst=values["rate_burst"], hwm=values["hwm"],
