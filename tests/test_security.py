@@ -3,7 +3,9 @@ rate limits, and a server that stays up, responsive and bounded under floods."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -18,6 +20,7 @@ from support.server import Server
 from support.waiting import until
 from zmq.utils import z85
 
+from descartes_fast.client import AsyncClient, ZmqRunnerConfig
 from descartes_fast.server.admission import Gate, Refusal, Throttle
 from descartes_fast.server.security import ZapHandler, is_local_endpoint, load_allowlist
 from descartes_fast.wire import codec
@@ -107,17 +110,20 @@ def test_zap_handler_answers_from_the_allowlist(tmp_path) -> None:
 
 # -- the gate --
 
-def test_gate_limits_each_identity_and_replies_once_per_second() -> None:
+def test_gate_limits_each_connection_and_answers_every_refusal_with_when_to_retry() -> None:
     gate = Gate(rate=5, burst=3)
-    assert [gate.check(None, "10.0.0.1") for _ in range(3)] == [None] * 3 and gate.identity == "ip:10.0.0.1"
-    first, second = gate.check(None, "10.0.0.1"), gate.check(None, "10.0.0.1")
-    assert isinstance(first, Refusal) and first.reply and "5 requests per second per client" in str(first)
-    assert isinstance(second, Refusal) and not second.reply
-    assert gate.check(None, "10.0.0.2") is None  # another identity has its own bucket
-    assert gate.check(None, "localhost:1000:1000:4242") is None and gate.identity == "local:1000"
+    assert [gate.check(None, "10.0.0.1", b"c1") for _ in range(3)] == [None] * 3 and gate.identity == "ip:10.0.0.1"
+    first, second = gate.check(None, "10.0.0.1", b"c1"), gate.check(None, "10.0.0.1", b"c1")
+    for refusal in (first, second):  # every one answered, with the wait for its next token
+        assert isinstance(refusal, Refusal) and refusal.reply
+        assert re.fullmatch(r"rate limited: client ip:10\.0\.0\.1 is over 5 requests per second; "
+                            r"retry after (1\d\d|200) ms", str(refusal)), str(refusal)
+    assert gate.check(None, "10.0.0.1", b"c2") is None  # another connection from the same address: its own
+    assert gate.check(None, "10.0.0.2", b"c3") is None
+    assert gate.check(None, "localhost:1000:1000:4242", b"c4") is None and gate.identity == "local:1000"
     assert gate.rate_limited == 2
     time.sleep(0.25)  # a token refills every 0.2 s
-    assert gate.check(None, "10.0.0.1") is None
+    assert gate.check(None, "10.0.0.1", b"c1") is None
 
 
 def test_throttle_says_a_repeated_event_once_per_interval_with_the_count_left_unsaid() -> None:
@@ -331,7 +337,9 @@ def test_agents_per_client_are_counted_per_key(tmp_path, keys, main_implementati
 
 # -- rate limits and floods --
 
-def test_rate_limit_refuses_then_drops_and_counts(tmp_path, main_implementation) -> None:
+def test_every_request_over_the_rate_limit_is_answered_and_our_client_retries(tmp_path, main_implementation) -> None:
+    # it used to answer one refused request a second and drop the rest: each dropped caller
+    # waited for its timeout
     server = Server(tmp_path, main_implementation, "--rate-limit", "20", "--rate-burst", "5")
     try:
         time.sleep(0.3)  # the startup health check's token refills
@@ -339,16 +347,29 @@ def test_rate_limit_refuses_then_drops_and_counts(tmp_path, main_implementation)
         for i in range(50):
             dealer.send_multipart([b"", codec.encode(HealthCheckRequest(f"r{i}"))])
         replies = []
-        while dealer.poll(500):
+        while len(replies) < 50 and dealer.poll(2000):
             replies.append(codec.decode(dealer.recv_multipart()[-1]))
+        assert sorted(r.request_id for r in replies) == sorted(f"r{i}" for i in range(50))  # one each
         served = [r for r in replies if isinstance(r, HealthCheckResponse)]
         refused = [r for r in replies if isinstance(r, ErrorResponse)]
-        assert 5 <= len(served) <= 7 and len(refused) == 1, replies
-        assert refused[0].error.startswith("rate limit exceeded: this server allows 20 requests per second")
-        assert refused[0].request_id.startswith("r")
-        time.sleep(0.3)
+        assert 5 <= len(served) <= 7 and len(served) + len(refused) == 50, replies
+        assert all(re.fullmatch(r"rate limited: client local:\d+ is over 20 requests per second; retry after \d+ ms",
+                                r.error) for r in refused), refused[0]
+        other = server.socket(zmq.DEALER)  # a second client on the same machine has its own budget
+        other.send_multipart([b"", codec.encode(HealthCheckRequest("polite"))])
+        assert isinstance(codec.decode(other.recv_multipart()[-1]), HealthCheckResponse)
+
+        async def pipelined() -> tuple[int, int]:  # 64 at once: all served, none an error, no timeout
+            config = ZmqRunnerConfig(endpoint=server.bind, enable_heartbeat=False, request_timeout_secs=20)
+            async with AsyncClient(config) as c:
+                replies = await asyncio.gather(*(c.health_check() for _ in range(64)))
+                return sum(r.healthy for r in replies), c.rate_limited
+
+        started = time.monotonic()
+        healthy, retried = asyncio.run(pipelined())
+        assert healthy == 64 and retried > 0 and time.monotonic() - started < 15
         health = server.call(HealthCheckRequest("h"))
-        assert int(health.metadata["rate_limited"]) == 50 - len(served)
+        assert int(health.metadata["rate_limited"]) >= len(refused) + retried
         assert "over the rate limit" in server.log()
     finally:
         server.close()

@@ -239,7 +239,7 @@ cdef class Dispatcher:
         """What both receive paths do with a request: gate, size check, decode, handler, reply.
         *payload* may point into a frame about to be closed: ``on_error`` gets a copy."""
         if self.gate is not None:
-            refusal = self.gate.check(user_id, peer)
+            refusal = self.gate.check(user_id, peer, envelope[0])
             if refusal is not None:
                 if refusal.reply:
                     self.reply(envelope, self.on_error(bytes(payload), refusal))

@@ -21,6 +21,8 @@ import collections
 import dataclasses
 import logging
 import math
+import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
@@ -66,7 +68,7 @@ from descartes_fast.wire.schema import (
     StatusUpdate,
     ZmqOutputStream,
 )
-from descartes_fast.wire.texts import REPLY_TOO_LARGE
+from descartes_fast.wire.texts import RATE_LIMITED, REPLY_TOO_LARGE
 
 __all__ = ["AsyncClient"]
 
@@ -102,6 +104,7 @@ class AsyncClient:
         self._loop: asyncio.AbstractEventLoop  # set by connect()
         self._ids = _request_ids()
         self._check_soon = False  # a readability check is scheduled (see _request)
+        self.rate_limited = 0  # requests the server asked to retry later, and that were
         #: the server's metadata from the health check at connect (None before)
         self.server_metadata: dict[str, str] | None = None
         self._said: set[str] = set()  # notes already logged once
@@ -264,6 +267,14 @@ class AsyncClient:
             self._loop.call_soon(self._on_readable)
         reply = await future
         self._connected = True
+        error = getattr(reply, "error", None)
+        if self.config.retry_rate_limited and isinstance(error, str) and error.startswith(RATE_LIMITED):
+            wait = _retry_after(error) * (1.0 + random.random())  # jittered: many callers do not come back at once
+            left = deadline - self._loop.time()
+            if wait < left:
+                self.rate_limited += 1
+                await asyncio.sleep(wait)
+                return await self._request(message, expected, left - wait)
         if isinstance(reply, ErrorResponse):
             raise ServerError(reply.error, reply)
         if not isinstance(reply, expected):
@@ -537,6 +548,15 @@ def _request_ids() -> Iterator[str]:
     while True:
         n += 1
         yield f"{prefix}-{n}"
+
+
+_RETRY_AFTER = re.compile(r"retry after (\d+) ms")
+
+
+def _retry_after(error: str) -> float:
+    """Seconds a "rate limited" reply asks to wait (0.01 if it does not say)."""
+    found = _RETRY_AFTER.search(error)
+    return int(found.group(1)) / 1000 if found else 0.01
 
 
 def _read_data(reply: CommandResponse) -> bytes | None:

@@ -32,6 +32,10 @@ class ZmqRunnerConfig:
     #: descartes_fast addition: events kept per subscription for a consumer that falls behind
     #: (the oldest go first, counted in ``dropped``)
     subscription_queue: int = 100_000
+    #: descartes_fast addition: a request the server answers "rate limited: ... retry after N ms" is
+    #: sent again after N ms (up to twice that, at random), within the request's timeout; False
+    #: hands the error to the caller at once
+    retry_rate_limited: bool = True
 
 
 def curve_keys(config: ZmqRunnerConfig) -> tuple[bytes, bytes, bytes] | None:

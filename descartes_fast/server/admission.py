@@ -2,12 +2,17 @@
 
 The dispatcher calls :meth:`Gate.check` for every request, before decoding it, with what
 libzmq knows of the sender: the ``User-Id`` the ZAP handler gave the connection (the
-client's public key) and its ``Peer-Address``. From them comes the client's *identity*,
-the name its rate limit and agent count are kept under:
+client's public key), its ``Peer-Address`` and the connection's routing id. From them comes
+the client's *identity*, the name its agent count is kept under and its log lines name:
 
 * ``key:NAME`` for a CURVE client (``NAME.key`` in the allowlist);
-* ``ip:ADDRESS`` for a plain TCP client (all connections from one address share it);
+* ``ip:ADDRESS`` for a plain TCP client;
 * ``local:UID`` for an ipc client (the peer's user id), ``local`` for inproc.
+
+The rate limit is kept per CURVE key, and without CURVE per connection: two clients on one
+machine (one address) do not share a budget. A request over the limit is answered, never
+dropped: ``rate limited: ...; retry after N ms`` (:func:`~descartes_fast.wire.texts.rate_limited`),
+which our clients wait out and retry by themselves.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from time import monotonic as _monotonic
 
+from descartes_fast.wire.texts import rate_limited
+
 __all__ = ["Gate", "Refusal", "Throttle"]
 
 log = logging.getLogger("descartes_fast.server.admission")
 
 _MAX_TRACKED = 10_000  # identities kept at once; the idle ones go first
-_NOTICE_EVERY = 1.0    # seconds between refusal replies (and log lines) per identity
+_NOTICE_EVERY = 1.0    # seconds between log lines about one identity
 
 
 class Refusal(Exception):
@@ -79,15 +86,14 @@ class Gate:
         self.identity = "local"  # of the request last admitted (read by handlers)
         self.rate_limited = 0
         self.unauthorized = 0
-        self._buckets: dict[str, list[float]] = {}  # identity -> [tokens, last refill]
+        self._buckets: dict[str | bytes, list[float]] = {}  # key or connection -> [tokens, last refill]
         self._notices = Throttle(_NOTICE_EVERY)
         self._identities: dict[str | None, str] = {}  # Peer-Address -> identity
-        self._refused = Refusal(f"rate limit exceeded: this server allows {rate:g} requests per second "
-                                f"per client", reply=True)
         self._drop = Refusal("dropped", reply=False)
 
-    def check(self, user_id: str | None, peer: str | None) -> Refusal | None:
-        """None to serve the request; otherwise the refusal (counted)."""
+    def check(self, user_id: str | None, peer: str | None, connection: bytes | None = None) -> Refusal | None:
+        """None to serve the request; otherwise the refusal (counted). *connection*: the routing id
+        of the request's connection (its rate limit's key when there is no CURVE key)."""
         if user_id:
             name = self.allowlist().get(user_id) if self.allowlist is not None else user_id
             if name is None:
@@ -110,11 +116,12 @@ class Gate:
         if not self.rate:
             return None
         now = _monotonic()
-        bucket = self._buckets.get(identity)
+        key = identity if user_id or connection is None else connection
+        bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= _MAX_TRACKED:
                 self._forget_idle(now)
-            bucket = self._buckets[identity] = [self.burst, now]
+            bucket = self._buckets[key] = [self.burst, now]
         tokens = bucket[0] + (now - bucket[1]) * self.rate
         bucket[1] = now
         if tokens >= 1.0:
@@ -123,10 +130,10 @@ class Gate:
         bucket[0] = tokens
         self.rate_limited += 1
         if self._notices.due(identity) is not None:
-            log.warning("client %s is over the rate limit (%g requests/s): refusing its requests", identity,
+            log.warning("client %s is over the rate limit (%g requests/s): asking it to retry later", identity,
                         self.rate)
-            return self._refused
-        return self._drop
+        wait_ms = max(1, int((1.0 - tokens) / self.rate * 1000 + 0.999))  # until its next token
+        return Refusal(rate_limited(identity, self.rate, wait_ms), reply=True)
 
     def _forget_idle(self, now: float) -> None:
         """Drop the buckets that have refilled (their clients have been quiet)."""

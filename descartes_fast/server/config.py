@@ -38,7 +38,7 @@ class ServerConfig:
     curve_secret_key: str | None = None   # the server's .key_secret file
     authorized_keys: str | None = None    # directory of the clients' .key files
     insecure: bool = False                # allow non-loopback endpoints without CURVE
-    rate_limit: float = 10_000.0          # requests per second per client identity (0: none)
+    rate_limit: float = 100_000.0         # requests per second per CURVE key, else per connection (0: none)
     rate_burst: float | None = None       # default: one second's worth
     hwm: int = 1000                       # requests queued per client (its replies: 10x that)
     pub_hwm: int = 10_000                 # messages queued per subscriber

@@ -159,7 +159,9 @@ SETTINGS = (
             "allowed in; re-read on SIGHUP", metavar="DIR"),
     Setting("insecure", _bool, False, "allow non-loopback endpoints without CURVE (trusted networks and "
             "Rust peers only)", flag=True),
-    Setting("rate_limit", _not_negative(float), 10_000.0, "requests per second per client (0: no limit)"),
+    Setting("rate_limit", _not_negative(float), 100_000.0, "requests per second per CURVE key, else per "
+            "connection (0: no limit); a request over it is answered 'rate limited: ... retry after N ms', "
+            "which descartes_fast clients wait out and retry"),
     Setting("rate_burst", _positive(float), None, "requests a quiet client may send at once"),
     Setting("hwm", _positive(int), 1000, "requests queued per client before it is held back (its replies: "
             "10 times that, then dropped)"),

@@ -41,7 +41,7 @@ class Dispatcher:
         as one over the message limit (*message* is that reply); without it, both raise
     direct : whether to call libzmq directly when possible; the compiled twin can (None means
         when available), this twin always goes through pyzmq
-    gate : if given, ``gate.check(user_id, peer_address)`` is asked before each request is
+    gate : if given, ``gate.check(user_id, peer_address, routing_id)`` is asked before each request is
         decoded (see :class:`descartes_fast.server.admission.Gate`); a refusal with ``reply`` set is
         answered through ``on_error(payload, refusal)``, any other is dropped
     """
@@ -88,7 +88,7 @@ class Dispatcher:
             return
         if self.gate is not None:
             refusal = self.gate.check(_frame_property(frames[0], "User-Id"),
-                                     _frame_property(frames[0], "Peer-Address"))
+                                     _frame_property(frames[0], "Peer-Address"), bytes(frames[0]))
             if refusal is not None:
                 if refusal.reply:
                     self.reply(envelope, self.on_error(payload, refusal))

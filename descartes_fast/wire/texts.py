@@ -173,3 +173,12 @@ def reply_too_large(size: int, limit: int, how: str) -> str:
 def handler_failed(request: str, exc: BaseException) -> str:
     """The error text when the server failed while answering *request* (a bug: it is logged)."""
     return f"internal error while answering {request}: {type(exc).__name__}: {exc}"
+
+
+#: how the reply to a request over a rate limit begins (clients wait and retry on it)
+RATE_LIMITED: Final = "rate limited"
+
+
+def rate_limited(identity: str, rate: float, wait_ms: int) -> str:
+    """The error text for a request of *identity* over *rate* requests per second."""
+    return f"{RATE_LIMITED}: client {identity} is over {rate:g} requests per second; retry after {wait_ms} ms"
