@@ -88,7 +88,7 @@ def test_security_settings_from_file_environment_and_flags(tmp_path, monkeypatch
         monkeypatch.delenv(f"DESCARTES_FAST_{name}", raising=False)
     config, *_ = settings.resolve(_args())
     assert (config.curve, config.insecure, config.rate_limit, config.hwm, config.pub_hwm) == (
-        False, False, 10_000.0, 1000, 10_000)
+        False, False, 100_000.0, 1000, 10_000)
     path = tmp_path / "etc" / "s.toml"
     path.parent.mkdir()
     path.write_text('[server]\ncurve_secret_key = "keys/s.key_secret"\nauthorized_keys = "clients"\n'

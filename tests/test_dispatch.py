@@ -184,8 +184,8 @@ def test_the_gate_is_asked_before_decoding(pair) -> None:
     verdicts = [None, Refusal("slow down", reply=True), Refusal("dropped", reply=False)]
 
     class Gate:
-        def check(self, user_id, peer):
-            asked.append((user_id, peer))
+        def check(self, user_id, peer, connection):
+            asked.append((user_id, peer, type(connection), len(connection)))
             return verdicts.pop(0)
 
     dispatcher.gate = Gate()
@@ -193,5 +193,6 @@ def test_the_gate_is_asked_before_decoding(pair) -> None:
     assert isinstance(codec.decode(roundtrip(dispatcher, dealer, b"", req)[1]), HealthCheckResponse)
     assert codec.decode(roundtrip(dispatcher, dealer, b"", b"\xc1")[1]) == ErrorResponse("", "Refusal: slow down")
     assert roundtrip(dispatcher, dealer, b"", req) is None  # dropped, and no decode error counted
-    assert asked == [(None, None)] * 3  # inproc connections have no user id or peer address
+    # inproc connections have no user id or peer address; the routing id is the connection's (5 bytes)
+    assert asked == [(None, None, bytes, 5)] * 3
     assert (dispatcher.received, dispatcher.decode_errors) == (3, 0)

@@ -7,6 +7,7 @@ follower sees, the latency of health checks while big reads run.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from support.procs import rss_kib
 from support.server import Server
 from support.waiting import until
 
-from descartes_fast.client import Client, ServerError
+from descartes_fast.client import AsyncClient, Client, ServerError, ZmqRunnerConfig
 from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, ZmqOutputStream
 
 PY = sys.executable
@@ -267,6 +268,39 @@ def test_follows_before_during_and_after_get_every_line_once(tmp_path, main_impl
             follow("after", 0.0)
         for name in ("before", "during", "after"):
             assert results[name] == lines, name
+    finally:
+        server.close()
+
+
+def test_a_slow_follower_loses_nothing_though_live_chunks_are_dropped_on_the_way(tmp_path,
+                                                                                  main_implementation) -> None:
+    # live chunks are dropped at the server (a PUB queue of 20 messages) and in the client (a
+    # subscription queue of 10): the follower sees the gaps in the sequence numbers and reads the
+    # missing chunks from the store, so it still gets every line once and in order
+    server = Server(tmp_path, main_implementation, "--pub-hwm", "20")
+    script = ("import sys, time\n"
+              "for i in range(400):\n"
+              "    sys.stdout.write(''.join(f'line {i:03d}-{j:03d}\\n' for j in range(100)))\n"
+              "    sys.stdout.flush(); time.sleep(0.002)\n")
+
+    async def follow() -> tuple[bytes, int]:
+        config = ZmqRunnerConfig(endpoint=server.bind, pub_endpoint=server.pub, enable_heartbeat=False,
+                                 subscription_queue=10)
+        async with AsyncClient(config) as c:
+            agent = (await c.spawn_remote(AgentConfig(name="w", model_backend="py", task=script))).id
+            replay = await c.follow_logs(agent)
+            got = []
+            async for chunk in replay:
+                got.append(chunk.data)
+                await asyncio.sleep(0.004)  # slower than the agent writes
+            assert replay.logs is not None
+            return b"".join(got), replay.logs.dropped
+
+    try:
+        got, dropped_here = asyncio.run(follow())
+        want = "".join(f"line {i:03d}-{j:03d}\n" for i in range(400) for j in range(100)).encode()
+        assert got == want
+        assert dropped_here > 0  # the live path did lose chunks: the store gave them back
     finally:
         server.close()
 
