@@ -1,4 +1,5 @@
-"""Every error text of the codec and frame twins, written once.
+"""Every error text of the codec and frame twins, written once, and the texts of replies that
+both ends must recognise (a server writes them, a client acts on them).
 
 Both twins build their exception messages with these helpers (the compiled twin calls them
 on its error paths only), so the two cannot drift apart in wording. The exception *classes*
