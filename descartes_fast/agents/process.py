@@ -180,13 +180,13 @@ class AgentProcess:
         if self.stdin_fd is None:
             raise StdinClosedError("stdin is closed")
         queued = len(self._pending_stdin)
+        # what would wait here afterwards (the pipe is asked for its room only when that matters)
+        after = queued + len(data) if queued else len(data) - self._pipe_room() if len(data) > limit else 0
+        if after > limit:
+            raise StdinFullError(queued, len(data), after, limit)
         if queued:
-            if queued + len(data) > limit:
-                raise StdinFullError(queued, len(data), queued + len(data), limit)
             self._pending_stdin += data
             return 0
-        if len(data) > limit and len(data) - self._pipe_room() > limit:
-            raise StdinFullError(0, len(data), len(data) - self._pipe_room(), limit)
         try:
             sent = os.write(self.stdin_fd, data)
         except BlockingIOError:

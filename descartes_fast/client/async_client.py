@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import random
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
@@ -68,7 +67,7 @@ from descartes_fast.wire.schema import (
     StatusUpdate,
     ZmqOutputStream,
 )
-from descartes_fast.wire.texts import RATE_LIMITED, REPLY_TOO_LARGE
+from descartes_fast.wire.texts import REPLY_TOO_LARGE, retry_after
 
 __all__ = ["AsyncClient"]
 
@@ -268,8 +267,9 @@ class AsyncClient:
         reply = await future
         self._connected = True
         error = getattr(reply, "error", None)
-        if self.config.retry_rate_limited and isinstance(error, str) and error.startswith(RATE_LIMITED):
-            wait = _retry_after(error) * (1.0 + random.random())  # jittered: many callers do not come back at once
+        asked = retry_after(error) if self.config.retry_rate_limited and isinstance(error, str) else None
+        if asked is not None:
+            wait = asked * (1.0 + random.random())  # jittered: many callers do not come back at once
             left = deadline - self._loop.time()
             if wait < left:
                 self.rate_limited += 1
@@ -548,15 +548,6 @@ def _request_ids() -> Iterator[str]:
     while True:
         n += 1
         yield f"{prefix}-{n}"
-
-
-_RETRY_AFTER = re.compile(r"retry after (\d+) ms")
-
-
-def _retry_after(error: str) -> float:
-    """Seconds a "rate limited" reply asks to wait (0.01 if it does not say)."""
-    found = _RETRY_AFTER.search(error)
-    return int(found.group(1)) / 1000 if found else 0.01
 
 
 def _read_data(reply: CommandResponse) -> bytes | None:

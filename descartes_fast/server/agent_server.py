@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -288,16 +288,17 @@ class AgentServer:
                     self.dispatcher.failures += 1
                     reply = self._failed(msg, exc)
                 self._reply_later(envelope, reply)
-            task = asyncio.get_running_loop().create_task(answer())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(answer())
         return start
 
-    def _spawn(self, msg: SpawnRequest, envelope: list) -> None:
-        task = asyncio.get_running_loop().create_task(self._do_spawn(msg, envelope, self.gate.identity))
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run *work* as a task the server keeps until it is done (shutdown waits for it)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return None
+
+    def _spawn(self, msg: SpawnRequest, envelope: list) -> None:
+        self._start(self._do_spawn(msg, envelope, self.gate.identity))
 
     async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str) -> None:
         sid = self.config.server_id

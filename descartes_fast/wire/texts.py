@@ -183,3 +183,12 @@ RATE_LIMITED: Final = "rate limited"
 def rate_limited(identity: str, rate: float, wait_ms: int) -> str:
     """The error text for a request of *identity* over *rate* requests per second."""
     return f"{RATE_LIMITED}: client {identity} is over {rate:g} requests per second; retry after {wait_ms} ms"
+
+
+def retry_after(text: str) -> float | None:
+    """Seconds a :func:`rate_limited` text asks to wait; None for any other text."""
+    if not text.startswith(RATE_LIMITED):
+        return None
+    _, sep, rest = text.rpartition("; retry after ")
+    ms = rest.removesuffix(" ms")
+    return int(ms) / 1000 if sep and ms.isdigit() else 0.01
