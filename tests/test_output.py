@@ -27,6 +27,7 @@ from support.server import Server
 from support.waiting import until
 
 from descartes_fast.client import AsyncClient, Client, ServerError, ZmqRunnerConfig
+from descartes_fast.server.config import MAX_EVENT_BYTES
 from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, ZmqOutputStream
 
 PY = sys.executable
@@ -277,7 +278,7 @@ def test_a_slow_follower_loses_nothing_though_live_chunks_are_dropped_on_the_way
     # live chunks are dropped at the server (a PUB queue of 20 messages) and in the client (a
     # subscription queue of 10): the follower sees the gaps in the sequence numbers and reads the
     # missing chunks from the store, so it still gets every line once and in order
-    server = Server(tmp_path, main_implementation, "--pub-hwm", "20")
+    server = Server(tmp_path, main_implementation, "--pub-buffer", str(20 * MAX_EVENT_BYTES))
     script = ("import sys, time\n"
               "for i in range(400):\n"
               "    sys.stdout.write(''.join(f'line {i:03d}-{j:03d}\\n' for j in range(100)))\n"

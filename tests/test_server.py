@@ -191,7 +191,17 @@ def test_stop_and_kill_end_the_process_group(server, kind) -> None:
     until(lambda: not alive(grandchild))
 
 
-def test_large_output_is_complete_in_order_and_binary_safe(server) -> None:
+def test_large_output_is_complete_in_order_and_binary_safe(implementation, tmp_path) -> None:
+    # a queue large enough for all of it: on a busy machine a reader in Python falls more than
+    # the default --pub-buffer (32 MiB) behind the agent, and then misses chunks (test_bounds.py)
+    server = Server(tmp_path, implementation, "--pub-buffer", "1GiB")
+    try:
+        _large_output_is_complete_in_order_and_binary_safe(server)
+    finally:
+        server.close()
+
+
+def _large_output_is_complete_in_order_and_binary_safe(server: Server) -> None:
     sub = server.socket(zmq.SUB, SUBSCRIBE=b"", RCVHWM=0)
     time.sleep(0.3)  # let the subscription reach the server
     script = ("import sys\nw=sys.stdout.buffer.write\n"

@@ -1,7 +1,8 @@
 """The output store and the line index against a plain-bytes model (hypothesis), on both twins.
 
 The model of a stream is all its bytes; its lines end at each ``\\n`` and after every
-``line_max`` bytes without one; a chunk ends at the last line end of each append.
+``line_max`` bytes without one; a chunk ends at the last line end of each piece of an append
+(an append is taken ``CHUNK_MAX - LINE_MAX`` bytes at a time, so no chunk is longer than CHUNK_MAX).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from descartes_fast import _impl
 from descartes_fast.agents.store import RECORD, StreamLog
 
 LINE_MAX = 8  # small, so that long lines and forced ends are everywhere
+CHUNK_MAX = 20  # and appends are cut into pieces of 12
 #: DESCARTES_STORE_SCALE=20 for a long soak
 _SETTINGS = settings(max_examples=int(150 * float(os.environ.get("DESCARTES_STORE_SCALE", "1"))), deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -105,10 +107,11 @@ class Model:
         self.chunk_ends: list[int] = []
 
     def append(self, block: bytes) -> None:
-        self.data += block
-        ends = model_line_ends(bytes(self.data), LINE_MAX)
-        if ends and (not self.chunk_ends or ends[-1] > self.chunk_ends[-1]):
-            self.chunk_ends.append(ends[-1])
+        for start in range(0, len(block), CHUNK_MAX - LINE_MAX):
+            self.data += block[start:start + CHUNK_MAX - LINE_MAX]
+            ends = model_line_ends(bytes(self.data), LINE_MAX)
+            if ends and (not self.chunk_ends or ends[-1] > self.chunk_ends[-1]):
+                self.chunk_ends.append(ends[-1])
 
     def finish(self) -> None:
         if self.data and (not self.chunk_ends or self.chunk_ends[-1] < len(self.data)):
@@ -128,7 +131,7 @@ class Model:
 
 def open_log(tmp_path: Path, segment_bytes: int, sizes: list[int]) -> StreamLog:
     return StreamLog(tmp_path, "stdout", tail_bytes=0, segment_bytes=segment_bytes, on_size=sizes.append,
-                     line_max=LINE_MAX)
+                     line_max=LINE_MAX, chunk_max=CHUNK_MAX)
 
 
 def check(log: StreamLog, model: Model) -> None:
@@ -171,10 +174,8 @@ def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends,
     model = Model()
     seen: list[tuple[int, bytes]] = []
     for block in appends:
-        chunk = log.append(block, 1)
+        seen += [(chunk.sequence, chunk.data) for chunk in log.append(block, 1)]
         model.append(block)
-        if chunk is not None:
-            seen.append((chunk.sequence, chunk.data))
     if finish:
         chunk = log.finish(2)
         model.finish()
@@ -182,6 +183,7 @@ def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends,
             seen.append((chunk.sequence, chunk.data))
     # the chunks handed out are the stream, numbered 0, 1, 2, ...
     assert [s for s, _ in seen] == list(range(len(seen)))
+    assert all(len(d) <= CHUNK_MAX for _, d in seen)
     assert b"".join(d for _, d in seen) == bytes(model.data[:model.end])
     check(log, model)
     # the bytes on disk are what the store counted
@@ -225,7 +227,7 @@ def test_reopen_after_a_crash_keeps_every_byte(tmp_path_factory, appends, ended,
         with open(last, "r+b") as f:  # the last record (and a bit of the one before) never reached the disk
             f.truncate(max(RECORD.size, last.stat().st_size - RECORD.size - 5))
     again = StreamLog.reopen(tmp, "stdout", tail_bytes=0, segment_bytes=60, ended=ended, on_size=lambda n: None,
-                             line_max=LINE_MAX)
+                             line_max=LINE_MAX, chunk_max=CHUNK_MAX)
     ends = model_line_ends(bytes(data), LINE_MAX)
     facts = again.facts()
     # every byte that ends a line is there again (and, once the agent has ended, the rest too)
@@ -247,7 +249,8 @@ def test_reopen_after_a_crash_keeps_every_byte(tmp_path_factory, appends, ended,
 def test_a_line_longer_than_the_maximum_is_split_not_lost(tmp_path) -> None:
     log = open_log(tmp_path, 1 << 20, [])
     blob = bytes(range(65, 91)) * 3 + b"abcdefghijklmnopqrstuv"  # 100 bytes, no newline at all
-    assert log.append(blob, 1) is not None  # 12 forced line ends of 8 bytes
+    chunks = log.append(blob, 1)  # 12 forced line ends of 8 bytes, in chunks of at most CHUNK_MAX
+    assert b"".join(c.data for c in chunks) == blob[:96] and max(len(c.data) for c in chunks) <= CHUNK_MAX
     assert log.facts().end_line == 12 and log.carry == 4
     chunk = log.finish(2)
     assert chunk is not None and chunk.data == blob[96:]

@@ -9,7 +9,8 @@ Layout of the state directory (``--state-dir``)::
     agents/<agent-id>/stderr.000000.log   ... and so on, segment by segment
 
 A *chunk* is what one read of the agent's pipe completed: everything up to its last line end
-(an unfinished line waits for its end). Chunks are numbered per stream from 0: the numbers
+(an unfinished line waits for its end), at most ``CHUNK_MAX`` bytes (a larger read completes
+several chunks, so a message on PUB has a size bound the server can budget for). Chunks are numbered per stream from 0: the numbers
 are the ``sequence`` of the log chunks published on PUB, so a follower can tell what the store
 holds from what it saw live. Lines end at ``\\n`` and after every ``LINE_MAX`` bytes without one
 (:mod:`.lineindex`). Finding a byte, a line or a chunk costs a binary search in one segment's
@@ -39,7 +40,7 @@ from typing import Final
 from descartes_fast.agents.lineindex import LINE_MAX, find_record, line_ends, scan, split_lines
 from descartes_fast.wire.schema import LogStreamType
 
-__all__ = ["Facts", "Chunk", "ReadResult", "StreamLog", "AgentOutput", "OutputStore", "StoreError", "WouldBlock"]
+__all__ = ["CHUNK_MAX", "Facts", "Chunk", "ReadResult", "StreamLog", "AgentOutput", "OutputStore", "StoreError", "WouldBlock"]
 
 #: one index record: a chunk's end offset, end line and time (ns); also a segment's header
 RECORD: Final = struct.Struct("<QQQ")
@@ -48,6 +49,8 @@ _PROBE_WINDOW: Final = 128  # records read at once at the end of a binary search
 _RECORD_WINDOW: Final = 1024  # records read at once for a read's chunks
 MAX_READ_CHUNKS: Final = 16384  # chunks described in one read (their ends and times travel along)
 _READ_AHEAD: Final = 4 << 20  # bytes the kernel is asked to bring in after each read from a file
+#: the most bytes in one chunk: an unfinished line (under LINE_MAX) and the piece of a read it ends in
+CHUNK_MAX: Final = 2 * LINE_MAX
 
 
 class StoreError(Exception):
@@ -231,11 +234,14 @@ class StreamLog:
     """One stream of one agent: append (on the event loop) and read (from any thread)."""
 
     def __init__(self, directory: Path, name: str, *, tail_bytes: int, segment_bytes: int,
-                 on_size: Callable[[int], None], line_max: int = LINE_MAX) -> None:
+                 on_size: Callable[[int], None], line_max: int = LINE_MAX, chunk_max: int = CHUNK_MAX) -> None:
+        if chunk_max <= line_max:
+            raise ValueError(f"chunk_max ({chunk_max}) must be more than line_max ({line_max})")
         self.directory = directory
         self.name = name
         self.segment_bytes = segment_bytes
         self.line_max = line_max
+        self._piece = chunk_max - line_max  # bytes of a read taken at once: a chunk stays <= chunk_max
         self._on_size = on_size  # told every change of the bytes on disk (a delta)
         self._ring = _Ring(max(tail_bytes, 2 * line_max))
         self._segments: list[_Segment] = []
@@ -292,8 +298,19 @@ class StreamLog:
 
     # -- writing (on the event loop) --
 
-    def append(self, data: bytes, now_ns: int) -> Chunk | None:
-        """Store *data* as read from the pipe; the chunk it completes, if it completes a line."""
+    def append(self, data: bytes, now_ns: int) -> list[Chunk]:
+        """Store *data* as read from the pipe; the chunks it completes (none until a line ends)."""
+        if len(data) <= self._piece:
+            chunk = self._append(data, now_ns)
+            return [] if chunk is None else [chunk]
+        chunks = []
+        for start in range(0, len(data), self._piece):
+            chunk = self._append(data[start:start + self._piece], now_ns)
+            if chunk is not None:
+                chunks.append(chunk)
+        return chunks
+
+    def _append(self, data: bytes, now_ns: int) -> Chunk | None:
         if not data:
             return None
         if self._log_fd is None:  # the first append, or the first after a reopen
@@ -503,12 +520,12 @@ class StreamLog:
 
     @classmethod
     def reopen(cls, directory: Path, name: str, *, tail_bytes: int, segment_bytes: int, ended: bool,
-               on_size: Callable[[int], None], line_max: int = LINE_MAX) -> StreamLog:
+               on_size: Callable[[int], None], line_max: int = LINE_MAX, chunk_max: int = CHUNK_MAX) -> StreamLog:
         """The stream as stored, repaired where a crash cut it short: index records past the bytes
         are dropped, bytes past the last record become chunks (and an unfinished line a line when
         the agent has ended). The in-memory tail starts empty (reads go to disk)."""
         log = cls(directory, name, tail_bytes=tail_bytes, segment_bytes=segment_bytes, on_size=on_size,
-                  line_max=line_max)
+                  line_max=line_max, chunk_max=chunk_max)
         numbers = sorted(int(m.group(2)) for p in (directory.iterdir() if directory.is_dir() else ())
                          if (m := _SEGMENT.match(p.name)) and m.group(1) == name)
         for number in numbers:
@@ -597,11 +614,11 @@ class AgentOutput:
     def size(self) -> int:
         return sum(s.size for s in self.streams.values())
 
-    def append(self, stream: LogStreamType, data: bytes) -> Chunk | None:
-        chunk = self.streams[stream].append(data, time.time_ns())
+    def append(self, stream: LogStreamType, data: bytes) -> list[Chunk]:
+        chunks = self.streams[stream].append(data, time.time_ns())
         if self.size > self.store.agent_bytes:
             self.shrink(self.size - self.store.agent_bytes)
-        return chunk
+        return chunks
 
     def finish(self) -> list[tuple[LogStreamType, Chunk]]:
         """The agent has ended: the chunks its unfinished lines became."""

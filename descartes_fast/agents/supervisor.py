@@ -404,10 +404,11 @@ class Supervisor:
     def _on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
         """Output as read from a pipe: stored, and what it completes (whole lines) published;
         at the end of a stream (``b""``) its unfinished line becomes a line."""
-        log = agent.output[stream]
-        chunk = agent.output.append(stream, data) if data else log.finish(time.time_ns())
-        if chunk is not None:
-            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+        if data:
+            for chunk in agent.output.append(stream, data):
+                self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+        elif (last := agent.output[stream].finish(time.time_ns())) is not None:
+            self.listener.on_output(agent, stream, last.data, last.sequence)
 
     def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
         agent.ended_at = time.time_ns()

@@ -99,10 +99,10 @@ class AgentServer:
         self.config = config
         self.codec = get_implementation(config.implementation)
         self.started = time.monotonic()
-        self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_dropped": 0,
+        self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_overflows": 0,
                       "disconnects": 0, "handshake_failures": 0}
         self._ctx = zmq.Context()
-        self.events = EventPublisher(self._ctx.socket(zmq.PUB) if config.pub else None, self.codec.encode,
+        self.events = EventPublisher(self._ctx.socket(zmq.XPUB) if config.pub else None, self.codec.encode,
                                      self.stats)
         self.state = StateDir(Path(config.state_dir), tail_bytes=config.output_limit,
                               agent_bytes=config.log_max_bytes, total_bytes=config.state_max_bytes)
@@ -189,13 +189,16 @@ class AgentServer:
             log.warning("[policy] backends names unknown backend(s): %s (known: %s)", ", ".join(unknown),
                         ", ".join(config.backends.names()))
         log.info("limits: %s requests/s per client, queues of %d requests and %d replies per client and %d "
-                 "events per subscriber, messages up to %d bytes",
+                 "bytes of events per subscriber (%d of the largest), messages up to %d bytes",
                  f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, config.reply_hwm,
-                 config.pub_hwm, MAX_MESSAGE_SIZE)
+                 config.pub_buffer, config.pub_hwm, MAX_MESSAGE_SIZE)
         loop.add_reader(self._monitor.fileno(), self._on_monitor)
         self._on_monitor()  # the FD is edge-triggered: take what is queued already
         loop.add_reader(self._router.fileno(), self._on_readable)
         self._on_readable()  # requests may have queued before the reader was added
+        if self.events.sock is not None:
+            loop.add_reader(self.events.sock.fileno(), self.events.take_subscriptions)
+            self.events.take_subscriptions()
         heartbeat = asyncio.create_task(self.events.heartbeats(config.server_id, config.heartbeat_interval,
                                                                self._heartbeat_facts))
         self._watch_loop(loop.time() + _LOOP_TICK)
@@ -203,6 +206,8 @@ class AgentServer:
         log.info("shutting down: no new requests; stopping agents (grace %.1f s)", self.config.stop_grace)
         loop.remove_reader(self._router.fileno())
         loop.remove_reader(self._monitor.fileno())
+        if self.events.sock is not None:
+            loop.remove_reader(self.events.sock.fileno())
         heartbeat.cancel()
         await self.supervisor.shutdown()
         for task in list(self._tasks):
@@ -341,6 +346,7 @@ class AgentServer:
                     "state_dir": str(self.state.path), "stored_bytes": str(self.state.store.size),
                     "state_max_bytes": str(self.config.state_max_bytes),
                     "evicted_agents": str(self.state.store.evicted_agents),
+                    "subscribed_topics": str(len(self.events.topics)),
                     "loop_lag_max_ms": f"{self.loop_lag_max * 1e3:.1f}", "loop_stalls": str(self.loop_stalls)}
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)

@@ -12,9 +12,14 @@ from descartes_fast import _impl
 from descartes_fast.agents.backends import BackendRegistry
 from descartes_fast.agents.policy import SpawnPolicy
 from descartes_fast.agents.state import default_state_dir
+from descartes_fast.agents.store import CHUNK_MAX
 from descartes_fast.server.security import SecurityError, is_local_endpoint
 
-__all__ = ["ServerConfig", "SecurityError"]
+__all__ = ["ServerConfig", "SecurityError", "MAX_EVENT_BYTES"]
+
+#: the most bytes one event on PUB takes: a log chunk of CHUNK_MAX bytes, each encoded as a
+#: MessagePack integer of up to 2 bytes (the Rust form), with its topic and fields
+MAX_EVENT_BYTES = 2 * CHUNK_MAX + 512
 
 
 @dataclass
@@ -41,12 +46,17 @@ class ServerConfig:
     rate_limit: float = 100_000.0         # requests per second per CURVE key, else per connection (0: none)
     rate_burst: float | None = None       # default: one second's worth
     hwm: int = 1000                       # requests queued per client (its replies: 10x that)
-    pub_hwm: int = 10_000                 # messages queued per subscriber
+    pub_buffer: int = 32 << 20            # bytes of events queued per subscriber
     implementation: str = _impl.IMPLEMENTATION
 
     @property
     def curve(self) -> bool:
         return self.curve_secret_key is not None
+
+    @property
+    def pub_hwm(self) -> int:
+        """Events queued per subscriber: as many of the largest as fit in ``pub_buffer``."""
+        return max(1, self.pub_buffer // MAX_EVENT_BYTES)
 
     @property
     def reply_hwm(self) -> int:

@@ -1,11 +1,15 @@
-"""The server's PUB socket: agents' log chunks and status updates as they happen, and heartbeats.
+"""The server's event socket (XPUB): agents' log chunks and status updates as they happen, and heartbeats.
 
 Every message is one frame, ``topic + b"\\x00" + msgpack`` (docs/protocol.md §5): log chunks on
 the agent's UUID with a ``sequence`` counting per agent and stream from 0 (the chunk's number in
 the output store, so a follower can refill what it missed), status updates on
-``status.<uuid>``, heartbeats about the nil UUID. A subscriber that does not keep up loses
-messages past its queue (``--pub-hwm``), counted in ``pub_dropped``; the server does not wait.
-"""
+``status.<uuid>``, heartbeats about the nil UUID. Subscribers are plain SUB sockets (XPUB is
+PUB on the wire). Each subscriber has a queue of ``--pub-buffer`` bytes (as many of the largest
+events as fit). An event that finds a subscriber's queue full is dropped for that subscriber only,
+as are the events after it until the subscriber has caught up (libzmq takes the queue out of the
+fan-out until then); each such overflow is counted in ``pub_overflows``, where libzmq's PUB would
+say nothing. descartes_fast followers see the gap in the sequence numbers and refill it from the
+output store. The server never waits."""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ NIL = uuid.UUID(int=0)
 class EventPublisher:
     """The PUB socket, and the supervisor's :class:`~descartes_fast.agents.supervisor.Listener`.
 
-    *encode* is the codec twin's encoder; *stats* the server's counters (``pub_dropped`` is
+    *encode* is the codec twin's encoder; *stats* the server's counters (``pub_overflows`` is
     counted here). Without an endpoint nothing is published, but status changes are still logged.
     """
 
@@ -43,6 +47,8 @@ class EventPublisher:
         self._encode = encode
         self._stats = stats
         self.endpoint: str | None = None
+        #: topic prefixes someone subscribes to (XPUB tells the first subscribe and the last unsubscribe)
+        self.topics: set[bytes] = set()
 
     def bind(self, endpoint: str, hwm: int) -> str:
         """Bind the socket; returns the endpoint bound (a port 0 resolved)."""
@@ -50,6 +56,7 @@ class EventPublisher:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
         self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue says so (zmq.Again) instead of dropping unseen
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.endpoint
@@ -83,14 +90,34 @@ class EventPublisher:
     def publish(self, topic: bytes, message: Message) -> None:
         if self.sock is None or self.sock.closed:
             return
+        frame = pub_frame(topic, self._encode(message))
         try:
-            self.sock.send(pub_frame(topic, self._encode(message)), zmq.NOBLOCK)
-        except zmq.Again:
-            self._stats["pub_dropped"] += 1
+            self.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:  # a subscriber's queue is full: it loses this (and more) events, the others get it
+            self._stats["pub_overflows"] += 1
+            self.sock.setsockopt(zmq.XPUB_NODROP, 0)
+            try:
+                self.sock.send(frame, zmq.NOBLOCK)
+            finally:
+                self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+
+    def take_subscriptions(self) -> None:
+        """Read what XPUB says about subscriptions (on its FD becoming readable, and with every
+        heartbeat: the FD is edge-triggered), so that those messages never pile up."""
+        sock = self.sock
+        if sock is None or sock.closed:
+            return
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            note = sock.recv(zmq.NOBLOCK)
+            if note[:1] == b"\x01":
+                self.topics.add(note[1:])
+            elif note[:1] == b"\x00":
+                self.topics.discard(note[1:])
 
     async def heartbeats(self, server_id: str, interval: float, facts: Callable[[], dict[str, Any]]) -> None:
         """A heartbeat every *interval* seconds, carrying *facts()* as its data (until cancelled)."""
         while True:
+            self.take_subscriptions()
             self.publish(HEARTBEAT_TOPIC, StatusUpdate(NIL, StatusUpdateType.HEARTBEAT, None, server_id, facts(),
                                                        timestamp=time.time_ns()))
             await asyncio.sleep(interval)

@@ -31,7 +31,7 @@ from typing import Any
 from descartes_fast.agents.backends import BackendError, BackendRegistry
 from descartes_fast.agents.policy import PolicyError, SpawnPolicy
 from descartes_fast.agents.state import default_state_dir
-from descartes_fast.server.config import ServerConfig
+from descartes_fast.server.config import MAX_EVENT_BYTES, ServerConfig
 
 __all__ = ["SETTINGS", "add_arguments", "resolve", "SettingsError"]
 
@@ -127,6 +127,17 @@ def size(value: str) -> int:
     return out
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """Bytes (as :func:`size`), no fewer than *minimum*."""
+    def parse(value: str) -> int:
+        out = size(value)
+        if out < minimum:
+            raise ValueError(f"must be at least {minimum} bytes ({_in_units(minimum)}: the largest event)")
+        return out
+    parse.__name__ = "size"
+    return parse
+
+
 def _in_units(n: int) -> str:
     for unit, power in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << power and n % (1 << power) == 0:
@@ -165,7 +176,9 @@ SETTINGS = (
     Setting("rate_burst", _positive(float), None, "requests a quiet client may send at once"),
     Setting("hwm", _positive(int), 1000, "requests queued per client before it is held back (its replies: "
             "10 times that, then dropped)"),
-    Setting("pub_hwm", _positive(int), 10_000, "events queued per subscriber before more are dropped"),
+    Setting("pub_buffer", _at_least(MAX_EVENT_BYTES), 32 << 20, "bytes of events queued per subscriber; "
+            "past it, that subscriber misses events until it catches up, counted in pub_overflows "
+            "(descartes_fast followers refill what they missed from the output store)", metavar="BYTES"),
     Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
 )
@@ -183,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=f"{s.help} (env: {s.env}=1)")
             continue
         shown = {"server_id": "host-pid", "rate_burst": "the rate limit"}.get(s.name, s.default)
-        shown = "none" if shown is None else _in_units(shown) if s.kind is size else shown
+        shown = "none" if shown is None else _in_units(shown) if s.metavar == "BYTES" else shown
         parser.add_argument(option, dest=s.name, metavar=s.metavar or s.name.split("_")[-1].upper(),
                             help=f"{s.help} (default: {shown}; env: {s.env})")
 
@@ -236,7 +249,7 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
                           policy=policy, curve_secret_key=values["curve_secret_key"],
                           authorized_keys=values["authorized_keys"], insecure=values["insecure"],
                           rate_limit=values["rate_limit"], rate_burst=values["rate_burst"], hwm=values["hwm"],
-                          pub_hwm=values["pub_hwm"])
+                          pub_buffer=values["pub_buffer"])
     if values["server_id"]:
         config.server_id = values["server_id"]
     return config, values["log_level"], values["loop"]
