@@ -17,7 +17,7 @@ from support.server import Server
 
 from descartes_fast.server.config import ServerConfig
 from descartes_fast.wire import codec
-from descartes_fast.wire.schema import AgentStatus, HealthCheckRequest
+from descartes_fast.wire.schema import AgentConfig, AgentStatus, HealthCheckRequest, SpawnRequest, SpawnResponse
 
 MiB = 1024
 
@@ -113,3 +113,62 @@ def test_the_largest_event_fits_the_size_the_pub_queue_is_counted_in() -> None:
     worst = LogStreamMessage(agent, LogStreamType.STDERR, b"\xff" * CHUNK_MAX, 2**63 - 1, 2**63 - 1)
     assert len(pub_frame(log_topic(agent), codec.encode(worst))) <= MAX_EVENT_BYTES
     assert ServerConfig(pub_buffer=MAX_EVENT_BYTES * 3 + 1).pub_hwm == 3
+
+
+def test_a_flood_of_large_requests_costs_at_most_the_request_buffer_and_each_is_answered(server) -> None:
+    # 300 spawn requests of 9 MB each, sent as fast as the socket takes them, replies unread until
+    # the end: the server used to take every one it could read and hold each until its spawn ran
+    # (RSS 35 -> 481 MB); now libzmq queues at most --request-buffer of them and the server holds at
+    # most --request-buffer more, answering the rest 'busy: ... retry after N ms' at once
+    budget = ServerConfig().request_buffer // 1024
+    big = codec.encode(SpawnRequest("s", AgentConfig(name="big", model_backend="nope", task="x" * 9_000_000)))
+    flood = server.socket(zmq.DEALER, SNDHWM=0, RCVHWM=0)
+    before = rss_kib(server.proc.pid)
+    with Sampler(server) as sampler:
+        for _ in range(300):
+            flood.send_multipart([b"", big])
+        replies = [codec.decode(flood.recv_multipart()[-1]) for _ in range(300)]
+    flood.close()
+    texts = [r.error for r in replies]
+    assert all(isinstance(r, SpawnResponse) and not r.success for r in replies)
+    busy = [t for t in texts if t.startswith("busy: ")]
+    assert busy and all("retry after 20 ms" in t and "(--request-buffer)" in t for t in busy), texts[:3]
+    assert all(t.startswith(("busy: ", "Agent spawn failed: Unsupported model backend")) for t in texts), set(texts)
+    grown = sampler.peak - before
+    assert grown < 2 * budget + 48 * MiB, (grown, budget)
+    assert sampler.worst() < 2.0, sampler.worst()
+    health = server.call(HealthCheckRequest("after"))
+    assert int(health.metadata["busy_refused"]) == len(busy) and health.metadata["held_bytes"] == "0"
+    print(f"request flood: RSS {before // MiB} -> peak {sampler.peak // MiB} MiB (--request-buffer "
+          f"{budget // MiB} MiB); {len(busy)} of 300 answered busy; health round trip worst "
+          f"{sampler.worst() * 1e3:.1f} ms")
+
+
+def test_a_busy_reply_is_waited_out_and_retried_by_our_client(implementation, tmp_path) -> None:
+    # with the smallest --request-buffer (one 10 MiB message) 40 reads of 4 MiB pages at once
+    # cannot all be held: those over it are answered 'busy', and AsyncClient retries them itself
+    import asyncio
+
+    from descartes_fast.client import AsyncClient, ZmqRunnerConfig
+    from descartes_fast.wire.schema import LogStreamType
+    from descartes_fast.wire.texts import busy, retry_after
+
+    assert retry_after(busy("key:ci", 5, 10, 20)) == 0.02
+    server = Server(tmp_path, implementation, "--request-buffer", "10MiB")
+    try:
+        agent = server.spawn("py", "import sys; sys.stdout.write('y' * 9_000_000 + '\\n')")
+        server.wait_status(agent, (AgentStatus.COMPLETED,))
+
+        async def read_all() -> tuple[list[int], int]:
+            config = ZmqRunnerConfig(endpoint=server.bind, pub_endpoint=server.pub, enable_heartbeat=False)
+            async with AsyncClient(config) as c:
+                pages = await asyncio.gather(*(c.read_output(agent, LogStreamType.STDOUT, offset=i * 100_000,
+                                                             max_bytes=4 << 20) for i in range(40)))
+                return [len(p.data) for p in pages], c.rate_limited
+
+        sizes, retried = asyncio.run(read_all())
+        assert all(size > 0 for size in sizes) and retried > 0
+        health = server.call(HealthCheckRequest("after"))
+        assert int(health.metadata["busy_refused"]) >= retried and health.metadata["held_bytes"] == "0"
+    finally:
+        server.close()

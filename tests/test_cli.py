@@ -87,8 +87,8 @@ def test_security_settings_from_file_environment_and_flags(tmp_path, monkeypatch
     for name in ("CONFIG", "CURVE_SECRET_KEY", "AUTHORIZED_KEYS", "INSECURE", "RATE_LIMIT"):
         monkeypatch.delenv(f"DESCARTES_FAST_{name}", raising=False)
     config, *_ = settings.resolve(_args())
-    assert (config.curve, config.insecure, config.rate_limit, config.hwm, config.pub_buffer) == (
-        False, False, 100_000.0, 1000, 32 << 20)
+    assert (config.curve, config.insecure, config.rate_limit, config.request_buffer, config.pub_buffer) == (
+        False, False, 100_000.0, 128 << 20, 32 << 20)
     path = tmp_path / "etc" / "s.toml"
     path.parent.mkdir()
     path.write_text('[server]\ncurve_secret_key = "keys/s.key_secret"\nauthorized_keys = "clients"\n'

@@ -10,11 +10,11 @@ Layout of the state directory (``--state-dir``)::
 
 A *chunk* is what one read of the agent's pipe completed: everything up to its last line end
 (an unfinished line waits for its end), at most ``CHUNK_MAX`` bytes (a larger read completes
-several chunks, so a message on PUB has a size bound the server can budget for). Chunks are numbered per stream from 0: the numbers
-are the ``sequence`` of the log chunks published on PUB, so a follower can tell what the store
-holds from what it saw live. Lines end at ``\\n`` and after every ``LINE_MAX`` bytes without one
-(:mod:`.lineindex`). Finding a byte, a line or a chunk costs a binary search in one segment's
-index (a few reads of 24 bytes) and never a scan of the output.
+several chunks, so an event on PUB has a size the server can budget for). Chunks are numbered
+per stream from 0: the numbers are the ``sequence`` of the log chunks published on PUB, so a
+follower can tell what the store holds from what it saw live. Lines end at ``\\n`` and after
+every ``LINE_MAX`` bytes without one (:mod:`.lineindex`). Finding a byte, a line or a chunk
+costs a binary search in one segment's index (a few reads of 24 bytes), never a scan of the output.
 
 Bounds, all in bytes: each agent keeps at most ``tail_bytes`` of its latest output in memory
 (the rest is read from disk), at most ``agent_bytes`` on disk (its oldest segment is dropped
@@ -40,7 +40,8 @@ from typing import Final
 from descartes_fast.agents.lineindex import LINE_MAX, find_record, line_ends, scan, split_lines
 from descartes_fast.wire.schema import LogStreamType
 
-__all__ = ["CHUNK_MAX", "Facts", "Chunk", "ReadResult", "StreamLog", "AgentOutput", "OutputStore", "StoreError", "WouldBlock"]
+__all__ = ["CHUNK_MAX", "Facts", "Chunk", "ReadResult", "StreamLog", "AgentOutput", "OutputStore", "StoreError",
+           "WouldBlock"]
 
 #: one index record: a chunk's end offset, end line and time (ns); also a segment's header
 RECORD: Final = struct.Struct("<QQQ")

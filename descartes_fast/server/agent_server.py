@@ -35,8 +35,9 @@ from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.supervisor import AgentLimitError, SpawnError, SpawnPolicyError, Supervisor
 from descartes_fast.server.admission import Gate, Refusal, Throttle
 from descartes_fast.server.config import ServerConfig
-from descartes_fast.server.control import Controller
+from descartes_fast.server.control import Controller, read_size, spawn_size
 from descartes_fast.server.events import NIL, EventPublisher
+from descartes_fast.server.holdings import LARGE_REPLY, Holdings
 from descartes_fast.server.security import ZapHandler
 from descartes_fast.wire.codec import get_implementation
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
@@ -63,7 +64,7 @@ from descartes_fast.wire.schema import (
     SpawnRequest,
     SpawnResponse,
 )
-from descartes_fast.wire.texts import handler_failed, reply_too_large
+from descartes_fast.wire.texts import busy, handler_failed, reply_too_large
 
 __all__ = ["AgentServer"]
 
@@ -82,6 +83,7 @@ _ASK_FOR_LESS = {
     CommandResponse: "ask for less at a time (query_output max_lines; for output, output_query with "
                      "offset/limit or output_read with max_bytes)",
 }
+_BUSY_RETRY_MS = 20  # what a 'busy' reply asks a client to wait
 _SWITCH_INTERVAL = 0.0005  # seconds a worker thread may hold the interpreter while the loop waits
 _LOOP_TICK = 0.01  # seconds between checks of the loop's lateness
 _LOOP_STALL = 0.005  # a loop later than this counts as stalled
@@ -112,6 +114,7 @@ class AgentServer:
         self.controller = Controller(self.supervisor, config.pub)
         self._handshake_log = Throttle(60.0)  # per reason: a refused peer retries every 100 ms
         self.zap: ZapHandler | None = None
+        self.holdings = Holdings(config.request_buffer)
         self.gate = Gate(config.rate_limit, config.rate_burst,
                          allowlist=(lambda: self.zap.keys if self.zap else {}) if config.curve else None)
         self._router = self._ctx.socket(zmq.ROUTER)
@@ -127,7 +130,8 @@ class AgentServer:
         handlers.update({
             SpawnRequest: self._spawn, ControlCommand: c.control, CustomActionRequest: c.custom_action,
             BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents,
-            OutputQueryRequest: self._later(c.output_query), OutputReadRequest: self._later(c.output_read),
+            OutputQueryRequest: self._later(c.output_query, lambda m: MAX_MESSAGE_SIZE),
+            OutputReadRequest: self._later(c.output_read, lambda m: 2 * read_size(m) + 1024),
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
         self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate,
@@ -153,7 +157,7 @@ class AgentServer:
         self._router.setsockopt(zmq.LINGER, 1000)
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)  # docs/protocol.md §1: never buffer more
         # a full request queue holds the client back (nothing is lost); a full reply queue drops
-        self._router.setsockopt(zmq.RCVHWM, config.hwm)
+        self._router.setsockopt(zmq.RCVHWM, config.request_hwm)
         self._router.setsockopt(zmq.SNDHWM, config.reply_hwm)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot be queued is counted, not lost unseen
         self._router.bind(config.bind)
@@ -188,10 +192,11 @@ class AgentServer:
         if unknown:
             log.warning("[policy] backends names unknown backend(s): %s (known: %s)", ", ".join(unknown),
                         ", ".join(config.backends.names()))
-        log.info("limits: %s requests/s per client, queues of %d requests and %d replies per client and %d "
-                 "bytes of events per subscriber (%d of the largest), messages up to %d bytes",
-                 f"{config.rate_limit:g}" if config.rate_limit else "no limit on", config.hwm, config.reply_hwm,
-                 config.pub_buffer, config.pub_hwm, MAX_MESSAGE_SIZE)
+        log.info("limits: %s requests/s per client; per client %d bytes of requests (%d of the largest queued) "
+                 "and %d replies queued; %d bytes of events per subscriber (%d of the largest); messages up to "
+                 "%d bytes", f"{config.rate_limit:g}" if config.rate_limit else "no limit on",
+                 config.request_buffer, config.request_hwm, config.reply_hwm, config.pub_buffer, config.pub_hwm,
+                 MAX_MESSAGE_SIZE)
         loop.add_reader(self._monitor.fileno(), self._on_monitor)
         self._on_monitor()  # the FD is edge-triggered: take what is queued already
         loop.add_reader(self._router.fileno(), self._on_readable)
@@ -275,25 +280,70 @@ class AgentServer:
         if has_input(self._router):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
-    def _reply_later(self, envelope: list, message: Message) -> None:
+    def _reply_later(self, envelope: list, message: Message, client: object, held: int) -> None:
+        """Send the reply to a request answered later, letting go of the *held* bytes it took; a
+        large reply stays on its client's budget until libzmq has sent it."""
+        self.holdings.release(client, held)
         if self._router.closed:
             return
-        self.dispatcher.reply(envelope, message)
+        try:
+            payload = self.codec.encode(message)
+        except ProtocolError:
+            self.dispatcher.reply(envelope, message)  # which answers in its place, as for any reply
+            payload = None
+        if payload is not None:
+            large = len(payload) >= LARGE_REPLY
+            try:
+                for frame in envelope:
+                    self._router.send(frame, zmq.NOBLOCK | zmq.SNDMORE)
+                sent = self._router.send(payload, zmq.NOBLOCK, copy=not large, track=large)
+            except zmq.ZMQError:  # its queue is full (EAGAIN), or it has gone (EHOSTUNREACH)
+                self.dispatcher.replies_dropped += 1
+            except Exception as exc:  # a bug: still one reply, in place of this one
+                self.dispatcher.failures += 1
+                self.dispatcher.reply(envelope, self._failed(message, exc))
+            else:
+                if isinstance(sent, zmq.MessageTracker):  # libzmq holds the bytes until it has sent them
+                    self.holdings.sending(client, sent, len(payload))
         # a send can consume the FD's edge: look for requests that arrived meanwhile
         if has_input(self._router):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
-    def _later(self, handler: Callable[[Any, list], Awaitable[Message]]) -> Callable[[Any, list], None]:
-        """A handler whose reply comes later (it waits for a worker thread): run it as a task."""
-        def start(msg: Any, envelope: list) -> None:
+    def _client(self, envelope: list) -> object:
+        """Whose budget a request counts against: its CURVE key, else its connection."""
+        identity = self.gate.identity
+        return identity if identity.startswith("key:") else bytes(envelope[0]) if envelope else identity
+
+    def _hold(self, msg: Any, envelope: list, size: int) -> tuple[object, Message | None]:
+        """Take *size* bytes of the request's client's budget: (client, None), or (client, the
+        'busy' reply) when it has no room."""
+        client = self._client(envelope)
+        held = self.holdings.take(client, size)
+        if held is None:
+            return client, None
+        kind = _TAGS.get(msg.TAG)
+        text = busy(self.gate.identity, held, self.holdings.limit, _BUSY_RETRY_MS)
+        return client, _error_reply(kind, msg.request_id, getattr(msg, "agent_id", NIL), text,
+                                    self.config.server_id)
+
+    def _later(self, handler: Callable[[Any, list], Awaitable[Message]],
+               size: Callable[[Any], int]) -> Callable[[Any, list], Message | None]:
+        """A handler whose reply comes later (it waits for a worker thread): run it as a task,
+        holding *size(request)* bytes of its client's budget until it is answered."""
+        def start(msg: Any, envelope: list) -> Message | None:
+            client, refusal = self._hold(msg, envelope, size(msg))
+            if refusal is not None:
+                return refusal
+
             async def answer() -> None:
                 try:
                     reply = await handler(msg, envelope)
                 except Exception as exc:
                     self.dispatcher.failures += 1
                     reply = self._failed(msg, exc)
-                self._reply_later(envelope, reply)
+                self._reply_later(envelope, reply, client, size(msg))
             self._start(answer())
+            return None
         return start
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
@@ -302,10 +352,14 @@ class AgentServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _spawn(self, msg: SpawnRequest, envelope: list) -> None:
-        self._start(self._do_spawn(msg, envelope, self.gate.identity))
+    def _spawn(self, msg: SpawnRequest, envelope: list) -> Message | None:
+        size = spawn_size(msg)
+        client, refusal = self._hold(msg, envelope, size)
+        if refusal is None:
+            self._start(self._do_spawn(msg, envelope, self.gate.identity, client, size))
+        return refusal
 
-    async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str) -> None:
+    async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str, client: object, held: int) -> None:
         sid = self.config.server_id
         reply: Message
         try:
@@ -329,7 +383,7 @@ class AgentServer:
             log.info("spawned agent %s (%s, pid %d) for %s from %s", agent.id, msg.config.model_backend,
                      agent.pid, msg.request_id, owner)
             reply = SpawnResponse(msg.request_id, True, agent.info(), None, sid)
-        self._reply_later(envelope, reply)
+        self._reply_later(envelope, reply, client, held)
 
     def health(self, request_id: str) -> HealthCheckResponse:
         d, g, z = self.dispatcher, self.gate, self.zap
@@ -347,6 +401,7 @@ class AgentServer:
                     "state_max_bytes": str(self.config.state_max_bytes),
                     "evicted_agents": str(self.state.store.evicted_agents),
                     "subscribed_topics": str(len(self.events.topics)),
+                    "held_bytes": str(self.holdings.total()), "busy_refused": str(self.holdings.refused),
                     "loop_lag_max_ms": f"{self.loop_lag_max * 1e3:.1f}", "loop_stalls": str(self.loop_stalls)}
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)

@@ -14,6 +14,7 @@ from descartes_fast.agents.policy import SpawnPolicy
 from descartes_fast.agents.state import default_state_dir
 from descartes_fast.agents.store import CHUNK_MAX
 from descartes_fast.server.security import SecurityError, is_local_endpoint
+from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 
 __all__ = ["ServerConfig", "SecurityError", "MAX_EVENT_BYTES"]
 
@@ -45,7 +46,8 @@ class ServerConfig:
     insecure: bool = False                # allow non-loopback endpoints without CURVE
     rate_limit: float = 100_000.0         # requests per second per CURVE key, else per connection (0: none)
     rate_burst: float | None = None       # default: one second's worth
-    hwm: int = 1000                       # requests queued per client (its replies: 10x that)
+    request_buffer: int = 128 << 20       # bytes of requests (and deferred replies) held per client
+    reply_hwm: int = 10_000               # replies queued per client before more are dropped
     pub_buffer: int = 32 << 20            # bytes of events queued per subscriber
     implementation: str = _impl.IMPLEMENTATION
 
@@ -59,9 +61,9 @@ class ServerConfig:
         return max(1, self.pub_buffer // MAX_EVENT_BYTES)
 
     @property
-    def reply_hwm(self) -> int:
-        """Replies queued per client: room for a burst of replies to all a client has in flight."""
-        return 10 * self.hwm
+    def request_hwm(self) -> int:
+        """Requests libzmq queues per client: as many of the largest as fit in ``request_buffer``."""
+        return max(1, self.request_buffer // MAX_MESSAGE_SIZE)
 
     def check_security(self) -> None:
         """Raise SecurityError for a configuration that would expose the server unprotected."""

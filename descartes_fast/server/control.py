@@ -30,10 +30,11 @@ from descartes_fast.wire.schema import (
     OutputQueryResponse,
     OutputReadRequest,
     OutputReadResponse,
+    SpawnRequest,
     ZmqOutputStream,
 )
 
-__all__ = ["Controller", "debug_status"]
+__all__ = ["Controller", "debug_status", "read_size", "spawn_size"]
 
 _STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STDERR: (LogStreamType.STDERR,),
             ZmqOutputStream.BOTH: (LogStreamType.STDOUT, LogStreamType.STDERR)}
@@ -60,6 +61,18 @@ def _text(line: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         return {"data": line.decode("utf-8", "replace"), "raw": list(line)}
 
+
+
+def read_size(msg: OutputReadRequest) -> int:
+    """The most bytes of output an output_read answers with."""
+    return min(msg.max_bytes or READ_DEFAULT, READ_MAX)
+
+
+def spawn_size(msg: SpawnRequest) -> int:
+    """About the bytes a spawn request holds while the agent starts (its text, as decoded)."""
+    config = msg.config
+    texts = (config.name, config.task, config.context, config.system_prompt, config.model, config.tool_level)
+    return 1024 + sum(len(t) for t in texts if t) + sum(len(k) + len(v) for k, v in config.environment.items())
 
 class Controller:
     """Runs control commands, custom actions, batches, list and output queries."""
@@ -222,7 +235,7 @@ class Controller:
             return OutputReadResponse(msg.request_id, msg.agent_id, False, error=str(exc))
         log = agent.output[msg.stream]
         read = functools.partial(log.read, offset=msg.offset, sequence=msg.sequence, line=msg.line,
-                                 max_bytes=min(msg.max_bytes or READ_DEFAULT, READ_MAX))
+                                 max_bytes=read_size(msg))
         try:  # what is in memory or the page cache is read here at once; what needs the disk, off the loop
             got = read(nowait=True)
         except WouldBlock:

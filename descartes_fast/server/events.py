@@ -107,8 +107,8 @@ class EventPublisher:
         sock = self.sock
         if sock is None or sock.closed:
             return
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            note = sock.recv(zmq.NOBLOCK)
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            note: bytes = sock.recv(zmq.NOBLOCK)
             if note[:1] == b"\x01":
                 self.topics.add(note[1:])
             elif note[:1] == b"\x00":

@@ -32,6 +32,7 @@ from descartes_fast.agents.backends import BackendError, BackendRegistry
 from descartes_fast.agents.policy import PolicyError, SpawnPolicy
 from descartes_fast.agents.state import default_state_dir
 from descartes_fast.server.config import MAX_EVENT_BYTES, ServerConfig
+from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 
 __all__ = ["SETTINGS", "add_arguments", "resolve", "SettingsError"]
 
@@ -132,7 +133,7 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         out = size(value)
         if out < minimum:
-            raise ValueError(f"must be at least {minimum} bytes ({_in_units(minimum)}: the largest event)")
+            raise ValueError(f"must be at least {minimum:,} bytes, the largest message it must hold")
         return out
     parse.__name__ = "size"
     return parse
@@ -174,8 +175,13 @@ SETTINGS = (
             "connection (0: no limit); a request over it is answered 'rate limited: ... retry after N ms', "
             "which descartes_fast clients wait out and retry"),
     Setting("rate_burst", _positive(float), None, "requests a quiet client may send at once"),
-    Setting("hwm", _positive(int), 1000, "requests queued per client before it is held back (its replies: "
-            "10 times that, then dropped)"),
+    Setting("request_buffer", _at_least(MAX_MESSAGE_SIZE), 128 << 20, "bytes of requests held per client: "
+            "libzmq queues as many of the largest (10 MiB) as fit, then stops reading from that client until "
+            "the server catches up (nothing is lost); requests answered later (spawns, output reads and "
+            "queries) hold their request and reply until answered, and one over it is answered 'busy: ... "
+            "retry after N ms'", metavar="BYTES"),
+    Setting("reply_hwm", _positive(int), 10_000, "replies queued per client that does not read them; past "
+            "it, replies to it are dropped and counted (replies_dropped)"),
     Setting("pub_buffer", _at_least(MAX_EVENT_BYTES), 32 << 20, "bytes of events queued per subscriber; "
             "past it, that subscriber misses events until it catches up, counted in pub_overflows "
             "(descartes_fast followers refill what they missed from the output store)", metavar="BYTES"),
@@ -248,7 +254,8 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
                           state_max_bytes=values["state_max_bytes"], stdin_buffer=values["stdin_buffer"],
                           policy=policy, curve_secret_key=values["curve_secret_key"],
                           authorized_keys=values["authorized_keys"], insecure=values["insecure"],
-                          rate_limit=values["rate_limit"], rate_burst=values["rate_burst"], hwm=values["hwm"],
+                          rate_limit=values["rate_limit"], rate_burst=values["rate_burst"],
+                          request_buffer=values["request_buffer"], reply_hwm=values["reply_hwm"],
                           pub_buffer=values["pub_buffer"])
     if values["server_id"]:
         config.server_id = values["server_id"]

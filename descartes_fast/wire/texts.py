@@ -185,9 +185,19 @@ def rate_limited(identity: str, rate: float, wait_ms: int) -> str:
     return f"{RATE_LIMITED}: client {identity} is over {rate:g} requests per second; retry after {wait_ms} ms"
 
 
+#: how the reply to a request refused for the bytes its client already holds in the server begins
+BUSY: Final = "busy"
+
+
+def busy(identity: str, held: int, limit: int, wait_ms: int) -> str:
+    """The error text for a request of *identity*, whose earlier requests hold *held* bytes."""
+    return (f"{BUSY}: client {identity} has {held:,} bytes of requests and replies still in the server, "
+            f"at its limit of {limit:,} (--request-buffer); retry after {wait_ms} ms")
+
+
 def retry_after(text: str) -> float | None:
-    """Seconds a :func:`rate_limited` text asks to wait; None for any other text."""
-    if not text.startswith(RATE_LIMITED):
+    """Seconds a :func:`rate_limited` or :func:`busy` text asks to wait; None for any other text."""
+    if not text.startswith((RATE_LIMITED + ":", BUSY + ":")):
         return None
     _, sep, rest = text.rpartition("; retry after ")
     ms = rest.removesuffix(" ms")
