@@ -7,17 +7,40 @@ before, during and after; a health check from another connection must keep being
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
+import uuid
 
 import pytest
 import zmq
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from support.procs import rss_kib
 from support.server import Server
 
-from descartes_fast.server.config import ServerConfig
+from descartes_fast.agents.store import CHUNK_MAX
+from descartes_fast.client import AsyncClient, ZmqRunnerConfig
+from descartes_fast.server.config import MAX_EVENT_BYTES, ServerConfig
 from descartes_fast.wire import codec
-from descartes_fast.wire.schema import AgentConfig, AgentStatus, HealthCheckRequest, SpawnRequest, SpawnResponse
+from descartes_fast.wire.frames import log_topic, pub_frame
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentStatus,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    ListAgentsRequest,
+    LogStreamMessage,
+    LogStreamType,
+    OutputQueryRequest,
+    OutputReadRequest,
+    SpawnRequest,
+    SpawnResponse,
+    ZmqOutputStream,
+)
+from descartes_fast.wire.texts import busy, retry_after
 
 MiB = 1024
 
@@ -102,13 +125,6 @@ def test_a_subscriber_that_never_reads_costs_at_most_its_pub_buffer(server) -> N
 
 def test_the_largest_event_fits_the_size_the_pub_queue_is_counted_in() -> None:
     # the event queue's message count comes from --pub-buffer / MAX_EVENT_BYTES: no event may be larger
-    import uuid
-
-    from descartes_fast.agents.store import CHUNK_MAX
-    from descartes_fast.server.config import MAX_EVENT_BYTES
-    from descartes_fast.wire.frames import log_topic, pub_frame
-    from descartes_fast.wire.schema import LogStreamMessage, LogStreamType
-
     agent = uuid.uuid4()
     worst = LogStreamMessage(agent, LogStreamType.STDERR, b"\xff" * CHUNK_MAX, 2**63 - 1, 2**63 - 1)
     assert len(pub_frame(log_topic(agent), codec.encode(worst))) <= MAX_EVENT_BYTES
@@ -147,12 +163,6 @@ def test_a_flood_of_large_requests_costs_at_most_the_request_buffer_and_each_is_
 def test_a_busy_reply_is_waited_out_and_retried_by_our_client(implementation, tmp_path) -> None:
     # with the smallest --request-buffer (one 10 MiB message) 40 reads of 4 MiB pages at once
     # cannot all be held: those over it are answered 'busy', and AsyncClient retries them itself
-    import asyncio
-
-    from descartes_fast.client import AsyncClient, ZmqRunnerConfig
-    from descartes_fast.wire.schema import LogStreamType
-    from descartes_fast.wire.texts import busy, retry_after
-
     assert retry_after(busy("key:ci", 5, 10, 20)) == 0.02
     server = Server(tmp_path, implementation, "--request-buffer", "10MiB")
     try:
@@ -171,4 +181,120 @@ def test_a_busy_reply_is_waited_out_and_retried_by_our_client(implementation, tm
         health = server.call(HealthCheckRequest("after"))
         assert int(health.metadata["busy_refused"]) >= retried and health.metadata["held_bytes"] == "0"
     finally:
+        server.close()
+
+
+# -- random abuse: every request answered once, memory within the budgets --
+
+_WRITERS = {
+    "echo": "print('hello'); print('a' * 40)",
+    "bytes": "import sys; [sys.stdout.buffer.write(b'\\xff' * 65535 + b'\\n') for _ in range(300)]",
+    "lines": "import sys; sys.stdout.write(''.join(f'{i} aaaa\\n' for i in range(400_000)))",
+    "sleeper": "import time; time.sleep(30)",
+}
+_FILTERS = (None, "(a+)+$", "aaaa$", r"(a)\1", "[", "(?=a)", ".*", "^9")
+_actions = st.lists(st.one_of(
+    st.tuples(st.just("health")),
+    st.tuples(st.just("list")),
+    st.tuples(st.just("spawn"), st.sampled_from(sorted(_WRITERS))),
+    st.tuples(st.just("status"), st.integers(0, 8)),
+    st.tuples(st.just("query"), st.integers(0, 8), st.sampled_from(_FILTERS),
+              st.sampled_from([None, 1, 1000, 100_000])),
+    st.tuples(st.just("read"), st.integers(0, 8), st.sampled_from([None, 0, 1 << 20, 1 << 62]),
+              st.sampled_from([None, 1, 4 << 20, 1 << 40])),
+    st.tuples(st.just("stdin"), st.integers(0, 8), st.sampled_from([1, 1000, 2 << 20, 9_000_000])),
+    st.tuples(st.just("garbage"), st.binary(max_size=300)),
+    st.tuples(st.just("burst"), st.integers(50, 400)),
+    st.tuples(st.just("queries"), st.integers(1, 40), st.integers(0, 8)),
+    st.tuples(st.just("large"), st.integers(1, 20)),
+    st.tuples(st.just("slow_subscriber")),
+), min_size=1, max_size=12)
+
+
+def test_random_abuse_gets_one_reply_per_request_and_stays_in_its_budgets(implementation, tmp_path) -> None:
+    # a rate limit low enough for a burst to reach it; every other limit is the default
+    server = Server(tmp_path, implementation, "--rate-limit", "2000")
+    defaults = ServerConfig()
+    agents: list[uuid.UUID] = []
+    subscribers: list[zmq.Socket] = []
+    client = server.socket(zmq.DEALER, SNDHWM=0, RCVHWM=0, RCVTIMEO=20_000)
+    baseline = rss_kib(server.proc.pid)
+    # per client: the request queue and what deferred answers hold; per slow subscriber its queue;
+    # per agent its output tail in memory (40 at most, the test config's max_agents); and slack
+    budget = (2 * defaults.request_buffer + 2 * defaults.pub_buffer + 40 * defaults.output_limit) // 1024 + 64 * MiB
+    sent = 0
+    ids = iter(range(10**9))
+
+    def send(message: object) -> None:
+        nonlocal sent
+        client.send_multipart([b"", codec.encode(message)])
+        sent += 1
+
+    def agent(i: int) -> uuid.UUID:
+        return agents[i % len(agents)] if agents and i else uuid.uuid4()
+
+    @settings(max_examples=int(12 * float(os.environ.get("DESCARTES_FUZZ_SCALE", "1"))),
+              deadline=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.reuse, Phase.generate])  # a missing reply costs RCVTIMEO: no shrinking
+    @given(actions=_actions)
+    def run(actions: list[tuple]) -> None:
+        nonlocal sent
+        sent = 0
+        spawned: list[str] = []
+        for action in actions:
+            kind, *args = action
+            rid = f"r{next(ids)}"
+            if kind == "health":
+                send(HealthCheckRequest(rid))
+            elif kind == "list":
+                send(ListAgentsRequest(rid))
+            elif kind == "spawn":
+                send(SpawnRequest(rid, AgentConfig(name=args[0], model_backend="py", task=_WRITERS[args[0]])))
+                spawned.append(rid)
+            elif kind == "status":
+                send(ControlCommand(rid, agent(args[0]), ControlCommandType.GET_STATUS))
+            elif kind == "query":
+                send(OutputQueryRequest(rid, agent(args[0]), ZmqOutputStream.BOTH, args[1], args[2]))
+            elif kind == "read":
+                send(OutputReadRequest(rid, agent(args[0]), LogStreamType.STDOUT, offset=args[1], max_bytes=args[2]))
+            elif kind == "stdin":
+                send(ControlCommand(rid, agent(args[0]), ControlCommandType.WRITE_STDIN, {"data": "z" * args[1]}))
+            elif kind == "garbage":
+                client.send_multipart([b"", args[0]])
+                sent += 1
+            elif kind == "burst":
+                for j in range(args[0]):
+                    send(HealthCheckRequest(f"{rid}.{j}"))
+            elif kind == "queries":  # more at once than the request buffer holds answers for
+                for j in range(args[0]):
+                    send(OutputQueryRequest(f"{rid}.{j}", agent(args[1]), ZmqOutputStream.BOTH, None, 10))
+            elif kind == "large":
+                for j in range(args[0]):
+                    send(SpawnRequest(f"{rid}.{j}", AgentConfig(name="l", model_backend="nope", task="x" * 9_000_000)))
+            elif kind == "slow_subscriber" and len(subscribers) < 2:
+                sub = server.socket(zmq.SUB, RCVHWM=1, RCVBUF=4096)
+                sub.setsockopt(zmq.SUBSCRIBE, b"")
+                subscribers.append(sub)
+        replies = []
+        for _ in range(sent):  # exactly one reply each (RCVTIMEO: a missing one fails here)
+            replies.append(codec.decode(client.recv_multipart()[-1]))
+        assert not client.poll(300), "a request was answered twice"
+        answered = {getattr(r, "request_id", None) for r in replies}
+        for r in replies:
+            if isinstance(r, SpawnResponse) and r.success and r.request_id in spawned:
+                agents.append(r.agent_info.id)
+        assert all(rid in answered for rid in spawned)
+        used = rss_kib(server.proc.pid) - baseline
+        assert used < budget, (used, budget)
+
+    try:
+        run()
+        probe = server.socket(zmq.REQ)
+        started = time.perf_counter()
+        probe.send(codec.encode(HealthCheckRequest("end")))
+        assert codec.decode(probe.recv()).healthy and time.perf_counter() - started < 5
+        assert "Traceback" not in server.log()
+    finally:
+        for sub in subscribers:
+            sub.close()
         server.close()
