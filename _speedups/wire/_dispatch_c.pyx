@@ -45,7 +45,7 @@ cdef extern from "Python.h":
     bint PyBytes_CheckExact(object o)
     int PyBUF_READ
 
-include "_constants.pxi"  # MAX_FRAMES, MAX_MESSAGE_SIZE (generated from descartes_fast/wire/constants.py)
+include "_constants.pxi"  # DRAIN_BYTES, MAX_FRAMES, MAX_MESSAGE_SIZE (generated from descartes_fast/wire/constants.py)
 
 cdef int NOBLOCK = zmq.NOBLOCK
 cdef int SNDMORE = zmq.SNDMORE
@@ -159,28 +159,33 @@ cdef class Dispatcher:
         return self._handle != NULL
 
     def drain(self, Py_ssize_t limit=4096):
-        """Handle up to *limit* queued requests; returns how many were taken."""
-        cdef Py_ssize_t taken = 0
+        """Handle up to *limit* queued requests, or fewer of ``DRAIN_BYTES`` in all; returns how
+        many were taken."""
+        cdef Py_ssize_t taken = 0, size = 0, got
         if self._handle == NULL:
             return self._drain_pyzmq(limit)
-        while taken < limit:
-            if not self._take_one():
+        while taken < limit and size < DRAIN_BYTES:
+            got = self._take_one()
+            if got < 0:
                 break
             taken += 1
+            size += got
         return taken
 
-    cdef bint _take_one(self) except -1:
-        """Receive and handle one request; False when none is queued."""
+    cdef Py_ssize_t _take_one(self) except -2:
+        """Receive and handle one request: its bytes (all frames), or -1 when none is queued."""
         cdef int n = 0
         cdef int i
+        cdef Py_ssize_t got = 0
         cdef df_zmq_msg spill
         while True:
             df_msg_init(&self._frames[n])
             if df_msg_recv(&self._frames[n], self._handle, NOBLOCK) < 0:
                 df_msg_close(&self._frames[n])
                 if n == 0 and df_errno() == EAGAIN:
-                    return False
+                    return -1
                 break  # interrupted mid-message: handle what arrived
+            got += <Py_ssize_t>df_msg_size(&self._frames[n])
             n += 1
             if not df_msg_more(&self._frames[n - 1]):
                 break
@@ -198,13 +203,13 @@ cdef class Dispatcher:
             for i in range(-n):
                 df_msg_close(&self._frames[i])
             self.bad_frames += 1
-            return True
+            return got
         try:
             self._handle_frames(n)
         finally:
             for i in range(n):
                 df_msg_close(&self._frames[i])
-        return True
+        return got
 
     cdef _handle_frames(self, int n):
         cdef int i, split = -1
@@ -264,14 +269,15 @@ cdef class Dispatcher:
         return None
 
     def _drain_pyzmq(self, Py_ssize_t limit):
-        cdef Py_ssize_t taken = 0
+        cdef Py_ssize_t taken = 0, size = 0
         recv = self.sock.recv_multipart
-        while taken < limit:
+        while taken < limit and size < DRAIN_BYTES:
             try:
                 frames = recv(NOBLOCK, copy=False)
             except Again:
                 break
             taken += 1
+            size += sum([len(f) for f in frames])
             self.received += 1
             self.handle(frames)
         return taken

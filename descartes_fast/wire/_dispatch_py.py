@@ -15,7 +15,7 @@ import zmq
 
 from descartes_fast.wire import _codec_py as _codec
 from descartes_fast.wire._frames_py import build_reply, split_request
-from descartes_fast.wire.constants import MAX_FRAMES, MAX_MESSAGE_SIZE
+from descartes_fast.wire.constants import DRAIN_BYTES, MAX_FRAMES, MAX_MESSAGE_SIZE
 from descartes_fast.wire.errors import FrameError, MessageTooLargeError, ProtocolError
 from descartes_fast.wire.schema import Message
 
@@ -63,15 +63,17 @@ class Dispatcher:
         self.replies_dropped = 0  # replies the peer's full queue (or its absence) refused
 
     def drain(self, limit: int = 4096) -> int:
-        """Handle up to *limit* queued requests; returns how many were taken."""
+        """Handle up to *limit* queued requests, or fewer of ``DRAIN_BYTES`` in all; returns how
+        many were taken."""
         sock = self.sock
-        taken = 0
-        while taken < limit:
+        taken = size = 0
+        while taken < limit and size < DRAIN_BYTES:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             taken += 1
+            size += sum(len(f) for f in frames)
             self.received += 1
             self.handle(frames)
         return taken

@@ -19,6 +19,9 @@ MAX_DEPTH: Final = 256
 #: A request with more frames than this is dropped (counted in ``bad_frames``); a Rust
 #: REQ request has 2 with the routing id, a REQ_CORRELATE one 4.
 MAX_FRAMES: Final = 16
+#: A dispatcher's drain stops after requests of this many bytes in all (and goes on at the next
+#: turn of the event loop), so that a run of large requests does not hold the loop.
+DRAIN_BYTES: Final = 1 << 20
 
 # Wire kinds of schema fields: small ints so the compiled twin can switch on them.
 K_STR: Final = 1
