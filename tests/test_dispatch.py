@@ -6,6 +6,8 @@ compiled twin going through pyzmq (its fallback when libzmq cannot be resolved).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import zmq
 
@@ -90,6 +92,20 @@ def test_many_queued_requests_are_drained_in_order(pair) -> None:
         taken += dispatcher.drain()
     got = [codec.decode(dealer.recv_multipart()[1]).request_id for _ in range(500)]
     assert got == [f"r{i}" for i in range(500)]
+
+
+def test_a_drain_stops_after_drain_bytes_of_requests(pair) -> None:
+    # three requests of 600,000 bytes: the first drain takes two (over 1 MiB), the next the third
+    from descartes_fast.wire.constants import DRAIN_BYTES
+
+    dispatcher, dealer, _ = pair
+    assert DRAIN_BYTES == 1 << 20
+    for i in range(3):
+        dealer.send_multipart([b"", codec.encode(HealthCheckRequest(f"{i}" + "x" * 600_000))])
+    time.sleep(0.2)  # all three queued (inproc)
+    assert dispatcher.drain() == 2
+    assert dispatcher.drain() == 1
+    assert len([dealer.recv_multipart() for _ in range(3)]) == 3
 
 
 def test_requests_with_too_many_frames_are_dropped(pair) -> None:
