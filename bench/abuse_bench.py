@@ -123,11 +123,12 @@ def abuse(role: str, endpoint: str, agent: str | None) -> None:
         while True:
             dealer.send_multipart([b"", write])
             dealer.recv_multipart()
-    payload, in_flight = {
-        "pipelining": (codec.encode(HealthCheckRequest("p")), 1000),
-        "regex": (codec.encode(OutputQueryRequest("q", uuid.UUID(agent) if agent else uuid.uuid4(), ZmqOutputStream.STDOUT,
-                                                  "(a+)+$", 10)), 8),
-    }[role]
+    if role == "pipelining":
+        payload, in_flight = codec.encode(HealthCheckRequest("p")), 1000
+    else:  # regex
+        assert agent is not None
+        query = OutputQueryRequest("q", uuid.UUID(agent), ZmqOutputStream.STDOUT, "(a+)+$", 10)
+        payload, in_flight = codec.encode(query), 8
     for _ in range(in_flight):
         dealer.send_multipart([b"", payload])
     while True:
@@ -227,7 +228,7 @@ def rows(lat: dict[str, dict], memory: dict) -> list[Row]:
     table = [Row(f"abuse.health_p99_{name}", f"health_check p99 during {name.replace('_', ' ')}, ms",
                  lat[name]["p99_ms"], P99_FLOOR_MS, "the 5 ms floor", lat[name]["p99_ms"] / P99_FLOOR_MS)
              for name in ABUSES]
-    worst = max((memory[k]["growth_per_subscriber_mib"] for k in memory if k.isdigit()))
+    worst = max(memory[k]["growth_per_subscriber_mib"] for k in memory if k.isdigit())
     table.append(Row("abuse.slow_subscriber_memory", "server RSS growth per subscriber that never reads, MiB",
                      worst, memory["pub_buffer_mib"], "--pub-buffer (default)", worst / memory["pub_buffer_mib"]))
     return table

@@ -177,14 +177,9 @@ class AgentProcess:
         """Write *data* to stdin, queueing what the pipe cannot take now; never blocks. Accepted whole
         or not at all: StdinFullError if more than *limit* bytes would then wait here, and
         StdinClosedError if the reader is gone. Returns the bytes the pipe took at once."""
-        if self.stdin_fd is None:
-            raise StdinClosedError("stdin is closed")
-        queued = len(self._pending_stdin)
-        # what would wait here afterwards (the pipe is asked for its room only when that matters)
-        after = queued + len(data) if queued else len(data) - self._pipe_room() if len(data) > limit else 0
-        if after > limit:
-            raise StdinFullError(queued, len(data), after, limit)
-        if queued:
+        self.check_room(len(data), limit)
+        assert self.stdin_fd is not None
+        if self._pending_stdin:
             self._pending_stdin += data
             return 0
         try:
@@ -199,6 +194,17 @@ class AgentProcess:
             assert self._loop is not None
             self._loop.add_writer(self.stdin_fd, self._flush_stdin)
         return sent
+
+    def check_room(self, size: int, limit: int) -> None:
+        """Raise what :meth:`write` of *size* bytes would raise for want of room (StdinClosedError,
+        StdinFullError), without the bytes: a write too large is refused before it is built."""
+        if self.stdin_fd is None:
+            raise StdinClosedError("stdin is closed")
+        queued = len(self._pending_stdin)
+        # what would wait here afterwards (the pipe is asked for its room only when that matters)
+        after = queued + size if queued else size - self._pipe_room() if size > limit else 0
+        if after > limit:
+            raise StdinFullError(queued, size, after, limit)
 
     def _pipe_room(self) -> int:
         """Bytes the stdin pipe can take now (its capacity less what the agent has not read)."""
@@ -306,6 +312,9 @@ class EndedProcess:
     stdin_queued = 0
 
     def write(self, data: bytes, limit: int) -> int:
+        raise StdinClosedError("the agent has ended")
+
+    def check_room(self, size: int, limit: int) -> None:
         raise StdinClosedError("the agent has ended")
 
     def close_stdin(self, when_flushed: bool = False) -> None:

@@ -571,8 +571,19 @@ class Supervisor:
             agent.process.close_stdin(when_flushed=True)
         return taken, agent.process.stdin_queued
 
-    def _write(self, agent: Agent, data: bytes) -> int:
+    def check_stdin_room(self, agent_id: uuid.UUID, size: int) -> None:
+        """Raise the SupervisorError a write of *size* bytes to the agent's stdin would raise for
+        want of room (so that the server refuses a write too large before it builds its bytes)."""
+        agent = self.get(agent_id)
+        if agent.process.stdin_open:
+            self._write(agent, size)
+
+    def _write(self, agent: Agent, data: bytes | int) -> int:
+        """Write *data*; an int: only check that a write of that many bytes would be taken (0)."""
         try:
+            if isinstance(data, int):
+                agent.process.check_room(data, self.stdin_buffer)
+                return 0
             return agent.process.write(data, self.stdin_buffer)
         except StdinClosedError:
             raise SupervisorError(f"Agent execution error: stdin of agent {agent.id} is closed "
