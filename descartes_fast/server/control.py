@@ -128,7 +128,7 @@ class Controller:
 
     def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
         raw = args.get("data")
-        if isinstance(raw, bytes) or isinstance(raw, str) and raw.isascii():  # its size, without encoding it
+        if isinstance(raw, bytes) or (isinstance(raw, str) and raw.isascii()):  # its size, without encoding it
             self.sup.check_stdin_room(agent.id, len(raw))
         data = _stdin_bytes(args)
         taken, queued = self.sup.write_stdin(agent.id, data, eof=args.get("eof") is True)
