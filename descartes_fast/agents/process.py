@@ -26,6 +26,9 @@ __all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "StdinFullError",
 #: until the server has read it, and the server reads it often: with 1 MiB, about three times
 #: the capture rate (bench/output_bench.py).
 PIPE_SIZE = 1 << 20
+#: the most one read of a pipe takes: what the loop then stores and publishes before it answers
+#: anyone else (a larger pipe still lets the writer run ahead while the loop is busy)
+READ_SLICE = 256 << 10
 #: the most enlarged pipe capacity this process holds at once (see :class:`PipeBudget`)
 PIPE_BUDGET_MAX = 16 << 20
 
@@ -254,7 +257,7 @@ class AgentProcess:
             return False
         capacity = self._capacity[stream]
         try:
-            data = os.read(pipe.fileno(), capacity)
+            data = os.read(pipe.fileno(), capacity if capacity < READ_SLICE else READ_SLICE)
         except BlockingIOError:
             return False
         except OSError:
