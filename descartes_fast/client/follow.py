@@ -23,8 +23,10 @@ from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, OutputRe
 
 __all__ = ["Start", "Replay"]
 
-#: bytes asked for per read of stored output
-PAGE = 512 << 10
+#: bytes asked for per read of stored output (measured on 53 MB of `descartes-fast logs`, medians of
+#: 5 runs, interleaved: 512 KiB 148-150 MB/s, 1 MiB 162-165, 2 MiB 175-187; chunks are <= 128 KiB,
+#: so a page is many chunks and holds about what is asked)
+PAGE = 2 << 20
 
 
 class ReadOutput(Protocol):
