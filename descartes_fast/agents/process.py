@@ -86,6 +86,28 @@ class StdinClosedError(Exception):
     """The agent's stdin is closed (never opened, closed by request, or the reader went away)."""
 
 
+def group_members(pgid: int) -> int:
+    """Processes of group *pgid* that have not exited (zombies waiting for their reaper do not
+    count); 0 when the group is gone. Scans /proc only when the group still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return 0
+    except PermissionError:
+        pass  # it exists (a member changed user): count what /proc shows
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                count += 1
+    return count
+
+
 class StdinFullError(Exception):
     """A write to stdin refused: more than *limit* bytes would wait for the agent to read them."""
 

@@ -34,7 +34,7 @@ from descartes_fast.agents.filters import FilterError, LineFilter
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
 from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
-from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError, StdinFullError
+from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError, StdinFullError, group_members
 from descartes_fast.agents.records import AgentRecord, config_json
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
@@ -142,6 +142,7 @@ class Agent:
     ended_at: int | None = None           # time.time_ns() of the exit
     reason: str | None = None
     limit_hit: bool = False               # a limit ended it: ``failed`` with ``reason``, whatever the exit
+    left: int = 0                         # processes of its group still there after its main process exited
     cursors: dict[LogStreamType, int] = field(default_factory=dict, repr=False)  # read_stdout/stderr: next line
     _wall_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     _config_json: str = field(default="", repr=False)  # the config as the records keep it
@@ -172,6 +173,16 @@ class Agent:
             self._config_json = config_json(self.config)
         return AgentRecord(self.id, self.config, self.owner, self.started_at, self.status, self.pause_mode,
                            self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at, self._config_json)
+
+
+def _ending(exit_code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal that ended it)."""
+    if exit_code < 0:
+        try:
+            return f"ended by signal {-exit_code} ({signal.Signals(-exit_code).name})"
+        except ValueError:
+            return f"ended by signal {-exit_code}"
+    return f"exited with status {exit_code}"
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -437,7 +448,42 @@ class Supervisor:
         self._finished.append(agent.id)
         assert agent.exited is not None
         agent.exited.set_result(exit_code)
+        agent.left = group_members(agent.pid)
+        if agent.status == AgentStatus.TERMINATED:  # stopped or killed: said once more when all of it is gone
+            if agent.left and agent.reason == "killed":
+                agent.process.signal_group(signal.SIGKILL)
+            self._until_gone(agent, StatusUpdateType.TERMINATED, f"{agent.reason}: {_ending(exit_code)}")
+        elif agent.left:
+            log.info("agent %s exited leaving %d process(es) in its group: stop or kill ends them, and so "
+                     "does the server's shutdown", agent.id, agent.left)
         self._evict()
+
+    def _until_gone(self, agent: Agent, kind: StatusUpdateType, message: str) -> None:
+        """Publish *message* once no process of the agent's group is left (checked every 20 ms,
+        for at most ``stop_grace`` + 5 s: then it says how many could not be ended)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_grace + 5.0
+
+        def check() -> None:
+            agent.left = group_members(agent.pid)
+            if agent.left and loop.time() < deadline:
+                loop.call_later(0.02, check)
+                return
+            said = message if not agent.left else f"{message}; {agent.left} process(es) of its group could not be ended"
+            self.listener.on_status(agent, kind, said)
+        check()
+
+    def _end_leftovers(self, agent: Agent, graceful: bool) -> bool:
+        """Stop or kill what the agent's main process left in its group; False if nothing is left."""
+        if not agent.left or not group_members(agent.pid):
+            agent.left = 0
+            return False
+        if graceful:
+            agent.process.terminate(self.stop_grace)
+        else:
+            agent.process.signal_group(signal.SIGKILL)
+        self._until_gone(agent, StatusUpdateType.STATUS_CHANGED, "the processes its group had left have ended")
+        return True
 
     # -- limits --
 
@@ -482,7 +528,9 @@ class Supervisor:
         """SIGTERM to the agent's group, SIGKILL after ``stop_grace``; ``terminated`` at once.
         False (nothing done) when the agent has ended or is being stopped already."""
         agent = self.get(agent_id)
-        if not agent.running or agent.status.is_terminal():
+        if not agent.running:
+            return self._end_leftovers(agent, graceful=True)
+        if agent.status.is_terminal():
             return False
         agent.process.terminate(self.stop_grace)
         agent.reason = "stopped"
@@ -494,7 +542,7 @@ class Supervisor:
         grace short). False (nothing done) when the agent's process has exited already."""
         agent = self.get(agent_id)
         if not agent.running:
-            return False
+            return self._end_leftovers(agent, graceful=False)
         agent.process.signal_group(signal.SIGKILL)
         if agent.status != AgentStatus.TERMINATED:
             agent.reason = "killed"
@@ -634,15 +682,38 @@ class Supervisor:
                 agent.reason = "server shutdown"
                 self._set(agent, AgentStatus.TERMINATED, "server shutdown", StatusUpdateType.TERMINATED)
         self._memory.close()
-        if not live:
-            return
         futures = [asyncio.shield(a.exited) for a in live if a.exited is not None]
-        _, pending = await asyncio.wait(futures, timeout=grace)
-        if pending:
-            for agent in live:
-                if agent.running:
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=grace)
+            if pending:
+                for agent in live:
+                    if agent.running:
+                        agent.process.signal_group(signal.SIGKILL)
+                await asyncio.wait(futures, timeout=5.0)
+        await self._end_every_group(grace)
+
+    async def _end_every_group(self, grace: float) -> None:
+        """What agents' main processes left in their groups: SIGTERM, SIGKILL after *grace*; until
+        none is left (or 5 s more)."""
+        left = [a for a in self._agents.values() if not a.running and a.left and group_members(a.pid)]
+        if not left:
+            return
+        log.info("ending what %d agent(s) left in their process groups", len(left))
+        for agent in left:
+            agent.process.signal_group(signal.SIGTERM)
+            agent.process.signal_group(signal.SIGCONT)
+        loop = asyncio.get_running_loop()
+        killed, deadline = False, loop.time() + grace
+        while left:
+            await asyncio.sleep(0.02)
+            left = [a for a in left if group_members(a.pid)]
+            if left and not killed and loop.time() >= deadline:
+                for agent in left:
                     agent.process.signal_group(signal.SIGKILL)
-            await asyncio.wait(futures, timeout=5.0)
+                killed, deadline = True, loop.time() + 5.0
+            elif left and killed and loop.time() >= deadline:
+                log.warning("could not end every process of agents %s", ", ".join(str(a.id) for a in left))
+                return
 
 
 def _query(logs: list[StreamLog], snapshots: list[tuple[Any, Facts]], offset: int, limit: int | None,

@@ -62,7 +62,6 @@ def _text(line: bytes) -> dict[str, Any]:
         return {"data": line.decode("utf-8", "replace"), "raw": list(line)}
 
 
-
 def read_size(msg: OutputReadRequest) -> int:
     """The most bytes of output an output_read answers with."""
     return min(msg.max_bytes or READ_DEFAULT, READ_MAX)
@@ -73,6 +72,7 @@ def spawn_size(msg: SpawnRequest) -> int:
     config = msg.config
     texts = (config.name, config.task, config.context, config.system_prompt, config.model, config.tool_level)
     return 1024 + sum(len(t) for t in texts if t) + sum(len(k) + len(v) for k, v in config.environment.items())
+
 
 class Controller:
     """Runs control commands, custom actions, batches, list and output queries."""
