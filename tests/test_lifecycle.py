@@ -102,3 +102,24 @@ def test_shutdown_leaves_no_process_of_any_agent(server) -> None:
     assert alive(leftover) and alive(child)
     assert server.close() == 0
     assert not alive(leftover) and not alive(child)
+
+
+def test_stop_wait_returns_once_the_agent_is_gone_and_says_how_it_ended(server) -> None:
+    import json
+    import subprocess
+    import sys
+
+    agent = server.spawn("sh", STUBBORN_CHILD)
+    child = child_of(server, agent)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "stop", str(agent), "--wait", "--json",
+                           "--endpoint", server.bind], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not alive(child) and time.monotonic() - started >= 0.45  # the child needed the SIGKILL
+    said = json.loads(proc.stdout)
+    assert (said["done"], said["signal"], said["exit_code"]) == ("stopped", 15, -15) and said["ended_at"]
+    again = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "kill", str(agent), "--wait",
+                            "--endpoint", server.bind], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == "already terminated; ended by signal 15\n", again
+    state = server.control(agent, C.GET_STATUS).data
+    assert state["status"] == "Terminated" and state["processes_left"] == 0 and state["signal"] == 15

@@ -88,7 +88,9 @@ def test_every_request_type(server) -> None:
                           "output": empty.data["output"]}
     query = server.control(agent, C.QUERY_OUTPUT, {"max_lines": 10})
     assert set(query.data) == {"stdout", "stdout_lines", "stderr", "stderr_lines", "output"}
-    assert server.control(agent, C.GET_STATUS).data == {"status": "Running"}
+    state = server.control(agent, C.GET_STATUS).data
+    assert state == {"status": "Running", "pid": state["pid"], "exit_code": None, "signal": None, "ended_at": None,
+                     "processes_left": None} and state["pid"] > 1
 
     listed = server.call(ListAgentsRequest("l"))
     assert isinstance(listed, ListAgentsResponse) and {a.id for a in listed.agents} == {agent, other}

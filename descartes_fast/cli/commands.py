@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -101,10 +102,18 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--status", choices=[s.value for s in AgentStatus], metavar="STATUS",
                    help=f"only agents with this status ({', '.join(s.value for s in AgentStatus)})")
     p.add_argument("--limit", type=int, help="at most this many")
-    for name, text in (("status", "show an agent's status"), ("resume", "resume a paused agent"),
-                       ("stop", "stop an agent (SIGTERM to its process group, SIGKILL after the grace)"),
-                       ("kill", "kill an agent's process group (SIGKILL)")):
+    for name, text in (("status", "show an agent's status"), ("resume", "resume a paused agent")):
         sub(name, text).add_argument("agent", type=_agent_id, help="agent id")
+    for name, text in (("stop", "stop an agent (SIGTERM to its process group, SIGKILL after the grace); "
+                                "of an agent that has ended, what it left running in its group"),
+                       ("kill", "kill an agent's process group (SIGKILL); of an agent that has ended, what it "
+                                "left running in its group")):
+        p = sub(name, text)
+        p.add_argument("agent", type=_agent_id, help="agent id")
+        p.add_argument("--wait", action="store_true", help="return once every process of the agent is gone, "
+                                                           "and say how it ended")
+        p.add_argument("--wait-timeout", type=float, default=60.0, metavar="SECS",
+                       help="with --wait: give up (exit 1) after this long (default: 60)")
     p = sub("pause", "pause an agent (cooperatively where its backend can, else SIGSTOP)")
     p.add_argument("agent", type=_agent_id, help="agent id")
     p.add_argument("--force", action="store_true", help="always SIGSTOP")
@@ -273,12 +282,43 @@ def _ender(action: str) -> Callable[[Client, argparse.Namespace], int]:
     def handler(client: Client, args: argparse.Namespace) -> int:
         acted = client.stop_agent(args.agent) if action == "stop" else client.kill_agent(args.agent)
         done = {"stop": "stopped", "kill": "killed"}[action]
+        result: dict[str, Any] = {"id": str(args.agent), "done": done}
         if not acted:  # it has ended: say how (terminated, completed, failed)
-            status = client.get_agent_status(args.agent).value
-            return _emit(args, {"id": str(args.agent), "done": done, "already": True, "status": status},
-                         f"already {status}")
-        return _emit(args, {"id": str(args.agent), "done": done}, done)
+            result.update(already=True, status=client.get_agent_status(args.agent).value)
+        text = f"already {result['status']}" if not acted else done
+        if args.wait:
+            state = _gone(client, args.agent, args.wait_timeout)
+            if state is None:
+                print(f"descartes-fast: agent {args.agent} still has processes running after "
+                      f"{args.wait_timeout:g} s", file=sys.stderr)
+                return 1
+            result.update({k: state.get(k) for k in ("exit_code", "signal", "ended_at")})
+            text += f"; {_how_it_ended(state)}"
+        return _emit(args, result, text)
     return handler
+
+
+def _gone(client: Client, agent: uuid.UUID, timeout: float) -> dict[str, Any] | None:
+    """The agent's state once no process of it is left (None if some still run after *timeout*)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.agent_state(agent)
+        if "ended_at" not in state:  # not a descartes_fast server: its status is all there is
+            if str(state.get("status", "")).lower() in ("completed", "failed", "terminated"):
+                return state
+        elif state["ended_at"] is not None and not state.get("processes_left"):
+            return state
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _how_it_ended(state: dict[str, Any]) -> str:
+    if state.get("signal"):
+        return f"ended by signal {state['signal']}"
+    if state.get("exit_code") is not None:
+        return f"exited with status {state['exit_code']}"
+    return "ended"
 
 
 def _send(client: Client, args: argparse.Namespace) -> int:

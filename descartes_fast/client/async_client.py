@@ -319,6 +319,13 @@ class AsyncClient:
             raise ServerError("No status in response", reply)
         return reply.status
 
+    async def agent_state(self, agent_id: uuid.UUID) -> dict[str, Any]:
+        """What ``get_status`` answers: ``status`` (Rust's capitalised name) and, from a
+        descartes_fast server, ``pid``, ``exit_code``, ``signal``, ``ended_at`` (ns) and
+        ``processes_left`` (what is still running of the agent's process group once it has ended)."""
+        reply = await self._command(agent_id, _C.GET_STATUS)
+        return dict(reply.data) if isinstance(reply.data, dict) else {}
+
     async def pause_agent(self, agent_id: uuid.UUID, force: bool = False) -> str:
         """Pause; returns the mode the server used (``"cooperative"`` or ``"forced"``)."""
         reply = await self._command(agent_id, _C.PAUSE, {"force": True} if force else None)
