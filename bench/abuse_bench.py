@@ -163,9 +163,9 @@ def _abuser(role: str, endpoint: str, agent: uuid.UUID | None = None) -> subproc
     return subprocess.Popen([sys.executable, str(HERE), "--role", role, endpoint, str(agent or "")])
 
 
-def latency(tmp: Path, seconds: float) -> dict[str, dict]:
+def latency(tmp: Path, seconds: float, only: list[str] | None = None) -> dict[str, dict]:
     results: dict[str, dict] = {}
-    for name in ABUSES:
+    for name in only or ABUSES:
         server = Server(tmp)
         procs: list[subprocess.Popen] = []
         try:
@@ -238,10 +238,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 s per abuse instead of 8")
     parser.add_argument("--json", metavar="OUT", help="write the results here")
+    parser.add_argument("--only", action="append", choices=ABUSES, metavar="ABUSE",
+                        help=f"measure only this abuse (repeatable; no table): {', '.join(ABUSES)}")
     parser.add_argument("--role", nargs=3, metavar=("ROLE", "ENDPOINT", "AGENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         abuse(args.role[0], args.role[1], args.role[2] or None)
+        return 0
+    if args.only:
+        with tempfile.TemporaryDirectory() as where:
+            for name, r in latency(Path(where), 3.0 if args.quick else 8.0, args.only).items():
+                print(f"{name}: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms")
         return 0
     with tempfile.TemporaryDirectory() as where:
         lat = latency(Path(where), 3.0 if args.quick else 8.0)

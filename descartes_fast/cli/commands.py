@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from descartes_fast.cli.memory import keep_big_buffers
 from descartes_fast.client import Client, ClientError, RequestTimeoutError, ServerError, ZmqRunnerConfig
+from descartes_fast.server.memory import keep_big_buffers
 from descartes_fast.wire.curve import SecurityError
 from descartes_fast.wire.schema import (
     AgentConfig,

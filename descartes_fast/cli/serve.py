@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import descartes_fast
-from descartes_fast.cli.memory import keep_big_buffers
+from descartes_fast.server.memory import keep_big_buffers
 
 __all__ = ["add_serve_command", "serve", "server_main"]
 

@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 
 from descartes_fast.agents.supervisor import Agent
+from descartes_fast.server.memory import release_freed
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 from descartes_fast.wire.frames import HEARTBEAT_TOPIC, log_topic, pub_frame, status_topic
 from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, Message, StatusUpdate, StatusUpdateType
@@ -49,6 +50,7 @@ class EventPublisher:
         self.endpoint: str | None = None
         #: topic prefixes someone subscribes to (XPUB tells the first subscribe and the last unsubscribe)
         self.topics: set[bytes] = set()
+        self._left = False  # a subscription has ended since the last heartbeat
 
     def bind(self, endpoint: str, hwm: int) -> str:
         """Bind the socket; returns the endpoint bound (a port 0 resolved)."""
@@ -117,11 +119,15 @@ class EventPublisher:
                 self.topics.add(note[1:])
             elif note[:1] == b"\x00":
                 self.topics.discard(note[1:])
+                self._left = True
 
     async def heartbeats(self, server_id: str, interval: float, facts: Callable[[], dict[str, Any]]) -> None:
         """A heartbeat every *interval* seconds, carrying *facts()* as its data (until cancelled)."""
         while True:
             self.take_subscriptions()
+            if self._left:  # what libzmq queued for a subscriber that has gone is freed by now
+                self._left = False
+                release_freed()
             self.publish(HEARTBEAT_TOPIC, StatusUpdate(NIL, StatusUpdateType.HEARTBEAT, None, server_id, facts(),
                                                        timestamp=time.time_ns()))
             await asyncio.sleep(interval)
