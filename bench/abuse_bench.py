@@ -2,7 +2,8 @@
 
     python bench/abuse_bench.py [--quick] [--json OUT]
 
-One descartes-fast-server on loopback TCP with its default limits. For each abuse, an abuser
+One descartes-fast-server on loopback TCP with its default limits (as every benchmark server,
+``--max-agents 5000 --stop-grace 1``). For each abuse, an abuser
 process (``--role``) does its worst for a few seconds while this process sends a
 ``health_check`` every 10 ms on a connection of its own and times each round trip:
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +36,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import Row, machine, print_targets
+from server_bench import OurServer, _port
 
 from descartes_fast.server.config import ServerConfig
 from descartes_fast.wire import codec
@@ -54,48 +55,18 @@ P99_FLOOR_MS = 5.0
 ABUSES = ("idle", "slow_subscriber", "request_flood", "pipelining", "regex", "stdin_flood")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """descartes-fast-server with default limits, a python backend and a shell backend."""
+class Server(OurServer):
+    """descartes-fast-server with its default limits (but --max-agents and --stop-grace, as every
+    benchmark server), an event socket, and a shell backend whose agents keep stdin open."""
 
     def __init__(self, tmp: Path) -> None:
-        config = tmp / "abuse.toml"
-        config.write_text(f'[backends.py]\ncommand = ["{sys.executable}", "-c", "{{task}}"]\n'
-                          '[backends.sh]\ncommand = ["sh", "-c", "{task}"]\n')
-        self.endpoint, self.pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
-        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", self.endpoint,
-                                      "--pub", self.pub, "--config", str(config), "--log-level", "ERROR",
-                                      "--state-dir", str(tmp / f"state-{_port()}")])
-        self.req = zmq.Context.instance().socket(zmq.REQ)
-        self.req.setsockopt(zmq.LINGER, 0)
-        self.req.setsockopt(zmq.RCVTIMEO, 60_000)
-        self.req.connect(self.endpoint)
-        assert self.call(HealthCheckRequest("up")).healthy
-
-    def call(self, message):
-        self.req.send(codec.encode(message))
-        return codec.decode(self.req.recv())
+        self.pub = f"tcp://127.0.0.1:{_port()}"
+        super().__init__(tmp, pub=self.pub, backends='[backends.sh]\ncommand = ["sh", "-c", "{task}"]\n')
 
     def spawn(self, backend: str, task: str) -> uuid.UUID:
         reply = self.call(SpawnRequest("s", AgentConfig(name="abuse", model_backend=backend, task=task)))
         assert reply.success, reply.error
         return reply.agent_info.id
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-        self.req.close()
 
 
 # -- abusers (child processes: ``--role NAME ENDPOINT [AGENT]``, until killed) --
@@ -174,7 +145,7 @@ def latency(tmp: Path, seconds: float, only: list[str] | None = None) -> dict[st
                 time.sleep(0.5)
                 server.spawn("sh", "head -c 20000000000 /dev/zero | tr '\\0' '\\377'")
             elif name == "regex":
-                agent = server.spawn("py", "import sys; sys.stdout.write(('a' * 30 + '!\\n') * 400000)")
+                agent = server.spawn("python", "import sys; sys.stdout.write(('a' * 30 + '!\\n') * 400000)")
                 time.sleep(2)
                 procs.append(_abuser(name, server.endpoint, agent))
             elif name == "stdin_flood":

@@ -173,11 +173,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 class OurServer:
-    def __init__(self, tmp: Path, endpoint: str | None = None, pub: str = "none", **flags: str) -> None:
+    def __init__(self, tmp: Path, endpoint: str | None = None, pub: str = "none", backends: str = "",
+                 **flags: str) -> None:
+        """*backends*: more ``[backends.NAME]`` tables for the config file."""
         config = tmp / "bench.toml"
         config.write_text('[backends.true]\ncommand = ["/bin/true"]\nstdin = "null"\n'
                           '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n'
-                          f'[backends.python]\ncommand = ["{sys.executable}", "-c", "{{task}}"]\nstdin = "null"\n')
+                          f'[backends.python]\ncommand = ["{sys.executable}", "-c", "{{task}}"]\nstdin = "null"\n'
+                          + backends)
         self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
         args = [sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1",
