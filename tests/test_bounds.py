@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from support.procs import rss_kib
 from support.server import Server
+from support.waiting import until
 
 from descartes_fast.agents.store import CHUNK_MAX
 from descartes_fast.client import AsyncClient, ZmqRunnerConfig
@@ -298,3 +299,29 @@ def test_random_abuse_gets_one_reply_per_request_and_stays_in_its_budgets(implem
         for sub in subscribers:
             sub.close()
         server.close()
+
+
+def test_large_replies_a_client_does_not_read_count_against_its_request_buffer(server) -> None:
+    # list_agents of 600 agents with a 200-byte task is ~160 KB; 2,000 of them, never read, used to
+    # wait in libzmq's reply queue (10,000 replies per client) whatever their size: 320 MB here
+    finished = []
+    for _ in range(600):
+        finished.append(server.spawn("sh", "true " + "x" * 200))
+    until(lambda: server.control(finished[-1], ControlCommandType.GET_STATUS).status == AgentStatus.COMPLETED)
+    lister = server.socket(zmq.DEALER, RCVHWM=1, RCVBUF=4096, SNDHWM=0)
+    budget = ServerConfig().request_buffer // 1024
+    before = rss_kib(server.proc.pid)
+    requests = int(server.call(HealthCheckRequest("n")).metadata["requests"])
+    with Sampler(server) as sampler:
+        for i in range(2000):
+            lister.send_multipart([b"", codec.encode(ListAgentsRequest(f"l{i}"))])
+        # the server answers every one (the lister reads nothing yet): wait until it has them all
+        until(lambda: int(server.call(HealthCheckRequest("n")).metadata["requests"]) > requests + 2000,
+              timeout=120)
+    grown = sampler.peak - before
+    replies = [codec.decode(lister.recv_multipart()[-1]) for _ in range(2000)]
+    busy = [r for r in replies if not r.success]
+    assert busy and all(r.error.startswith("busy: ") for r in busy), replies[-1]
+    assert all(len(r.agents) == 600 for r in replies if r.success)
+    assert grown < budget + 64 * MiB, (grown, budget)
+    assert server.call(HealthCheckRequest("after")).metadata["held_bytes"] == "0"

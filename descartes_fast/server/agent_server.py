@@ -50,6 +50,7 @@ from descartes_fast.wire.schema import (
     BatchControlResponse,
     CommandResponse,
     ControlCommand,
+    ControlCommandType,
     CustomActionRequest,
     ErrorResponse,
     HealthCheckRequest,
@@ -84,6 +85,9 @@ _ASK_FOR_LESS = {
                      "offset/limit or output_read with max_bytes)",
 }
 _BUSY_RETRY_MS = 20  # what a 'busy' reply asks a client to wait
+#: control commands whose reply may be large (output lines): sent tracked, see AgentServer._tracked
+_LARGE_ANSWERS = frozenset({ControlCommandType.QUERY_OUTPUT, ControlCommandType.READ_STDOUT,
+                            ControlCommandType.READ_STDERR})
 _SWITCH_INTERVAL = 0.0005  # seconds a worker thread may hold the interpreter while the loop waits
 _LOOP_TICK = 0.01  # seconds between checks of the loop's lateness
 _LOOP_STALL = 0.005  # a loop later than this counts as stalled
@@ -128,12 +132,13 @@ class AgentServer:
         handlers: dict[type, Any] = {cls: self._unexpected for cls in MESSAGE_TYPES}
         c = self.controller
         handlers.update({
-            SpawnRequest: self._spawn, ControlCommand: c.control, CustomActionRequest: c.custom_action,
-            BatchControlCommand: c.batch, ListAgentsRequest: c.list_agents,
+            SpawnRequest: self._spawn, ControlCommand: self._control, CustomActionRequest: c.custom_action,
+            BatchControlCommand: self._tracked(c.batch), ListAgentsRequest: self._tracked(c.list_agents),
             OutputQueryRequest: self._later(c.output_query, lambda m: MAX_MESSAGE_SIZE),
             OutputReadRequest: self._later(c.output_read, lambda m: 2 * read_size(m) + 1024),
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
+        self._answer_large = self._tracked(c.control)
         self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate,
                                               on_failure=self._failed)
         #: how requests reach libzmq, for the start-up log and health metadata
@@ -345,6 +350,22 @@ class AgentServer:
             self._start(answer())
             return None
         return start
+
+    def _tracked(self, handler: Callable[[Any, list], Message]) -> Callable[[Any, list], Message | None]:
+        """A handler answered at once whose reply may be large (listings, batches, output lines):
+        refused 'busy' while its client is over its budget, and a large reply is sent tracked, so
+        that it counts against that budget until libzmq has sent it."""
+        def run(msg: Any, envelope: list) -> Message | None:
+            client, refusal = self._hold(msg, envelope, 0)
+            if refusal is None:
+                self._reply_later(envelope, handler(msg, envelope), client, 0)
+            return refusal
+        return run
+
+    def _control(self, msg: ControlCommand, envelope: list) -> Message | None:
+        if msg.command_type in _LARGE_ANSWERS:
+            return self._answer_large(msg, envelope)
+        return self.controller.control(msg, envelope)
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
         """Run *work* as a task the server keeps until it is done (shutdown waits for it)."""
