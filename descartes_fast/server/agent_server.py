@@ -285,9 +285,10 @@ class AgentServer:
         if has_input(self._router):
             asyncio.get_running_loop().call_soon(self._on_readable)
 
-    def _reply_later(self, envelope: list, message: Message, client: object, held: int) -> None:
-        """Send the reply to a request answered later, letting go of the *held* bytes it took; a
-        large reply stays on its client's budget until libzmq has sent it."""
+    def _send_reply(self, envelope: list, message: Message, client: object, held: int) -> None:
+        """Send a reply the dispatcher does not send (to a request answered later, or one whose reply
+        may be large), letting go of the *held* bytes the request took; a large reply stays on its
+        client's budget until libzmq has sent it."""
         self.holdings.release(client, held)
         if self._router.closed:
             return
@@ -346,7 +347,7 @@ class AgentServer:
                 except Exception as exc:
                     self.dispatcher.failures += 1
                     reply = self._failed(msg, exc)
-                self._reply_later(envelope, reply, client, size(msg))
+                self._send_reply(envelope, reply, client, size(msg))
             self._start(answer())
             return None
         return start
@@ -358,7 +359,7 @@ class AgentServer:
         def run(msg: Any, envelope: list) -> Message | None:
             client, refusal = self._hold(msg, envelope, 0)
             if refusal is None:
-                self._reply_later(envelope, handler(msg, envelope), client, 0)
+                self._send_reply(envelope, handler(msg, envelope), client, 0)
             return refusal
         return run
 
@@ -404,7 +405,7 @@ class AgentServer:
             log.info("spawned agent %s (%s, pid %d) for %s from %s", agent.id, msg.config.model_backend,
                      agent.pid, msg.request_id, owner)
             reply = SpawnResponse(msg.request_id, True, agent.info(), None, sid)
-        self._reply_later(envelope, reply, client, held)
+        self._send_reply(envelope, reply, client, held)
 
     def health(self, request_id: str) -> HealthCheckResponse:
         d, g, z = self.dispatcher, self.gate, self.zap
@@ -441,7 +442,9 @@ class AgentServer:
             loop.call_at(now + _LOOP_TICK, self._watch_loop, now + _LOOP_TICK)
 
     def _heartbeat_facts(self) -> dict[str, Any]:
-        return {"active_agents": self.supervisor.active_count(), "uptime_secs": int(time.monotonic() - self.started)}
+        # (holdings.total() also settles the tracked replies of clients that have gone)
+        return {"active_agents": self.supervisor.active_count(), "uptime_secs": int(time.monotonic() - self.started),
+                "held_bytes": self.holdings.total()}
 
     def _unexpected(self, msg: Message, envelope: list) -> ErrorResponse:
         return ErrorResponse(getattr(msg, "request_id", ""),
