@@ -169,6 +169,14 @@ class Agent:
         """The process has not been reaped yet."""
         return self.process.running
 
+    def ending(self) -> dict[str, int | None]:
+        """How its processes ended, as status updates and ``get_status`` say it: pid, exit code
+        (negative: the signal), signal, end time (ns) and, once ended, the processes of its group
+        still running (all None while it runs)."""
+        code = self.exit_code
+        return {"pid": self.pid, "exit_code": code, "signal": -code if code is not None and code < 0 else None,
+                "ended_at": self.ended_at, "processes_left": self.left if self.ended_at is not None else None}
+
     def facts(self, stream: LogStreamType) -> Facts:
         """What its output *stream* holds (first retained, ever written, ended)."""
         return self.output[stream].facts()

@@ -125,10 +125,7 @@ class Controller:
 
     def _get_status(self, agent: Agent, args: dict, payload: Any) -> Any:
         """Rust's ``status``, and (ours) how and when the agent's processes ended."""
-        code = agent.exit_code
-        return {"status": _DEBUG[agent.status], "pid": agent.pid, "exit_code": code,
-                "signal": -code if code is not None and code < 0 else None, "ended_at": agent.ended_at,
-                "processes_left": agent.left if agent.ended_at is not None else None}
+        return {"status": _DEBUG[agent.status], **agent.ending()}
 
     def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
         raw = args.get("data")

@@ -84,10 +84,8 @@ class EventPublisher:
         log.info("agent %s: %s (%s)", agent.id, agent.status, message)
         if self.sock is None:
             return
-        code, usage = agent.exit_code, agent.process.usage
-        data = {"pid": agent.pid, "exit_code": code, "signal": -code if code is not None and code < 0 else None,
-                "pause_mode": agent.pause_mode.value if agent.pause_mode else None, "ended_at": agent.ended_at,
-                "processes_left": agent.left if agent.ended_at is not None else None,
+        usage = agent.process.usage
+        data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None,
                 "cpu_secs": round(usage.ru_utime + usage.ru_stime, 6) if usage is not None else None,
                 "max_rss_kib": usage.ru_maxrss if usage is not None else None}
         self.publish(status_topic(agent.id),
