@@ -38,7 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import Row, machine, print_targets
 
 from descartes_fast.wire import codec
-from descartes_fast.wire.schema import AgentConfig, ControlCommand, ControlCommandType, HealthCheckRequest, SpawnRequest
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentStatus,
+    ControlCommand,
+    ControlCommandType,
+    HealthCheckRequest,
+    ListAgentsRequest,
+    SpawnRequest,
+)
 
 HERE = Path(__file__).resolve()
 
@@ -174,8 +182,9 @@ def pct(values: list[float], q: float) -> float:
 
 class OurServer:
     def __init__(self, tmp: Path, endpoint: str | None = None, pub: str = "none", backends: str = "",
-                 **flags: str) -> None:
-        """*backends*: more ``[backends.NAME]`` tables for the config file."""
+                 state: Path | None = None, **flags: str) -> None:
+        """*backends*: more ``[backends.NAME]`` tables for the config file; *state*: the state
+        directory (default: a new one)."""
         config = tmp / "bench.toml"
         config.write_text('[backends.true]\ncommand = ["/bin/true"]\nstdin = "null"\n'
                           '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n'
@@ -184,7 +193,8 @@ class OurServer:
         self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
         args = [sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1",
-                "--state-dir", str(tmp / f"state-{_port()}")]
+                "--state-dir", str(state or tmp / f"state-{_port()}")]
+        self.state = Path(args[-1])
         for k, v in flags.items():
             args += ["--" + k.replace("_", "-"), v]
         self.proc = subprocess.Popen(args)
@@ -209,6 +219,39 @@ class OurServer:
         code = self.proc.wait(60)
         self.req.close()
         return code
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def popen_loop(n: int) -> dict:
+    """The floor of spawning: a bare loop that starts *n* /bin/true with subprocess.Popen, then waits."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL) for _ in range(n)]
+    for proc in procs:
+        proc.wait()
+    return {"n": n, "rate": n / (time.perf_counter() - started)}
+
+
+def restart_after_kill9(server: OurServer, tmp: Path, agents: list[uuid.UUID]) -> tuple[OurServer, float]:
+    """``kill -9`` of *server*, then a new server on its state directory: the seconds from its
+    start until every agent is listed running again and the last one answers get_status."""
+    server.proc.kill()
+    server.proc.wait()
+    server.req.close()
+    started = time.monotonic()
+    again = OurServer(tmp, server.endpoint, state=server.state)
+    listed = again.call(ListAgentsRequest("l"))
+    status = again.call(ControlCommand("s", agents[-1], ControlCommandType.GET_STATUS))
+    took = time.monotonic() - started
+    running = sum(a.status == AgentStatus.RUNNING for a in listed.agents)
+    if running != len(agents) or not status.success:
+        raise SystemExit(f"restart: {running} of {len(agents)} agents running again; get_status: {status.error}")
+    return again, took
 
 
 def _child(role: str, endpoint: str | None = None) -> subprocess.Popen:
@@ -351,19 +394,30 @@ def main() -> int:
             finally:
                 echo_c.kill()
                 echo_c.wait()
+        results["popen_loop"] = popen_loop(200)
         live = OurServer(Path(tmp))
         try:
             before = live.rss_kib()
+            keeper_pid = int(live.call(HealthCheckRequest("h")).metadata["keeper_pid"])
+            keeper_before = _rss_kib(keeper_pid)
             ids = [live.call(SpawnRequest(f"l{i}", AgentConfig(model_backend="sleep"))) for i in range(1000)]
             errors = sum(not r.success for r in ids)
             health = live.call(HealthCheckRequest("h"))
-            after = live.rss_kib()
+            after, keeper_after = live.rss_kib(), _rss_kib(keeper_pid)
             per_agent = (after - before) / 1000
             rows.append(Row("server.live_agents", f"1,000 live agents, {per_agent:.1f} KiB each (active)",
                             float(health.active_agents), 1000.0, "agents spawned",
                             health.active_agents / 1000 if errors == 0 else 0.0))
+            both = (after + keeper_after - before - keeper_before) / 1000
+            rows.append(Row("server.keeper_memory", f"server + keeper memory per live agent ({both:.1f} KiB)",
+                            both, 1024.0, "1 MiB", 1024.0 / max(both, 1e-3)))
             results["live_agents"] = {"errors": errors, "active": health.active_agents,
-                                      "rss_before_kib": before, "rss_after_kib": after}
+                                      "rss_before_kib": before, "rss_after_kib": after,
+                                      "keeper_rss_before_kib": keeper_before, "keeper_rss_after_kib": keeper_after}
+            live, took = restart_after_kill9(live, Path(tmp), [r.agent_info.id for r in ids if r.success])
+            rows.append(Row("server.restart_1000", f"kill -9, then a new server re-adopts 1,000 agents ({took:.2f} s)",
+                            took, 2.0, "2 s", 2.0 / took))
+            results["restart"] = {"seconds": took}
         finally:
             started = time.monotonic()
             code = live.close()
@@ -392,6 +446,10 @@ def main() -> int:
     else:
         print(f"C libzmq echo: not measured ({ce['status']})")
     la = results["live_agents"]
+    print(f"spawn: ours {results['spawn']['rate']:,.0f}/s; a bare Popen loop of {results['popen_loop']['n']} "
+          f"{results['popen_loop']['rate']:,.0f}/s")
+    print(f"keeper RSS {la['keeper_rss_before_kib']:,} -> {la['keeper_rss_after_kib']:,} KiB with 1,000 agents; "
+          f"restart after kill -9 re-adopted them in {results['restart']['seconds']:.2f} s")
     print(f"1,000 live agents: RSS {la['rss_before_kib']:,} -> {la['rss_after_kib']:,} KiB; "
           f"shutdown took {la['shutdown_s']:.1f} s, exit status {la['exit_status']}")
     if args.json:

@@ -158,19 +158,22 @@ def test_a_server_killed_with_sigkill_leaves_its_output_and_records_whole(tmp_pa
             pid = int(stored(c, running)[OUT].split(b"\n", 1)[0])
         server.proc.kill()  # no goodbye: nothing is flushed or closed by the server
         server.close()
+        # and its keeper too, with the agent (as a reboot would): there is nothing to adopt
+        os.kill(int((server.state_dir / "keeper.lock").read_text()), signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
         again = Server(tmp_path, main_implementation)  # the same state directory
         try:
             with client(again) as c:
                 assert c.get_agent_status(done) == AgentStatus.COMPLETED
                 assert digests(stored(c, done)) == want
-                # not adopted (yet): the agent that ran is known, failed, with what it wrote until the kill
+                # the agent that ran is known, failed (lost), with what it wrote until the kill
                 assert c.get_agent_status(running) == AgentStatus.FAILED
                 assert stored(c, running)[OUT] == f"{pid}\n".encode() + b"".join(b"line %d\n" % i for i in range(100))
-            assert "was running when the previous server stopped" in again.log()
+            assert "was running when the previous server stopped, and its keeper no longer holds it" in again.log()
         finally:
             again.close()
     finally:
-        if pid is not None:  # it outlived its server (a keeper adopting it is issue 13's)
+        if pid is not None:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -14,7 +14,7 @@ import uuid
 import msgpack
 import pytest
 import zmq
-from support.procs import LOOP, alive, live_group_members, proc_state, rss_kib
+from support.procs import LOOP, alive, live_group_members, paused, proc_state, rss_kib
 from support.server import Server
 from support.waiting import until
 
@@ -160,9 +160,9 @@ def test_pause_is_observed_on_the_process(server) -> None:
     pid = _pid(server, looping)
     reply = server.control(looping, C.PAUSE, {"force": True})
     assert reply.data == {"mode": "forced", "paused": True}
-    until(lambda: proc_state(pid) == "T", seen=lambda: (_describe(pid), server.control(looping, C.GET_STATUS)))
+    until(lambda: paused(pid), seen=lambda: (_describe(pid), server.control(looping, C.GET_STATUS)))
     server.control(looping, C.RESUME)
-    until(lambda: proc_state(pid) != "T", seen=lambda: _describe(pid))
+    until(lambda: not paused(pid), seen=lambda: _describe(pid))
     cat = server.spawn("cat")  # cooperative: the reference's line arrives on the agent's stdin
     assert server.control(cat, C.PAUSE).data["mode"] == "cooperative"
     until(lambda: server.control(cat, C.READ_STDOUT).data.get("data") == '{"type":"pause","action":"pause"}\n')

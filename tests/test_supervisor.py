@@ -13,7 +13,7 @@ import uuid
 import pytest
 import uvloop
 from support.agents import BACKENDS, PY, Recorder, state_dir
-from support.procs import LOOP, alive, live_group_members, proc_state
+from support.procs import LOOP, alive, live_group_members, paused
 
 from descartes_fast.agents.policy import SpawnPolicy
 from descartes_fast.agents.supervisor import (
@@ -113,9 +113,9 @@ def test_forced_pause_stops_the_process(run, supervisor) -> None:
         sup, _ = supervisor()
         agent = await sup.spawn(sh(LOOP))
         assert sup.pause(agent.id, force=True) == PauseMode.FORCED
-        await until(lambda: proc_state(agent.pid) == "T")
+        await until(lambda: paused(agent.pid))
         sup.resume(agent.id)
-        await until(lambda: proc_state(agent.pid) != "T")
+        await until(lambda: not paused(agent.pid))
         with pytest.raises(SupervisorError, match="Agent is not paused, current status: running"):
             sup.resume(agent.id)
         sup.kill(agent.id)
@@ -133,12 +133,12 @@ def test_forced_pause_survives_a_member_dying(run, supervisor) -> None:
         await until(lambda: agent.facts(OUT).end_line == 1)
         grandchild = int(sup.read_next(agent.id, OUT))
         sup.pause(agent.id, force=True)
-        await until(lambda: proc_state(agent.pid) == "T")
+        await until(lambda: paused(agent.pid))
         os.kill(grandchild, signal.SIGKILL)  # a member of the stopped group exits
         await asyncio.sleep(0.5)
-        assert proc_state(agent.pid) == "T" and agent.running
+        assert paused(agent.pid) and agent.running
         sup.resume(agent.id)
-        await until(lambda: proc_state(agent.pid) != "T")
+        await until(lambda: not paused(agent.pid))
         sup.kill(agent.id)
         await sup.wait(agent.id)
     run(main())
@@ -149,7 +149,7 @@ def test_llm_backends_pause_by_sigstop(run, supervisor) -> None:
         sup, _ = supervisor()
         agent = await sup.spawn(sh(LOOP, backend="sh-closed"))  # stdin closed: no cooperative pause
         assert sup.pause(agent.id) == PauseMode.FORCED
-        await until(lambda: proc_state(agent.pid) == "T")
+        await until(lambda: paused(agent.pid))
         with pytest.raises(SupervisorError, match=r"stdin of agent .* is closed"):
             sup.write_stdin(agent.id, b"x")
         sup.kill(agent.id)
@@ -404,7 +404,8 @@ def test_agents_of_a_background_host_can_be_interrupted() -> None:
         "from support.agents import BACKENDS, Recorder, state_dir\n"
         "async def main():\n"
         "    rec = Recorder()\n"
-        "    sup = Supervisor(state_dir(pathlib.Path(tempfile.mkdtemp())), BACKENDS, listener=rec)\n"
+        "    state = state_dir(pathlib.Path(tempfile.mkdtemp(prefix='descartes-test-state-')))\n"
+        "    sup = Supervisor(state, BACKENDS, listener=rec)\n"
         "    agent = await sup.spawn(AgentConfig(model_backend='sh', task='grep SigIgn /proc/self/status'))\n"
         "    await sup.wait(agent.id)\n"
         "    print(bytes(rec.output[(agent.id, 'stdout')]).decode())\n"
@@ -417,9 +418,10 @@ def test_agents_of_a_background_host_can_be_interrupted() -> None:
     assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1))
 
 
-def test_a_stream_that_fills_its_pipe_gets_a_bigger_one_within_the_budget(run, monkeypatch) -> None:
+def test_a_stream_that_fills_its_pipe_gets_a_bigger_one_within_the_budget(run, monkeypatch, tmp_path) -> None:
     from descartes_fast.agents import process as P
     from descartes_fast.agents.backends import Launch
+    from descartes_fast.agents.keeper_link import KeeperLink
 
     budget = P.PipeBudget(P.PIPE_SIZE - 65536)  # room to enlarge one default pipe, not two
     monkeypatch.setattr(P, "PIPES", budget)
@@ -430,8 +432,9 @@ def test_a_stream_that_fills_its_pipe_gets_a_bigger_one_within_the_budget(run, m
 
     async def main() -> tuple[dict, dict, int]:
         loop = asyncio.get_running_loop()
-        proc = await loop.run_in_executor(None, P.AgentProcess.start, Launch([PY, "-c", writer], {}, None, "null",
-                                                                              False), dict(os.environ))
+        keeper = KeeperLink(tmp_path)
+        proc = await P.AgentProcess.start(keeper, "a", Launch([PY, "-c", writer], {}, None, "null", False),
+                                          dict(os.environ))
         got = {OUT: 0, ERR: 0}
         sizes: dict[LogStreamType, set[int]] = {OUT: set(), ERR: set()}
         exited = loop.create_future()
@@ -439,10 +442,11 @@ def test_a_stream_that_fills_its_pipe_gets_a_bigger_one_within_the_budget(run, m
         def on_output(stream: LogStreamType, data: bytes) -> None:
             got[stream] += len(data)
             if data:  # the kernel's own word for the pipe's size
-                sizes[stream].add(P.fcntl.fcntl(proc._pipes[stream].fileno(), P.fcntl.F_GETPIPE_SZ))
+                sizes[stream].add(P.fcntl.fcntl(proc._pipes[stream], P.fcntl.F_GETPIPE_SZ))
 
         proc.watch(loop, on_output, lambda code, usage: exited.set_result(code))
         code = await exited
+        keeper.close()
         return got, sizes, code
 
     got, sizes, code = run(main())

@@ -1,6 +1,6 @@
-"""One agent's operating-system process: started in its own session with pipes, watched on the
-event loop (a pidfd for its exit, non-blocking pipes for its output, a queue for its stdin),
-and signalled as a whole process group. No ZeroMQ and no agent state here: the supervisor
+"""One agent's operating-system process: started by the keeper in its own session (and cgroup)
+with pipes, watched on the event loop (non-blocking pipes for its output, a queue for its
+stdin, its exit from the keeper), and signalled as a whole. No ZeroMQ and no agent state here: the supervisor
 (:mod:`descartes_fast.agents.supervisor`) decides; this module does.
 """
 
@@ -12,12 +12,11 @@ import os
 import resource
 import signal
 import struct
-import subprocess
 import termios
 from collections.abc import Callable
-from typing import IO
 
 from descartes_fast.agents.backends import Launch
+from descartes_fast.agents.keeper_link import Exit, Held, KeeperLink
 from descartes_fast.wire.schema import LogStreamType
 
 __all__ = ["AgentProcess", "EndedProcess", "StdinClosedError", "StdinFullError", "PipeBudget", "PIPES", "PIPE_SIZE"]
@@ -118,69 +117,113 @@ class StdinFullError(Exception):
 
 
 class AgentProcess:
-    """A started agent process; use :meth:`start` (blocking, from a worker thread), then :meth:`watch`."""
+    """A started agent process, a child of the keeper: use :meth:`start`, then :meth:`watch`.
 
-    def __init__(self, popen: subprocess.Popen[bytes], stdin_open: bool) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+    Its pipes are this process's copies of what the keeper holds (:class:`Held`); its exit comes
+    from the keeper. Signals go to its cgroup where the keeper made one (so processes that called
+    ``setsid`` get them too), else to its process group."""
+
+    def __init__(self, held: Held, keeper: KeeperLink) -> None:
+        self.id = held.id
+        self.pid = held.pid
+        self.started_at = held.started_at
+        self.keeper = keeper
+        self.cgroups = keeper.cgroups
         self.exit_code: int | None = None
         self.usage: resource.struct_rusage | None = None
-        self.stdin_fd: int | None = popen.stdin.fileno() if stdin_open and popen.stdin else None
+        self.ended_at: int | None = None
+        self.cpu_secs: float | None = None  # of its cgroup (all its processes), else of what it reaped
+        self.stdin_fd: int | None = held.stdin_fd
         self._pending_stdin = bytearray()
         self._close_when_flushed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_output: OutputCallback | None = None
         self._on_exit: ExitCallback | None = None
-        assert popen.stdout is not None and popen.stderr is not None  # start() pipes both
-        self._pipes: dict[LogStreamType, IO[bytes]] = {LogStreamType.STDOUT: popen.stdout,
-                                                       LogStreamType.STDERR: popen.stderr}
-        self._capacity = {s: fcntl.fcntl(p.fileno(), fcntl.F_GETPIPE_SZ) for s, p in self._pipes.items()}
+        self._exit_before: Exit | None = held.exit  # it ended while no server ran
+        self._pipes: dict[LogStreamType, int] = {LogStreamType.STDOUT: held.stdout_fd,
+                                                 LogStreamType.STDERR: held.stderr_fd}
+        self._open = set(self._pipes)
+        self._capacity = {s: fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for s, fd in self._pipes.items()}
         self._grown = dict.fromkeys(self._pipes, 0)  # capacity beyond the default, from PIPES
 
     @classmethod
-    def start(cls, launch: Launch, env: dict[str, str]) -> AgentProcess:
-        """Start *launch* in a new session with piped stdout/stderr (and stdin per its mode)."""
-        stdin = subprocess.DEVNULL if launch.stdin == "null" else subprocess.PIPE
-        popen = subprocess.Popen(launch.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 cwd=launch.cwd, env=env, start_new_session=True, close_fds=True)
-        if launch.stdin == "close" and popen.stdin is not None:
-            popen.stdin.close()
-        return cls(popen, launch.stdin == "pipe")
+    async def start(cls, keeper: KeeperLink, agent_id: str, launch: Launch, env: dict[str, str]) -> AgentProcess:
+        """Have the keeper start *launch* in a new session (and its own cgroup where it makes them),
+        with piped stdout/stderr and stdin per its mode."""
+        return cls(await keeper.spawn(agent_id, list(launch.argv), env, launch.cwd, launch.stdin), keeper)
 
     def abandon(self) -> None:
-        """Undo a start that must not go on: SIGKILL the group, reap, close the pipes."""
+        """Undo a start that must not go on: SIGKILL it all, close the pipes, let the keeper forget it."""
         self.signal_group(signal.SIGKILL)
-        self.popen.wait()
-        for pipe in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                pipe.close()
+        self.detach()
+        self.keeper.release(self.id)
+
+    def detach(self) -> None:
+        """Stop watching and close this process's copies of the pipes (the keeper keeps its own)."""
+        if self._loop is not None:
+            for stream in self._open:
+                self._loop.remove_reader(self._pipes[stream])
+            if self._pending_stdin and self.stdin_fd is not None:
+                self._loop.remove_writer(self.stdin_fd)
+        for fd in [self._pipes[s] for s in self._open] + ([self.stdin_fd] if self.stdin_fd is not None else []):
+            os.close(fd)
+        self._open.clear()
+        self.stdin_fd = None
 
     def watch(self, loop: asyncio.AbstractEventLoop, on_output: OutputCallback, on_exit: ExitCallback) -> None:
         """Report output and the exit on *loop* from now on."""
         self._loop, self._on_output, self._on_exit = loop, on_output, on_exit
         if self.stdin_fd is not None:
             os.set_blocking(self.stdin_fd, False)
-        for stream, pipe in self._pipes.items():
-            os.set_blocking(pipe.fileno(), False)
-            loop.add_reader(pipe.fileno(), self._on_readable, stream)
-        pidfd = os.pidfd_open(self.pid)
-        loop.add_reader(pidfd, self._on_pidfd, pidfd)
+        for stream, fd in self._pipes.items():
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable, stream)
+        if self._exit_before is not None:
+            loop.call_soon(self._exited, self._exit_before)
+        else:
+            self.keeper.on_exit(self.id, self._exited)
 
     @property
     def running(self) -> bool:
         """Not reaped yet."""
         return self.exit_code is None
 
-    # -- signals (to the whole process group: the agent runs in its own session) --
+    # -- signals (to its cgroup, or to its process group: the agent runs in its own session) --
 
     def signal_group(self, sig: int) -> None:
+        if self.cgroups is not None and self.cgroups.populated(self.id):
+            if sig == signal.SIGKILL:
+                self.cgroups.kill(self.id)
+            else:
+                self.cgroups.signal(self.id, sig)
+            return
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
             pass  # the whole group is gone already
 
+    def members(self) -> int:
+        """Its processes still running (its cgroup's, else its group's; zombies do not count)."""
+        if self.cgroups is not None:
+            return self.cgroups.count(self.id)
+        return group_members(self.pid)
+
+    def freeze(self) -> None:
+        """Stop every process of it: its cgroup frozen, else SIGSTOP to its group."""
+        if self.cgroups is not None:
+            self.cgroups.freeze(self.id, True)
+        else:
+            self.signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.freeze(self.id, False)
+        self.signal_group(signal.SIGCONT)
+
     def terminate(self, grace: float) -> None:
-        """SIGTERM to the group (and SIGCONT, so a stopped group wakes to die), SIGKILL after *grace*."""
+        """SIGTERM to all of it (thawed, and SIGCONT, so a stopped agent wakes to die), SIGKILL after *grace*."""
+        if self.cgroups is not None:
+            self.cgroups.freeze(self.id, False)
         self.signal_group(signal.SIGTERM)
         self.signal_group(signal.SIGCONT)
         assert self._loop is not None
@@ -241,7 +284,8 @@ class AgentProcess:
             return 0
 
     def close_stdin(self, when_flushed: bool = False) -> None:
-        """Close stdin now, or once what is queued has been written (*when_flushed*)."""
+        """Close stdin now, or once what is queued has been written (*when_flushed*); the keeper
+        closes its copy too, so that the agent sees the end."""
         if self.stdin_fd is None:
             return
         if when_flushed and self._pending_stdin:
@@ -251,9 +295,10 @@ class AgentProcess:
             assert self._loop is not None
             self._loop.remove_writer(self.stdin_fd)
             self._pending_stdin.clear()
+        os.close(self.stdin_fd)
         self.stdin_fd = None
-        if self.popen.stdin is not None:
-            self.popen.stdin.close()
+        if self.running:
+            self.keeper.close_stdin(self.id)
 
     def _flush_stdin(self) -> None:
         assert self.stdin_fd is not None and self._loop is not None
@@ -274,12 +319,12 @@ class AgentProcess:
 
     def _on_readable(self, stream: LogStreamType) -> bool:
         """Read once; False when nothing more is to be had now (would block, or the end)."""
-        pipe = self._pipes[stream]
-        if pipe.closed:
+        if stream not in self._open:
             return False
+        fd = self._pipes[stream]
         capacity = self._capacity[stream]
         try:
-            data = os.read(pipe.fileno(), capacity if capacity < READ_SLICE else READ_SLICE)
+            data = os.read(fd, capacity if capacity < READ_SLICE else READ_SLICE)
         except BlockingIOError:
             return False
         except OSError:
@@ -287,32 +332,38 @@ class AgentProcess:
         assert self._on_output is not None and self._loop is not None
         if data:
             if len(data) == capacity < PIPE_SIZE:  # the pipe was full: the writer waits for us
-                self._capacity[stream] = PIPES.grow(pipe.fileno(), capacity)
+                self._capacity[stream] = PIPES.grow(fd, capacity)
                 self._grown[stream] += self._capacity[stream] - capacity
             self._on_output(stream, data)
             return True
-        self._loop.remove_reader(pipe.fileno())
-        pipe.close()
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._open.discard(stream)
         PIPES.release(self._grown[stream])
         self._grown[stream] = 0
         self._on_output(stream, b"")
+        self._release_if_done()
         return False
 
-    def _on_pidfd(self, pidfd: int) -> None:
-        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
-        if pid == 0:
-            return
+    def _exited(self, exit: Exit) -> None:
         assert self._loop is not None and self._on_exit is not None
-        self._loop.remove_reader(pidfd)
-        os.close(pidfd)
-        self.exit_code = os.waitstatus_to_exitcode(status)
-        self.popen.returncode = self.exit_code
-        self.usage = usage
+        self.exit_code, self.usage, self.ended_at = exit.code, exit.usage, exit.ended_at
+        self.cpu_secs = exit.usage.ru_utime + exit.usage.ru_stime
+        if self.cgroups is not None:
+            cpu_usec = self.cgroups.usage(self.id)[0]
+            if cpu_usec is not None:
+                self.cpu_secs = max(self.cpu_secs, cpu_usec / 1e6)
         self.close_stdin()
         for stream in self._pipes:  # what the process left in its pipes comes before its exit
             while self._on_readable(stream):
                 pass
-        self._on_exit(self.exit_code, usage)
+        self._release_if_done()
+        self._on_exit(exit.code, exit.usage)
+
+    def _release_if_done(self) -> None:
+        """Ended and read to the end: the keeper may let go of it."""
+        if not self._open and self.exit_code is not None:
+            self.keeper.release(self.id)
 
 
 class EndedProcess:
@@ -323,12 +374,23 @@ class EndedProcess:
     stdin_open = False
     running = False
     usage = None
+    cpu_secs = None
+    ended_at = None
 
     def __init__(self, pid: int, exit_code: int | None) -> None:
         self.pid = pid
         self.exit_code = exit_code
 
     def signal_group(self, sig: int) -> None:
+        pass
+
+    def members(self) -> int:
+        return 0
+
+    def freeze(self) -> None:
+        pass
+
+    def thaw(self) -> None:
         pass
 
     def terminate(self, grace: float) -> None:

@@ -32,10 +32,11 @@ from typing import Any, Final, Protocol
 
 from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled
 from descartes_fast.agents.filters import FilterError, LineFilter
+from descartes_fast.agents.keeper_link import Exit, Held, KeeperLink
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
 from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
-from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError, StdinFullError, group_members
+from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError, StdinFullError
 from descartes_fast.agents.records import AgentRecord, config_json
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
@@ -81,9 +82,13 @@ _ACTIVE: Final = (AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNIN
 #: event loop waits its turn behind every one of them (health p99 with 8 filtered queries in
 #: flight, bench/abuse_bench.py --only regex: 6 threads 8.9-9.5 ms, 2 threads 2.7-2.9, 1 4.2-4.4)
 QUERY_THREADS: Final = 2
+_NO_USAGE: Final = resource.struct_rusage((0,) * 16)
 _PAST_KEPT: Final = 64  # agents of the records (evicted from memory, or of an earlier run) kept open at once
-#: the reason given to agents that were running when the previous server stopped without stopping them
-LOST: Final = "lost: the server stopped while it ran, and this server does not adopt running agents"
+#: the reason given to agents that were running when the previous server stopped, and that its
+#: keeper no longer holds (the keeper was killed, or the machine restarted)
+LOST: Final = "lost: the server stopped while it ran, and its keeper no longer holds it"
+#: the reason given to live agents when the keeper goes away under this server
+KEEPER_LOST: Final = "lost: the keeper (the agents' parent process) went away"
 
 log = logging.getLogger("descartes_fast.supervisor")
 
@@ -226,12 +231,14 @@ class Supervisor:
     retention : seconds a finished agent stays in memory (listed); after that it is queryable by id
     max_retained : finished agents kept in memory at most (the oldest go first)
     policy : what requests may ask for and the per-agent limits (default: ``SpawnPolicy()``)
+    keeper : the link to the agents' keeper (default: the keeper of *state*, started if none runs,
+             which keeps the agents if this process goes away without :meth:`shutdown`)
     """
 
     def __init__(self, state: StateDir, backends: BackendRegistry | None = None, *, max_agents: int = 100,
                  stop_grace: float = 2.0, retention: float = 3600.0, max_retained: int = 1000,
                  listener: Listener | None = None, policy: SpawnPolicy | None = None,
-                 stdin_buffer: int = 1 << 20) -> None:
+                 stdin_buffer: int = 1 << 20, keeper: KeeperLink | None = None) -> None:
         self.state = state
         self.stdin_buffer = stdin_buffer  # bytes of an agent's stdin that may wait for it to read them
         self.backends = backends or BackendRegistry()
@@ -252,7 +259,25 @@ class Supervisor:
         self._memory = MemoryWatchdog(self._memory_exceeded)
         self._queries = concurrent.futures.ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="query")
         state.store.on_evicted = self._output_evicted
+        self.keeper = keeper or KeeperLink(state.path)
+        self.keeper.on_lost = self._keeper_lost
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._load_records()
+        try:
+            self.attach(asyncio.get_running_loop())
+        except RuntimeError:
+            pass  # not on a loop yet: the server attaches when it starts serving
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on *loop* from now on: hear the keeper, watch the agents adopted from it (once)."""
+        if self._loop is not None:
+            return
+        self._loop = loop
+        self.keeper.attach(loop)
+        for agent in self._agents.values():
+            if isinstance(agent.process, AgentProcess):
+                agent.exited = loop.create_future()
+                self._watch(agent, loop)
 
     # -- registry --
 
@@ -277,22 +302,70 @@ class Supervisor:
                      reason=record.reason)
 
     def _load_records(self) -> None:
-        """At start: what an earlier run left. Agents that had not ended are marked lost; finished
-        ones come back into memory within the retention limits (so they are listed again)."""
+        """At start: what an earlier run left. Agents that had not ended are adopted from the
+        keeper, which still holds them (a crash or an upgrade), or else marked lost; finished ones
+        come back into memory within the retention limits (so they are listed again)."""
         records = self.state.records
+        held = dict(self.keeper.held)
         now = time.time_ns()
+        back: list[Agent] = []
         for record in records.unended():
-            record.status, record.reason, record.ended_at = AgentStatus.FAILED, LOST, now
+            got = held.pop(str(record.id), None)
+            if got is not None:
+                back.append(self._adopt(record, got))
+                continue
+            ended = self.keeper.recorded.get(str(record.id))
+            if ended is not None:  # its keeper wrote down how it ended, then let go of it
+                record.status = AgentStatus.COMPLETED if ended.code == 0 else AgentStatus.FAILED
+                record.exit_code, record.ended_at = ended.code, ended.ended_at
+                record.reason = f"{_ending(ended.code)} while no server ran"
+            else:
+                record.status, record.reason, record.ended_at = AgentStatus.FAILED, LOST, now
             records.put(record)
             self.state.store.open(record.id, ended=True)  # repairs what the crash cut short
             self.state.store.release(record.id)
-            log.warning("agent %s (%s) was running when the previous server stopped: marked failed",
-                        record.id, record.config.model_backend)
+            log.warning("agent %s (%s) was running when the previous server stopped, and its keeper no longer "
+                        "holds it: %s", record.id, record.config.model_backend, record.reason)
+        for stray in held.values():  # started for a server that crashed before it recorded the agent
+            log.warning("the keeper holds agent %s (pid %d), which the records do not know: killing it",
+                        stray.id, stray.pid)
+            AgentProcess(stray, self.keeper).abandon()
         horizon = now - int(self.retention * 1e9)
         kept = [r for r in records.ended() if (r.ended_at or 0) > horizon][-self.max_retained:]
         for record in kept:
-            self._agents[record.id] = self._from_record(record, self.state.store.open(record.id, ended=True))
+            back.append(self._from_record(record, self.state.store.open(record.id, ended=True)))
             self._finished.append(record.id)
+        for agent in sorted(back, key=lambda a: a.started_at):  # listed in spawn order, as before
+            self._agents[agent.id] = agent
+            self._track(agent)
+        if self.keeper.held:
+            log.info("adopted %d agent(s) from the keeper", sum(isinstance(a.process, AgentProcess) for a in back))
+
+    def _adopt(self, record: AgentRecord, held: Held) -> Agent:
+        """An agent of an earlier run that its keeper still holds: running, or ended since."""
+        try:
+            launch: Launch | None = self.backends.resolve(record.config.model_backend, allow_program_cli=True) \
+                .build(record.config)
+        except (BackendError, ProgramCliDisabled):
+            launch = None  # (only its cooperative pause depends on it)
+        process = AgentProcess(held, self.keeper)
+        agent = Agent(record.id, record.config, launch, process, record.started_at,
+                      self.state.store.open(record.id, ended=False), None, Limits.of(self.policy, None),
+                      record.owner, status=record.status, pause_mode=record.pause_mode, paused_at=record.paused_at,
+                      reason=record.reason)
+        log.info("adopted agent %s (pid %d, %s)%s", agent.id, agent.pid, agent.status,
+                 ", which exited while no server ran" if held.exit is not None else "")
+        return agent
+
+    def _keeper_lost(self) -> None:
+        """The keeper went away under this server: its agents can no longer be watched (their
+        exits would reach nobody). What is left of them is killed and they end ``failed``."""
+        for agent in list(self._agents.values()):
+            if isinstance(agent.process, AgentProcess) and agent.running:
+                agent.process.signal_group(signal.SIGKILL)
+                if agent.status != AgentStatus.TERMINATED:
+                    agent.reason = KEEPER_LOST
+                agent.process._exited(Exit(-signal.SIGKILL, time.time_ns(), _NO_USAGE))
 
     def _output_evicted(self, agent_id: uuid.UUID) -> None:
         """The output store deleted a finished agent's output to stay within its budget: it is gone."""
@@ -372,9 +445,10 @@ class Supervisor:
             make_dir = os.path.join(policy.workdir, str(agent_id))
         launch = dataclasses.replace(launch, cwd=cwd or make_dir or launch.cwd)
         loop = asyncio.get_running_loop()
+        self.attach(loop)
         self._starting[owner] += 1
         try:
-            process = await loop.run_in_executor(None, self._start, launch, make_dir, policy)
+            process = await self._start(agent_id, launch, make_dir, policy)
         except (OSError, ValueError) as exc:
             raise SpawnError(f"Agent spawn failed: Failed to spawn process for backend "
                              f"'{config.model_backend}': {exc}") from None
@@ -382,25 +456,32 @@ class Supervisor:
             self._starting[owner] -= 1
             if not self._starting[owner]:
                 del self._starting[owner]
-        agent = Agent(agent_id, config, launch, process, time.time_ns(), self.state.store.create(agent_id),
+        agent = Agent(agent_id, config, launch, process, process.started_at, self.state.store.create(agent_id),
                       loop.create_future(), Limits.of(policy, timeout_secs), owner)
         self._agents[agent.id] = agent
         self._track(agent)
         self.state.records.put(agent.record())
-        process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
-                      lambda code, usage: self._on_exit(agent, code, usage))
-        limits = agent.limits
-        if limits.wall_secs is not None:
-            agent._wall_timer = loop.call_later(limits.wall_secs, self._wall_expired, agent)
-        if limits.memory_mb is not None:
-            self._by_pid[process.pid] = agent
-            self._memory.watch(process.pid, limits.memory_mb)
+        self._watch(agent, loop)
         self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, "spawned")
         return agent
 
-    def _start(self, launch: Launch, make_dir: str | None, policy: SpawnPolicy) -> AgentProcess:
-        """In a worker thread: the agent's directory (a new one under ``workdir``), the process,
-        its resource limits."""
+    def _watch(self, agent: Agent, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear the agent's output and exit; its wall-clock and memory limits."""
+        assert isinstance(agent.process, AgentProcess)
+        agent.process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
+                            lambda code, usage: self._on_exit(agent, code, usage))
+        limits = agent.limits
+        if limits.wall_secs is not None:  # (an adopted agent: what is left of it since its start)
+            left = limits.wall_secs - (time.time_ns() - agent.started_at) / 1e9
+            agent._wall_timer = loop.call_later(max(0.0, left), self._wall_expired, agent)
+        if limits.memory_mb is not None:
+            self._by_pid[agent.pid] = agent
+            self._memory.watch(agent.pid, limits.memory_mb)
+
+    async def _start(self, agent_id: uuid.UUID, launch: Launch, make_dir: str | None,
+                     policy: SpawnPolicy) -> AgentProcess:
+        """The agent's directory (a new one under ``workdir``), the process (the keeper starts
+        it), its resource limits."""
         if make_dir is not None:
             try:
                 os.makedirs(os.path.dirname(make_dir), mode=0o700, exist_ok=True)
@@ -410,7 +491,7 @@ class Supervisor:
                 raise SpawnError(f"Agent spawn failed: cannot create the agent's working directory "
                                  f"'{make_dir}': {exc.strerror}") from None
         try:
-            process = AgentProcess.start(launch, {**self._env, **launch.env})
+            process = await AgentProcess.start(self.keeper, str(agent_id), launch, {**self._env, **launch.env})
         except BaseException:
             if make_dir is not None:
                 try:
@@ -436,7 +517,7 @@ class Supervisor:
             self.listener.on_output(agent, stream, last.data, last.sequence)
 
     def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
-        agent.ended_at = time.time_ns()
+        agent.ended_at = agent.process.ended_at or time.time_ns()
         for stream, chunk in agent.output.finish():  # what it wrote until now is all there will be
             self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
         if agent._wall_timer is not None:
@@ -462,7 +543,7 @@ class Supervisor:
         self._finished.append(agent.id)
         assert agent.exited is not None
         agent.exited.set_result(exit_code)
-        agent.left = group_members(agent.pid)
+        agent.left = agent.process.members()
         if agent.status == AgentStatus.TERMINATED:  # stopped or killed: said once more when all of it is gone
             if agent.left and agent.reason == "killed":
                 agent.process.signal_group(signal.SIGKILL)
@@ -479,7 +560,7 @@ class Supervisor:
         deadline = loop.time() + self.stop_grace + 5.0
 
         def check() -> None:
-            agent.left = group_members(agent.pid)
+            agent.left = agent.process.members()
             if agent.left and loop.time() < deadline:
                 loop.call_later(0.02, check)
                 return
@@ -489,7 +570,7 @@ class Supervisor:
 
     def _end_leftovers(self, agent: Agent, graceful: bool) -> bool:
         """Stop or kill what the agent's main process left in its group; False if nothing is left."""
-        if not agent.left or not group_members(agent.pid):
+        if not agent.left or not agent.process.members():
             agent.left = 0
             return False
         if graceful:
@@ -576,7 +657,7 @@ class Supervisor:
         if cooperative:
             self._write(agent, PAUSE_LINE)
         else:
-            agent.process.signal_group(signal.SIGSTOP)
+            agent.process.freeze()
         agent.pause_mode = PauseMode.COOPERATIVE if cooperative else PauseMode.FORCED
         agent.paused_at = time.time_ns()
         agent.status = AgentStatus.PAUSED
@@ -591,7 +672,7 @@ class Supervisor:
         if agent.status != AgentStatus.PAUSED:
             raise SupervisorError(f"Agent execution error: Agent is not paused, current status: {agent.status}")
         if agent.pause_mode == PauseMode.FORCED:
-            agent.process.signal_group(signal.SIGCONT)
+            agent.process.thaw()
         elif agent.process.stdin_fd is not None:
             self._write(agent, RESUME_LINE)
         self._set(agent, AgentStatus.RUNNING, "resumed")
@@ -685,10 +766,21 @@ class Supervisor:
 
     # -- shutdown --
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop every live agent (SIGTERM, SIGKILL after *grace*) and wait until all have exited."""
+    async def shutdown(self, grace: float | None = None, keep_agents: bool = False) -> None:
+        """Stop every live agent (SIGTERM, SIGKILL after *grace*) and wait until all of each has
+        exited; or, with *keep_agents*, leave them running to the keeper for the next server."""
         grace = self.stop_grace if grace is None else grace
         live = [a for a in self._agents.values() if a.running]
+        if keep_agents:
+            self._memory.close()
+            self._queries.shutdown(wait=False, cancel_futures=True)
+            for agent in self._agents.values():
+                if isinstance(agent.process, AgentProcess):
+                    agent.process.detach()
+            self.keeper.close()
+            log.info("left %d running agent(s) to the keeper (pid %d) for the next server", len(live),
+                     self.keeper.keeper_pid)
+            return
         for agent in live:
             agent.process.signal_group(signal.SIGTERM)
             agent.process.signal_group(signal.SIGCONT)
@@ -706,11 +798,16 @@ class Supervisor:
                         agent.process.signal_group(signal.SIGKILL)
                 await asyncio.wait(futures, timeout=5.0)
         await self._end_every_group(grace)
+        for agent in self._agents.values():  # (a pipe that a process out of reach holds open is let go)
+            if isinstance(agent.process, AgentProcess) and not agent.running:
+                agent.process.detach()
+                self.keeper.release(str(agent.id))
+        self.keeper.close()
 
     async def _end_every_group(self, grace: float) -> None:
         """What agents' main processes left in their groups: SIGTERM, SIGKILL after *grace*; until
         none is left (or 5 s more)."""
-        left = [a for a in self._agents.values() if not a.running and a.left and group_members(a.pid)]
+        left = [a for a in self._agents.values() if not a.running and a.left and a.process.members()]
         if not left:
             return
         log.info("ending what %d agent(s) left in their process groups", len(left))
@@ -721,7 +818,7 @@ class Supervisor:
         killed, deadline = False, loop.time() + grace
         while left:
             await asyncio.sleep(0.02)
-            left = [a for a in left if group_members(a.pid)]
+            left = [a for a in left if a.process.members()]
             if left and not killed and loop.time() >= deadline:
                 for agent in left:
                     agent.process.signal_group(signal.SIGKILL)

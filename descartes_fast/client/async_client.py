@@ -466,7 +466,7 @@ class AsyncClient:
         if not self.descartes_fast_server:
             return Follow(logs, events, await self._ended(agent_id), lambda: self._ended(agent_id), _POLL_OTHERS)
         return Replay(self.read_output, agent_id, _LOG_STREAMS[streams], Start(from_line, from_sequence, from_now),
-                      logs, events, _POLL_OURS)
+                      logs, events, _POLL_OURS, self.config.follow_resume_secs)
 
     async def stored_output(self, agent_id: uuid.UUID, streams: ZmqOutputStream = ZmqOutputStream.BOTH) -> Replay:
         """Every chunk the server stores for the agent now, stdout and stderr in the order they were

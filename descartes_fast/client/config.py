@@ -36,6 +36,10 @@ class ZmqRunnerConfig:
     #: sent again after N ms (up to twice that, at random), within the request's timeout; False
     #: hands the error to the caller at once
     retry_rate_limited: bool = True
+    #: descartes_fast addition: how long a follow (``follow_logs``) waits for its server to answer
+    #: again after it stopped answering (a crash or an upgrade, then a restart) before it raises
+    #: RequestTimeoutError; it resumes where it was, with no chunk lost or repeated (0: raise at once)
+    follow_resume_secs: float = 300.0
 
 
 def curve_keys(config: ZmqRunnerConfig) -> tuple[bytes, bytes, bytes] | None:

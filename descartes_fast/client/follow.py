@@ -6,7 +6,9 @@ caught up; then take the live chunks, skipping those already read (each carries 
 ``sequence``, the chunk's number in the server's store). A live chunk whose number is past the
 next one expected means some were lost on the way (a full queue, a subscription that was late):
 they are read from the store before going on. The follow ends once the server says the agent
-has ended and every chunk up to its end has been given.
+has ended and every chunk up to its end has been given. A server that stops answering (a crash,
+an upgrade) is asked again until it is back, for up to *resume_secs*: the follow then goes on
+from its next chunk, which the restarted server still stores.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from descartes_fast.client.errors import RequestTimeoutError
 from descartes_fast.client.subscriptions import Subscription
 from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, OutputReadResponse, StatusUpdate
 
@@ -65,13 +68,15 @@ class Replay:
     *read_output* is ``AsyncClient.read_output``. Without *logs* (a subscription to the live chunks)
     it gives only what is stored now and ends (``descartes-fast logs``).
     *dropped* counts the chunks the server had already dropped (its retention budget) at the
-    starting point, per stream.
+    starting point, per stream; *resumed* the reads that went unanswered and were asked again.
     """
 
     def __init__(self, read_output: ReadOutput, agent_id: Any, streams: tuple[LogStreamType, ...], start: Start,
                  logs: Subscription[LogStreamMessage] | None, events: Subscription[StatusUpdate] | None,
-                 poll_interval: float) -> None:
+                 poll_interval: float, resume_secs: float = 0.0) -> None:
         self.read_output, self.agent_id = read_output, agent_id
+        self.resume_secs = resume_secs
+        self.resumed = 0
         self.logs, self.events = logs, events
         self.start = start
         self.poll_interval = poll_interval
@@ -119,12 +124,11 @@ class Replay:
         self._primed = True
         for cursor in self.cursors.values():
             if self.start.now:
-                reply = await self.read_output(self.agent_id, cursor.stream, sequence=1 << 62, max_bytes=1)
+                reply = await self._call(cursor.stream, sequence=1 << 62, max_bytes=1)
                 cursor.next_sequence, cursor.caught_up = reply.end_sequence, True
                 cursor.ended = reply.ended
             elif self.start.line is not None:
-                reply = await self.read_output(self.agent_id, cursor.stream, line=self.start.line,
-                                                      max_bytes=PAGE)
+                reply = await self._call(cursor.stream, line=self.start.line, max_bytes=PAGE)
                 self.dropped[cursor.stream] = reply.first_sequence
                 cursor.next_sequence = reply.sequence
                 self._take(cursor, reply)
@@ -154,7 +158,21 @@ class Replay:
             cursor.ahead = (after, ahead_read)
 
     async def _ask(self, cursor: _Cursor, sequence: int) -> OutputReadResponse:
-        return await self.read_output(self.agent_id, cursor.stream, sequence=sequence, max_bytes=PAGE)
+        return await self._call(cursor.stream, sequence=sequence, max_bytes=PAGE)
+
+    async def _call(self, stream: LogStreamType, **where: Any) -> OutputReadResponse:
+        """One read, asked again while the server does not answer (for up to ``resume_secs``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.resume_secs
+        while True:
+            try:
+                return await self.read_output(self.agent_id, stream, **where)
+            except RequestTimeoutError as exc:
+                if loop.time() >= deadline:
+                    raise RequestTimeoutError(f"{exc}; the server did not answer again within "
+                                              f"{self.resume_secs:g} s (follow_resume_secs)") from None
+                self.resumed += 1
+                await asyncio.sleep(min(0.2, self.resume_secs))
 
     def _take(self, cursor: _Cursor, reply: OutputReadResponse) -> None:
         """Queue the chunks of a read; note whether the stream is caught up, or over."""

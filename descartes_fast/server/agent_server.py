@@ -31,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 import descartes_fast
 from descartes_fast import _impl
+from descartes_fast.agents.keeper_link import KeeperLink
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.supervisor import AgentLimitError, SpawnError, SpawnPolicyError, Supervisor
 from descartes_fast.server.admission import Gate, Refusal, Throttle
@@ -112,9 +113,10 @@ class AgentServer:
                                      self.stats)
         self.state = StateDir(Path(config.state_dir), tail_bytes=config.output_limit,
                               agent_bytes=config.log_max_bytes, total_bytes=config.state_max_bytes)
+        keeper = KeeperLink(self.state.path, "die" if config.agents_die_with_server else "keep", config.containment)
         self.supervisor = Supervisor(self.state, config.backends, max_agents=config.max_agents,
                                      stop_grace=config.stop_grace, retention=config.retention, policy=config.policy,
-                                     listener=self.events, stdin_buffer=config.stdin_buffer)
+                                     listener=self.events, stdin_buffer=config.stdin_buffer, keeper=keeper)
         self.controller = Controller(self.supervisor, config.pub)
         self._handshake_log = Throttle(60.0)  # per reason: a refused peer retries every 100 ms
         self.zap: ZapHandler | None = None
@@ -180,6 +182,7 @@ class AgentServer:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         config = self.config
+        self.supervisor.attach(loop)
         log.info("descartes_fast %s server %s: %s twins, %s; requests on %s, events on %s, max_agents=%d, "
                  "backends: %s", descartes_fast.__version__, config.server_id, config.implementation,
                  self.dispatch_path, self.endpoints["bind"], self.endpoints.get("pub", "(none)"), config.max_agents,
@@ -213,13 +216,16 @@ class AgentServer:
                                                                self._heartbeat_facts))
         self._watch_loop(loop.time() + _LOOP_TICK)
         await self._stopping.wait()
-        log.info("shutting down: no new requests; stopping agents (grace %.1f s)", self.config.stop_grace)
+        if config.keep_agents:
+            log.info("shutting down: no new requests; leaving the agents to the keeper (--keep-agents)")
+        else:
+            log.info("shutting down: no new requests; stopping agents (grace %.1f s)", config.stop_grace)
         loop.remove_reader(self._router.fileno())
         loop.remove_reader(self._monitor.fileno())
         if self.events.sock is not None:
             loop.remove_reader(self.events.sock.fileno())
         heartbeat.cancel()
-        await self.supervisor.shutdown()
+        await self.supervisor.shutdown(keep_agents=config.keep_agents)
         for task in list(self._tasks):
             await asyncio.wait([task], timeout=5)
         self._router.disable_monitor()
@@ -424,7 +430,12 @@ class AgentServer:
                     "evicted_agents": str(self.state.store.evicted_agents),
                     "subscribed_topics": str(len(self.events.topics)),
                     "held_bytes": str(self.holdings.total()), "busy_refused": str(self.holdings.refused),
-                    "loop_lag_max_ms": f"{self.loop_lag_max * 1e3:.1f}", "loop_stalls": str(self.loop_stalls)}
+                    "loop_lag_max_ms": f"{self.loop_lag_max * 1e3:.1f}", "loop_stalls": str(self.loop_stalls),
+                    "containment": self.supervisor.keeper.containment,
+                    "keeper_pid": str(self.supervisor.keeper.keeper_pid),
+                    "cgroups": str(cg.base) if (cg := self.supervisor.keeper.cgroups) else "",
+                    "lifecycle": "agents-die-with-server" if self.config.agents_die_with_server else
+                    "keep-agents" if self.config.keep_agents else "default"}
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)
 

@@ -49,6 +49,9 @@ class ServerConfig:
     request_buffer: int = 128 << 20       # bytes of requests (and deferred replies) held per client
     reply_hwm: int = 10_000               # replies queued per client before more are dropped
     pub_buffer: int = 32 << 20            # bytes of events queued per subscriber
+    keep_agents: bool = False             # SIGTERM leaves running agents to the keeper
+    agents_die_with_server: bool = False  # the keeper ends every agent when the server goes, even by kill -9
+    containment: str = "auto"             # auto, cgroup or process-group (the keeper's, when it starts)
     implementation: str = _impl.IMPLEMENTATION
 
     @property

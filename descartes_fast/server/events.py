@@ -86,7 +86,7 @@ class EventPublisher:
             return
         usage = agent.process.usage
         data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None,
-                "cpu_secs": round(usage.ru_utime + usage.ru_stime, 6) if usage is not None else None,
+                "cpu_secs": round(cpu, 6) if (cpu := agent.process.cpu_secs) is not None else None,
                 "max_rss_kib": usage.ru_maxrss if usage is not None else None}
         self.publish(status_topic(agent.id),
                      StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))

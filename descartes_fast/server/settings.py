@@ -185,6 +185,13 @@ SETTINGS = (
     Setting("pub_buffer", _at_least(MAX_EVENT_BYTES), 32 << 20, "bytes of events queued per subscriber; "
             "past it, that subscriber misses events until it catches up, counted in pub_overflows "
             "(descartes_fast followers refill what they missed from the output store)", metavar="BYTES"),
+    Setting("keep_agents", _bool, False, "on SIGTERM or SIGINT, leave running agents to the keeper instead of "
+            "stopping them, for the next server on this --state-dir to adopt (a planned upgrade)", flag=True),
+    Setting("agents_die_with_server", _bool, False, "no agent outlives this server: when it exits, even by "
+            "kill -9, the keeper ends every agent (a crash is not survived)", flag=True),
+    Setting("containment", str.lower, "auto", "how an agent's processes are held together: 'cgroup' (its own "
+            "cgroup v2: stop and kill reach processes that left its session), 'process-group', or 'auto' "
+            "(cgroup where the unified hierarchy is writable); set when the keeper starts"),
     Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
 )
@@ -245,6 +252,10 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
         values.setdefault(s.name, s.default)
     if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"log level {values['log_level']!r}: use DEBUG, INFO, WARNING or ERROR")
+    if values["containment"] not in ("auto", "cgroup", "process-group"):
+        raise SettingsError(f"containment {values['containment']!r}: use auto, cgroup or process-group")
+    if values["keep_agents"] and values["agents_die_with_server"]:
+        raise SettingsError("--keep-agents and --agents-die-with-server contradict each other: choose one")
     if values["loop"] not in ("uvloop", "asyncio"):
         raise SettingsError(f"loop {values['loop']!r}: use uvloop or asyncio")
     config = ServerConfig(bind=values["bind"], pub=values["pub"], max_agents=values["max_agents"],
@@ -256,7 +267,9 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
                           authorized_keys=values["authorized_keys"], insecure=values["insecure"],
                           rate_limit=values["rate_limit"], rate_burst=values["rate_burst"],
                           request_buffer=values["request_buffer"], reply_hwm=values["reply_hwm"],
-                          pub_buffer=values["pub_buffer"])
+                          pub_buffer=values["pub_buffer"], keep_agents=values["keep_agents"],
+                          agents_die_with_server=values["agents_die_with_server"],
+                          containment=values["containment"])
     if values["server_id"]:
         config.server_id = values["server_id"]
     return config, values["log_level"], values["loop"]

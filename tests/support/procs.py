@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["LOOP", "alive", "live_group_members", "proc_state", "rss_kib"]
+__all__ = ["LOOP", "alive", "live_group_members", "paused", "proc_state", "rss_kib"]
 
 #: a loop that forks nothing: a shell looping on `sleep` is often caught by SIGSTOP inside
 #: vfork (dash vforks), where it shows state D, not T, until the stopped child is continued
@@ -38,6 +38,22 @@ def live_group_members(pgid: int) -> list[int]:
 def proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def paused(pid: int) -> bool:
+    """Stopped (state T: SIGSTOP) or frozen (its cgroup v2 says ``frozen 1``: a frozen task
+    shows state S)."""
+    if proc_state(pid) == "T":
+        return True
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    for mount in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        try:
+            with open(f"{mount}{path}/cgroup.events") as events:
+                return "frozen 1" in events.read().splitlines()
+        except (FileNotFoundError, NotADirectoryError, TypeError):
+            continue
+    return False
 
 
 def rss_kib(pid: int) -> int:
