@@ -310,9 +310,9 @@ class Keeper:
             while sent_total < len(self.outbox):
                 if self.out_fds and self.out_fds[0][0] == sent_total:
                     # the fds go with the first byte of their message, and only with it
-                    fds = self.out_fds.pop(0)[1]
-                    end = self.out_fds[0][0] if self.out_fds else len(self.outbox)
-                    sent = socket.send_fds(self.server, [view[sent_total:end]], fds)
+                    end = self.out_fds[1][0] if len(self.out_fds) > 1 else len(self.outbox)
+                    sent = socket.send_fds(self.server, [view[sent_total:end]], self.out_fds[0][1])
+                    self.out_fds.pop(0)  # (sent: a send that would block raised before this)
                 else:
                     end = self.out_fds[0][0] if self.out_fds else len(self.outbox)
                     sent = self.server.send(view[sent_total:end])

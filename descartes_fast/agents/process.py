@@ -179,9 +179,9 @@ class AgentProcess:
             os.set_blocking(fd, False)
             loop.add_reader(fd, self._on_readable, stream)
         if self._exit_before is not None:
-            loop.call_soon(self._exited, self._exit_before)
+            loop.call_soon(self.exited, self._exit_before)
         else:
-            self.keeper.on_exit(self.id, self._exited)
+            self.keeper.on_exit(self.id, self.exited)
 
     @property
     def running(self) -> bool:
@@ -345,7 +345,9 @@ class AgentProcess:
         self._release_if_done()
         return False
 
-    def _exited(self, exit: Exit) -> None:
+    def exited(self, exit: Exit) -> None:
+        """Its main process has been reaped (the keeper says so; or the keeper went away and it
+        was killed): take what its pipes hold, then report the exit."""
         assert self._loop is not None and self._on_exit is not None
         self.exit_code, self.usage, self.ended_at = exit.code, exit.usage, exit.ended_at
         self.cpu_secs = exit.usage.ru_utime + exit.usage.ru_stime

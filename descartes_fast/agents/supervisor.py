@@ -1,12 +1,13 @@
 """The agent supervisor: the one registry of agents and their state machine (no ZeroMQ here).
 
-Each agent is an :class:`~descartes_fast.agents.process.AgentProcess` (its own session, pipes,
-stdin queue, exit through a pidfd, signals to its group) plus what is known about it: its
+Each agent is an :class:`~descartes_fast.agents.process.AgentProcess` (started by the keeper in
+its own session and cgroup, pipes, stdin queue, exit from the keeper, signals to all of it) plus what is known about it: its
 status, pause mode, output (:mod:`descartes_fast.agents.store`, on disk in the state directory)
 and limits (:mod:`descartes_fast.agents.limits`). Every agent is recorded in the state directory
 (:mod:`descartes_fast.agents.records`): a finished agent stays in memory until the retention
 limits evict it, and stays queryable by id (status and output) until the output store's budget
-evicts it, across restarts of the server. What happens is reported to a :class:`Listener` (the
+evicts it, across restarts of the server. Agents still running when a server went away (a crash,
+an upgrade) are adopted from the keeper (:mod:`descartes_fast.agents.keeper`) by the next one. What happens is reported to a :class:`Listener` (the
 server publishes it on PUB).
 
 Error texts follow the Rust reference where it has one (docs/protocol.md §6), so a Rust client
@@ -365,7 +366,7 @@ class Supervisor:
                 agent.process.signal_group(signal.SIGKILL)
                 if agent.status != AgentStatus.TERMINATED:
                     agent.reason = KEEPER_LOST
-                agent.process._exited(Exit(-signal.SIGKILL, time.time_ns(), _NO_USAGE))
+                agent.process.exited(Exit(-signal.SIGKILL, time.time_ns(), _NO_USAGE))
 
     def _output_evicted(self, agent_id: uuid.UUID) -> None:
         """The output store deleted a finished agent's output to stay within its budget: it is gone."""

@@ -38,8 +38,18 @@ only with [policy] allow_program_cli = true); a config file can add more:
   stdin = "pipe"              # pipe | close | null
   cooperative_pause = false
 
-SIGTERM or SIGINT stops the server gracefully: no new requests, agents stopped
-(SIGTERM, then SIGKILL after --stop-grace), events flushed, exit status 0."""
+agents and the keeper: agents are started by a small keeper process (one per --state-dir,
+started by the server, logging to keeper.log there) that is their parent and holds their pipes.
+  default                     SIGTERM or SIGINT stops the server gracefully: no new requests,
+                              agents stopped (SIGTERM, then SIGKILL after --stop-grace), exit 0;
+                              after a crash (kill -9) the agents run on, and the next server on
+                              the same --state-dir adopts them with all their output
+  --keep-agents               SIGTERM leaves the agents running for the next server (an upgrade:
+                              stop this one, start the new version on the same --state-dir)
+  --agents-die-with-server    no agent outlives the server, even after kill -9
+containment: each agent gets its own cgroup where the unified cgroup v2 hierarchy is writable
+(stop and kill then reach processes that called setsid; pause freezes it), else its process
+group; --containment process-group forces the fallback. health says which is in use."""
 
 
 
@@ -59,6 +69,8 @@ def serve(args: argparse.Namespace, prog: str) -> int:
 
     import zmq
 
+    from descartes_fast.agents.keeper_link import KeeperError
+    from descartes_fast.agents.state import StateError
     from descartes_fast.server import settings
     from descartes_fast.server.agent_server import AgentServer
     from descartes_fast.server.security import SecurityError
@@ -71,7 +83,11 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fd_limit = _raise_fd_limit()
     keep_big_buffers()
-    server = AgentServer(config)
+    try:
+        server = AgentServer(config)
+    except (StateError, KeeperError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
     try:
         server.bind()
     except SecurityError as exc:
@@ -90,8 +106,8 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     return 0
 
 
-#: descriptors a running agent holds in the server: three pipes, a pidfd, and in the output store
-#: a segment and its index per stream
+#: descriptors a running agent holds in the server: three pipes, and in the output store a
+#: segment and its index per stream (and one to spare)
 _FDS_PER_AGENT = 8
 
 
