@@ -145,6 +145,7 @@ class AgentCgroups:
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
         self.hierarchy = hierarchy
+        self._home: Path | None = None  # the caller's own cgroup.procs (see spawn_into)
 
     @classmethod
     def create(cls, name: str, mounts: Sequence[str] = MOUNTS) -> AgentCgroups | None:
@@ -173,11 +174,14 @@ class AgentCgroups:
         """Call *spawn* (which starts a child process with fork/posix_spawn) while the calling process sits in the
         agent's cgroup, so the child is born in it (no window in which it could fork outside); moves the caller back
         to the cgroup it was in, also when spawn raises. Only for a single-threaded caller (it moves the whole process
-        via cgroup.procs). The agent's cgroup must exist (:meth:`make`)."""
-        hierarchy = self.hierarchy or _mount_of(self.base)
-        if hierarchy is None:
-            raise LookupError(f"{self.base} is not on a cgroup2 mount")
-        home = own_cgroup(hierarchy) / "cgroup.procs"
+        via cgroup.procs). The agent's cgroup must exist (:meth:`make`). Where the caller was is read at the first
+        call (a spawn is a hot path): nothing else may move the caller meanwhile."""
+        if self._home is None:
+            hierarchy = self.hierarchy or _mount_of(self.base)
+            if hierarchy is None:
+                raise LookupError(f"{self.base} is not on a cgroup2 mount")
+            self._home = own_cgroup(hierarchy) / "cgroup.procs"
+        home = self._home
         pid = str(os.getpid())
         _write(self.path(agent_id) / "cgroup.procs", pid)
         try:

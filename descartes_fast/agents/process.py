@@ -143,6 +143,7 @@ class AgentProcess:
         self._pipes: dict[LogStreamType, int] = {LogStreamType.STDOUT: held.stdout_fd,
                                                  LogStreamType.STDERR: held.stderr_fd}
         self._open = set(self._pipes)
+        self._released = False
         self._capacity = {s: fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for s, fd in self._pipes.items()}
         self._grown = dict.fromkeys(self._pipes, 0)  # capacity beyond the default, from PIPES
 
@@ -156,6 +157,7 @@ class AgentProcess:
         """Undo a start that must not go on: SIGKILL it all, close the pipes, let the keeper forget it."""
         self.signal_group(signal.SIGKILL)
         self.detach()
+        self._released = True
         self.keeper.release(self.id)
 
     def detach(self) -> None:
@@ -187,6 +189,11 @@ class AgentProcess:
     def running(self) -> bool:
         """Not reaped yet."""
         return self.exit_code is None
+
+    @property
+    def released(self) -> bool:
+        """The keeper has been told to let go of it."""
+        return self._released
 
     # -- signals (to its cgroup, or to its process group: the agent runs in its own session) --
 
@@ -363,9 +370,15 @@ class AgentProcess:
         self._on_exit(exit.code, exit.usage)
 
     def _release_if_done(self) -> None:
-        """Ended and read to the end: the keeper may let go of it."""
-        if not self._open and self.exit_code is not None:
+        """Ended and read to the end: the keeper may let go of it (once)."""
+        if not self._open and self.exit_code is not None and not self._released:
+            self._released = True
             self.keeper.release(self.id)
+
+    def forget(self) -> None:
+        """Nothing of it runs any more: its cgroup (if any, and if empty) goes."""
+        if self.cgroups is not None:
+            self.cgroups.remove(self.id)
 
 
 class EndedProcess:
@@ -388,6 +401,9 @@ class EndedProcess:
 
     def members(self) -> int:
         return 0
+
+    def forget(self) -> None:
+        pass
 
     def freeze(self) -> None:
         pass

@@ -1,14 +1,15 @@
 """The agent supervisor: the one registry of agents and their state machine (no ZeroMQ here).
 
 Each agent is an :class:`~descartes_fast.agents.process.AgentProcess` (started by the keeper in
-its own session and cgroup, pipes, stdin queue, exit from the keeper, signals to all of it) plus what is known about it: its
-status, pause mode, output (:mod:`descartes_fast.agents.store`, on disk in the state directory)
-and limits (:mod:`descartes_fast.agents.limits`). Every agent is recorded in the state directory
-(:mod:`descartes_fast.agents.records`): a finished agent stays in memory until the retention
-limits evict it, and stays queryable by id (status and output) until the output store's budget
-evicts it, across restarts of the server. Agents still running when a server went away (a crash,
-an upgrade) are adopted from the keeper (:mod:`descartes_fast.agents.keeper`) by the next one. What happens is reported to a :class:`Listener` (the
-server publishes it on PUB).
+its own session and cgroup, pipes, stdin queue, exit from the keeper, signals to all of it) plus
+what is known about it: its status, pause mode, output (:mod:`descartes_fast.agents.store`, on
+disk in the state directory) and limits (:mod:`descartes_fast.agents.limits`). Every agent is
+recorded in the state directory (:mod:`descartes_fast.agents.records`): a finished agent stays
+in memory until the retention limits evict it, and stays queryable by id (status and output)
+until the output store's budget evicts it, across restarts of the server. Agents still running
+when a server went away (a crash, an upgrade) are adopted from the keeper
+(:mod:`descartes_fast.agents.keeper`) by the next one. What happens is reported to a
+:class:`Listener` (the server publishes it on PUB).
 
 Error texts follow the Rust reference where it has one (docs/protocol.md §6), so a Rust client
 sees the messages it knows. A :class:`~descartes_fast.agents.policy.SpawnPolicy` decides what a
@@ -566,6 +567,8 @@ class Supervisor:
                 loop.call_later(0.02, check)
                 return
             said = message if not agent.left else f"{message}; {agent.left} process(es) of its group could not be ended"
+            if not agent.left:
+                agent.process.forget()
             self.listener.on_status(agent, kind, said)
         check()
 
@@ -800,7 +803,7 @@ class Supervisor:
                 await asyncio.wait(futures, timeout=5.0)
         await self._end_every_group(grace)
         for agent in self._agents.values():  # (a pipe that a process out of reach holds open is let go)
-            if isinstance(agent.process, AgentProcess) and not agent.running:
+            if isinstance(agent.process, AgentProcess) and not agent.running and not agent.process.released:
                 agent.process.detach()
                 self.keeper.release(str(agent.id))
         self.keeper.close()
