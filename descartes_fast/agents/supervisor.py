@@ -84,7 +84,6 @@ _ACTIVE: Final = (AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNIN
 #: event loop waits its turn behind every one of them (health p99 with 8 filtered queries in
 #: flight, bench/abuse_bench.py --only regex: 6 threads 8.9-9.5 ms, 2 threads 2.7-2.9, 1 4.2-4.4)
 QUERY_THREADS: Final = 2
-_NO_USAGE: Final = resource.struct_rusage((0,) * 16)
 _PAST_KEPT: Final = 64  # agents of the records (evicted from memory, or of an earlier run) kept open at once
 #: the reason given to agents that were running when the previous server stopped, and that its
 #: keeper no longer holds (the keeper was killed, or the machine restarted)
@@ -367,7 +366,8 @@ class Supervisor:
                 agent.process.signal_group(signal.SIGKILL)
                 if agent.status != AgentStatus.TERMINATED:
                     agent.reason = KEEPER_LOST
-                agent.process.exited(Exit(-signal.SIGKILL, time.time_ns(), _NO_USAGE))
+                # (made here: a struct_rusage in a module global breaks CPython 3.11 at exit)
+                agent.process.exited(Exit(-signal.SIGKILL, time.time_ns(), resource.struct_rusage((0,) * 16)))
 
     def _output_evicted(self, agent_id: uuid.UUID) -> None:
         """The output store deleted a finished agent's output to stay within its budget: it is gone."""
