@@ -23,6 +23,7 @@ soak); ``fuzz/`` holds atheris harnesses for runs of hours.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import random
@@ -253,7 +254,10 @@ def _hostile_values() -> st.SearchStrategy[Any]:
     )
 
 
-_HOSTILE = _hostile_values()
+#: each value a fresh copy: the mutations below edit lists and maps in place, and sampled_from
+#: hands out the same objects every time (an edited [] would change later draws: hypothesis
+#: then stops with "Inconsistent data generation")
+_HOSTILE = _hostile_values().map(copy.deepcopy)
 
 
 def _replace(tree: Any, path: tuple, new: Any) -> Any:

@@ -305,3 +305,25 @@ def test_a_follower_across_a_crash_and_restart_gets_every_line_once(main_impleme
     assert hashlib.sha256(got).hexdigest() == (tmp_path / "chatty.sha").read_text()
     lines = got.splitlines()
     assert [int(line.split()[0]) for line in lines] == list(range(40_000))  # each once, in order
+
+
+def test_a_keeper_killed_under_a_running_server_is_replaced(main_implementation, tmp_path) -> None:
+    server = Server(tmp_path, main_implementation)
+    try:
+        agent = server.spawn("sh", "sleep 300")
+        pid = status_data(server, agent)["pid"]
+        keeper, _ = facts(server)
+        os.kill(keeper, signal.SIGKILL)
+        # its agents can no longer be watched: they are ended, and say why
+        assert server.wait_status(agent, {AgentStatus.FAILED}) == AgentStatus.FAILED
+        until(lambda: not alive(pid))
+        assert status_data(server, agent)["signal"] == signal.SIGKILL
+        until(lambda: facts(server)[0] != keeper)  # a new keeper, for the agents to come
+        assert f"lost the keeper (pid {keeper})" in server.log() and "started a new keeper" in server.log()
+        again = server.spawn("sh", "echo after")
+        assert server.wait_status(again, {AgentStatus.COMPLETED}) == AgentStatus.COMPLETED
+        assert stdout_of(server, again) == b"after\n"
+        new_keeper = facts(server)[0]
+    finally:
+        assert server.close() == 0
+    until(lambda: not alive(new_keeper))

@@ -75,6 +75,7 @@ class KeeperLink:
             raise ValueError(f"mode {mode!r} / containment {containment!r}")
         self.state_dir = Path(state_dir)
         self.mode = mode
+        self.asked = containment
         self._inbox = bytearray()
         self._fds: collections.deque[int] = collections.deque()
         self._outbox = bytearray()
@@ -102,6 +103,10 @@ class KeeperLink:
         self.keeper_pid: int = ready["pid"]
         self.cgroups = AgentCgroups(Path(ready["cgroups"])) if ready["cgroups"] else None
         self.containment = "cgroup" if self.cgroups is not None else "process-group"
+
+    def successor(self) -> KeeperLink:
+        """A link to a new keeper of the same directory, mode and containment (after this one was lost)."""
+        return KeeperLink(self.state_dir, self.mode, self.asked)
 
     # -- start-up (blocking) --
 

@@ -34,7 +34,7 @@ from typing import Any, Final, Protocol
 
 from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled
 from descartes_fast.agents.filters import FilterError, LineFilter
-from descartes_fast.agents.keeper_link import Exit, Held, KeeperLink
+from descartes_fast.agents.keeper_link import Exit, Held, KeeperError, KeeperLink
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
 from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
@@ -360,7 +360,9 @@ class Supervisor:
 
     def _keeper_lost(self) -> None:
         """The keeper went away under this server: its agents can no longer be watched (their
-        exits would reach nobody). What is left of them is killed and they end ``failed``."""
+        exits would reach nobody). What is left of them is killed and they end ``failed``; a new
+        keeper is started for the agents to come."""
+        lost = self.keeper
         for agent in list(self._agents.values()):
             if isinstance(agent.process, AgentProcess) and agent.running:
                 agent.process.signal_group(signal.SIGKILL)
@@ -368,6 +370,15 @@ class Supervisor:
                     agent.reason = KEEPER_LOST
                 # (made here: a struct_rusage in a module global breaks CPython 3.11 at exit)
                 agent.process.exited(Exit(-signal.SIGKILL, time.time_ns(), resource.struct_rusage((0,) * 16)))
+        try:
+            self.keeper = lost.successor()
+        except KeeperError as exc:
+            log.error("cannot start a new keeper: %s; spawns fail until one runs", exc)
+            return
+        self.keeper.on_lost = self._keeper_lost
+        if self._loop is not None:
+            self.keeper.attach(self._loop)
+        log.warning("started a new keeper (pid %d) for the agents to come", self.keeper.keeper_pid)
 
     def _output_evicted(self, agent_id: uuid.UUID) -> None:
         """The output store deleted a finished agent's output to stay within its budget: it is gone."""
