@@ -59,6 +59,24 @@ def test_agent_lifecycle_from_the_shell(server) -> None:
     assert js(server, "status", agent)[0]["status"] == "terminated"
 
 
+def test_status_tells_how_an_agent_ended(server) -> None:
+    agent = js(server, "spawn", "sh", "exit 3")[0]["id"]
+    until(lambda: js(server, "status", agent)[0]["status"] == "failed")
+    facts = js(server, "status", agent)[0]
+    assert facts["exit_code"] == 3 and facts["signal"] is None and facts["pid"] > 0
+    assert facts["ended_at"] > 0 and facts["reason"] == "exited with status 3"
+    assert facts["cpu_secs"] >= 0 and facts["max_rss_kib"] > 0 and facts["processes_left"] == 0
+    line = cli(server, "status", agent).stdout.decode()
+    assert line.startswith(f"failed  exit 3  pid {facts['pid']}  ended ") and line.rstrip().endswith(
+        "(exited with status 3)"), line
+    killed = js(server, "spawn", "sh", "sleep 30")[0]["id"]
+    assert js(server, "kill", killed, "--wait")[0]["done"] == "killed"
+    assert js(server, "status", killed)[0]["signal"] == 9
+    assert "signal 9 (SIGKILL)" in cli(server, "status", killed).stdout.decode()
+    running = js(server, "status", js(server, "spawn", "sh", "sleep 30")[0]["id"])[0]
+    assert running["status"] == "running" and running["exit_code"] is None and running["ended_at"] is None
+
+
 def test_logs_follow_and_events(server) -> None:
     events = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "events", "--count", "3", "--json",
                                "--endpoint", server.bind, "--pub-endpoint", server.pub], stdout=subprocess.PIPE)

@@ -191,6 +191,11 @@ class AgentProcess:
         return self.exit_code is None
 
     @property
+    def max_rss_kib(self) -> int | None:
+        """Peak resident memory once it has ended: of its main process and what it waited for."""
+        return self.usage.ru_maxrss if self.usage is not None else None
+
+    @property
     def released(self) -> bool:
         """The keeper has been told to let go of it."""
         return self._released
@@ -389,12 +394,14 @@ class EndedProcess:
     stdin_open = False
     running = False
     usage = None
-    cpu_secs = None
     ended_at = None
 
-    def __init__(self, pid: int, exit_code: int | None) -> None:
+    def __init__(self, pid: int, exit_code: int | None, cpu_secs: float | None = None,
+                 max_rss_kib: int | None = None) -> None:
         self.pid = pid
         self.exit_code = exit_code
+        self.cpu_secs = cpu_secs
+        self.max_rss_kib = max_rss_kib
 
     def signal_group(self, sig: int) -> None:
         pass

@@ -38,10 +38,14 @@ create table if not exists agents (
     pid integer,
     exit_code integer,
     reason text,
-    ended_at integer
+    ended_at integer,
+    cpu_secs real,
+    max_rss_kib integer
 )"""
+#: columns added since the first agents.db: (name, type), added to an older file when it is opened
+_ADDED = (("cpu_secs", "real"), ("max_rss_kib", "integer"))
 _COLUMNS = ("id", "config", "owner", "started_at", "status", "pause_mode", "paused_at", "pid", "exit_code",
-            "reason", "ended_at")
+            "reason", "ended_at", "cpu_secs", "max_rss_kib")
 _PUT = f"insert or replace into agents ({', '.join(_COLUMNS)}) values ({', '.join('?' * len(_COLUMNS))})"
 _SELECT = f"select {', '.join(_COLUMNS)} from agents"
 #: AgentConfig's fields: its values are JSON already (str, dict, None), no deep copy needed
@@ -68,19 +72,22 @@ class AgentRecord:
     exit_code: int | None = None
     reason: str | None = None
     ended_at: int | None = None  # ns since the epoch
+    cpu_secs: float | None = None  # CPU time of all its processes, once it has ended
+    max_rss_kib: int | None = None  # peak resident memory, once it has ended
     config_json: str = dataclasses.field(default="", compare=False, repr=False)  # config_json(config), if known
 
     def _row(self) -> tuple[Any, ...]:
         return (str(self.id), self.config_json or config_json(self.config), self.owner, self.started_at,
                 self.status.value, self.pause_mode.value if self.pause_mode else None, self.paused_at, self.pid,
-                self.exit_code, self.reason, self.ended_at)
+                self.exit_code, self.reason, self.ended_at, self.cpu_secs, self.max_rss_kib)
 
     @classmethod
     def _from_row(cls, row: tuple[Any, ...]) -> AgentRecord:
         (agent_id, config, owner, started_at, status, pause_mode, paused_at, pid, exit_code, reason,
-         ended_at) = row
+         ended_at, cpu_secs, max_rss_kib) = row
         return cls(uuid.UUID(agent_id), AgentConfig(**json.loads(config)), owner, started_at, AgentStatus(status),
-                   PauseMode(pause_mode) if pause_mode else None, paused_at, pid, exit_code, reason, ended_at)
+                   PauseMode(pause_mode) if pause_mode else None, paused_at, pid, exit_code, reason, ended_at,
+                   cpu_secs, max_rss_kib)
 
 
 class AgentRecords:
@@ -96,6 +103,10 @@ class AgentRecords:
         self._db.execute("pragma journal_mode = wal")
         self._db.execute("pragma synchronous = normal")  # a crash of the server loses nothing; of the machine, little
         self._db.execute(_SCHEMA)
+        have = {row[1] for row in self._db.execute("pragma table_info(agents)")}
+        for name, kind in _ADDED:  # a state directory of an earlier version
+            if name not in have:
+                self._db.execute(f"alter table agents add column {name} {kind}")
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[Any, ...]] = {}  # id -> the latest row put, not yet written
 

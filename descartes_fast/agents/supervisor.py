@@ -175,13 +175,17 @@ class Agent:
         """The process has not been reaped yet."""
         return self.process.running
 
-    def ending(self) -> dict[str, int | None]:
+    def ending(self) -> dict[str, Any]:
         """How its processes ended, as status updates and ``get_status`` say it: pid, exit code
-        (negative: the signal), signal, end time (ns) and, once ended, the processes of its group
-        still running (all None while it runs)."""
+        (negative: the signal), signal, end time (ns), the reason for its last transition and,
+        once ended, the processes of it still running, its CPU time (s) and peak memory (KiB)
+        (None while it runs)."""
         code = self.exit_code
+        cpu = self.process.cpu_secs
         return {"pid": self.pid, "exit_code": code, "signal": -code if code is not None and code < 0 else None,
-                "ended_at": self.ended_at, "processes_left": self.left if self.ended_at is not None else None}
+                "ended_at": self.ended_at, "processes_left": self.left if self.ended_at is not None else None,
+                "reason": self.reason, "cpu_secs": round(cpu, 6) if cpu is not None else None,
+                "max_rss_kib": self.process.max_rss_kib}
 
     def facts(self, stream: LogStreamType) -> Facts:
         """What its output *stream* holds (first retained, ever written, ended)."""
@@ -191,7 +195,8 @@ class Agent:
         if not self._config_json:
             self._config_json = config_json(self.config)
         return AgentRecord(self.id, self.config, self.owner, self.started_at, self.status, self.pause_mode,
-                           self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at, self._config_json)
+                           self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at,
+                           self.process.cpu_secs, self.process.max_rss_kib, self._config_json)
 
 
 def _ending(exit_code: int) -> str:
@@ -298,9 +303,9 @@ class Supervisor:
 
     @staticmethod
     def _from_record(record: AgentRecord, output: AgentOutput) -> Agent:
-        return Agent(record.id, record.config, None, EndedProcess(record.pid, record.exit_code), record.started_at,
-                     output, None, owner=record.owner, status=record.status, ended_at=record.ended_at,
-                     reason=record.reason)
+        process = EndedProcess(record.pid, record.exit_code, record.cpu_secs, record.max_rss_kib)
+        return Agent(record.id, record.config, None, process, record.started_at, output, None, owner=record.owner,
+                     status=record.status, ended_at=record.ended_at, reason=record.reason)
 
     def _load_records(self) -> None:
         """At start: what an earlier run left. Agents that had not ended are adopted from the
@@ -319,6 +324,8 @@ class Supervisor:
             if ended is not None:  # its keeper wrote down how it ended, then let go of it
                 record.status = AgentStatus.COMPLETED if ended.code == 0 else AgentStatus.FAILED
                 record.exit_code, record.ended_at = ended.code, ended.ended_at
+                record.cpu_secs = ended.usage.ru_utime + ended.usage.ru_stime
+                record.max_rss_kib = ended.usage.ru_maxrss
                 record.reason = f"{_ending(ended.code)} while no server ran"
             else:
                 record.status, record.reason, record.ended_at = AgentStatus.FAILED, LOST, now

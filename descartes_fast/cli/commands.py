@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import tomllib
@@ -243,9 +244,42 @@ def _list(client: Client, args: argparse.Namespace) -> int:
                  lambda: _table(rows, ["ID", "NAME", "STATUS", "BACKEND", "TASK"]) if rows else "no agents")
 
 
+#: what ``status`` tells beyond the status, as a descartes_fast server's get_status gives it
+_FACTS = ("pid", "exit_code", "signal", "ended_at", "reason", "cpu_secs", "max_rss_kib", "processes_left")
+
+
 def _status(client: Client, args: argparse.Namespace) -> int:
     status = client.get_agent_status(args.agent)
-    return _emit(args, {"id": str(args.agent), "status": status.value}, status.value)
+    facts = client.agent_state(args.agent) if client.descartes_fast_server else {}
+    data = {"id": str(args.agent), "status": status.value, **{k: facts.get(k) for k in _FACTS if k in facts}}
+    return _emit(args, data, lambda: _status_line(status, facts))
+
+
+def _status_line(status: AgentStatus, facts: dict[str, Any]) -> str:
+    """``failed  exit 2  pid 41  ended 2026-12-02 06:20:01 UTC  cpu 0.01 s  peak 3.2 MiB  (why)``"""
+    parts = [status.value]
+    code, sig = facts.get("exit_code"), facts.get("signal")
+    if sig is not None:
+        try:
+            parts.append(f"signal {sig} ({signal.Signals(sig).name})")
+        except ValueError:
+            parts.append(f"signal {sig}")
+    elif code is not None:
+        parts.append(f"exit {code}")
+    if facts.get("pid"):
+        parts.append(f"pid {facts['pid']}")
+    if facts.get("ended_at") is not None:
+        ended = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(facts["ended_at"] / 1e9))
+        parts.append(f"ended {ended} UTC")
+    if facts.get("cpu_secs") is not None:
+        parts.append(f"cpu {facts['cpu_secs']:.2f} s")
+    if facts.get("max_rss_kib") is not None:
+        parts.append(f"peak {facts['max_rss_kib'] / 1024:.1f} MiB")
+    if facts.get("processes_left"):
+        parts.append(f"{facts['processes_left']} process(es) still running")
+    if facts.get("reason"):
+        parts.append(f"({facts['reason']})")
+    return "  ".join(parts)
 
 
 def _status_in(exc: ServerError, *statuses: AgentStatus) -> AgentStatus | None:

@@ -322,7 +322,8 @@ class AsyncClient:
     async def agent_state(self, agent_id: uuid.UUID) -> dict[str, Any]:
         """What ``get_status`` answers: ``status`` (Rust's capitalised name) and, from a
         descartes_fast server, ``pid``, ``exit_code``, ``signal``, ``ended_at`` (ns) and
-        ``processes_left`` (what is still running of the agent's process group once it has ended)."""
+        ``processes_left`` (what is still running of the agent once it has ended), ``reason`` (of its
+        last transition), ``cpu_secs`` and ``max_rss_kib`` (once ended)."""
         reply = await self._command(agent_id, _C.GET_STATUS)
         return dict(reply.data) if isinstance(reply.data, dict) else {}
 

@@ -84,10 +84,7 @@ class EventPublisher:
         log.info("agent %s: %s (%s)", agent.id, agent.status, message)
         if self.sock is None:
             return
-        usage = agent.process.usage
-        data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None,
-                "cpu_secs": round(cpu, 6) if (cpu := agent.process.cpu_secs) is not None else None,
-                "max_rss_kib": usage.ru_maxrss if usage is not None else None}
+        data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None}
         self.publish(status_topic(agent.id),
                      StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))
 
