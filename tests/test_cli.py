@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -65,9 +67,9 @@ def _args(**flags) -> argparse.Namespace:
 def test_settings_precedence(tmp_path, monkeypatch) -> None:
     for name in ("CONFIG", "MAX_AGENTS", "SERVER_ID", "BIND", "PUB"):
         monkeypatch.delenv(f"DESCARTES_FAST_{name}", raising=False)
-    config, level, loop = settings.resolve(_args())
-    assert (config.bind, config.pub, config.max_agents, level, loop) == (
-        "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 100, "INFO", "uvloop")
+    config, level, loop, log_format = settings.resolve(_args())
+    assert (config.bind, config.pub, config.max_agents, level, loop, log_format) == (
+        "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", 100, "INFO", "uvloop", "text")
     path = tmp_path / "s.toml"
     path.write_text('[server]\nmax_agents = 7\nserver_id = "file"\npub = "none"\n'
                     '[backends.x]\ncommand = ["x"]\n')
@@ -128,3 +130,22 @@ def test_settings_errors(tmp_path, monkeypatch, content, text) -> None:
     path.write_text(content)
     with pytest.raises(settings.SettingsError, match=re.escape(text)):
         settings.resolve(_args(config=path))
+
+
+def test_log_format_json_writes_one_object_per_line(tmp_path) -> None:
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", f"ipc://{tmp_path}/r",
+                             "--pub", "none", "--state-dir", str(tmp_path / "s"), "--log-format", "json"],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = []
+    for line in proc.stderr:  # until it serves (it says where)
+        first.append(line)
+        if "requests on" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in first + err.splitlines()]  # every line is one object
+    assert proc.returncode == 0, err
+    assert {"time", "level", "logger", "message", "pid"} <= set(lines[0])
+    assert lines[0]["time"].endswith("Z") and lines[-1]["message"] == "stopped"
+    assert any(line["logger"] == "descartes_fast.server" and "requests on" in line["message"] for line in lines)

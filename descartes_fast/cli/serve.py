@@ -76,11 +76,17 @@ def serve(args: argparse.Namespace, prog: str) -> int:
     from descartes_fast.server.security import SecurityError
 
     try:
-        config, level, loop_name = settings.resolve(args)
+        config, level, loop_name, log_format = settings.resolve(args)
     except settings.SettingsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        from descartes_fast.server.logformat import JsonLines
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLines())
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fd_limit = _raise_fd_limit()
     keep_big_buffers()
     try:

@@ -193,6 +193,8 @@ SETTINGS = (
             "cgroup v2: stop and kill reach processes that left its session), 'process-group', or 'auto' "
             "(cgroup where the unified hierarchy is writable); set when the keeper starts"),
     Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("log_format", str.lower, "text", "the server's own log on stderr: text (a line per event) or json (an "
+            "object per line: time, level, logger, message, and the exception if any)"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
 )
 
@@ -214,8 +216,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{s.help} (default: {shown}; env: {s.env})")
 
 
-def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
-    """The server config, log level and loop name from every source, highest precedence last."""
+def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str, str]:
+    """The server config, log level, loop name and log format from every source, highest precedence last."""
     path = args.config or os.environ.get("DESCARTES_FAST_CONFIG")
     table: dict[str, Any] = {}
     backends = BackendRegistry()
@@ -256,6 +258,8 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
         raise SettingsError(f"containment {values['containment']!r}: use auto, cgroup or process-group")
     if values["keep_agents"] and values["agents_die_with_server"]:
         raise SettingsError("--keep-agents and --agents-die-with-server contradict each other: choose one")
+    if values["log_format"] not in ("text", "json"):
+        raise SettingsError(f"log format {values['log_format']!r}: use text or json")
     if values["loop"] not in ("uvloop", "asyncio"):
         raise SettingsError(f"loop {values['loop']!r}: use uvloop or asyncio")
     config = ServerConfig(bind=values["bind"], pub=values["pub"], max_agents=values["max_agents"],
@@ -272,4 +276,4 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str]:
                           containment=values["containment"])
     if values["server_id"]:
         config.server_id = values["server_id"]
-    return config, values["log_level"], values["loop"]
+    return config, values["log_level"], values["loop"], values["log_format"]
