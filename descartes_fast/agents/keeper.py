@@ -444,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m descartes_fast.agents.keeper",
                                      description="The parent of one state directory's agents, which outlives the "
                                                  "server (started by descartes-fast-server; not run by hand).")
-    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True, metavar="DIR",
+                        help="the server's --state-dir: the socket, lock, exits and log of this keeper go there")
     parser.add_argument("--containment", choices=("auto", "cgroup", "process-group"), default="auto",
                         help="per-agent cgroups where the unified hierarchy is writable (auto), always (cgroup: "
                              "fail if not), or never (process-group)")
