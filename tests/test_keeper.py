@@ -312,7 +312,7 @@ def test_a_keeper_killed_under_a_running_server_is_replaced(main_implementation,
     try:
         agent = server.spawn("sh", "sleep 300")
         pid = status_data(server, agent)["pid"]
-        keeper, _ = facts(server)
+        keeper, cgroups = facts(server)
         os.kill(keeper, signal.SIGKILL)
         # its agents can no longer be watched: they are ended, and say why
         assert server.wait_status(agent, {AgentStatus.FAILED}) == AgentStatus.FAILED
@@ -326,4 +326,4 @@ def test_a_keeper_killed_under_a_running_server_is_replaced(main_implementation,
         new_keeper = facts(server)[0]
     finally:
         assert server.close() == 0
-    until(lambda: not alive(new_keeper))
+    nothing_left([pid], new_keeper, cgroups)  # (the new keeper removes what the killed one left)

@@ -110,10 +110,12 @@ class Keeper:
             if not self.agents and self.server is None:
                 _log("holds no agent and no server is connected: exiting")
                 if self.cgroups is not None:
+                    for stale in self.cgroups.existing():  # (what a killed keeper before this one left)
+                        self.cgroups.remove(stale)  # only if empty: what still runs there is kept
                     try:
                         self.cgroups.base.rmdir()
                     except OSError:
-                        pass  # (not empty: a cgroup another keeper of the same directory made)
+                        pass  # (not empty: something still runs in one of its cgroups)
                 (self.state_dir / SOCKET).unlink(missing_ok=True)
                 self.listener.close()  # (a server connecting now gets a reset, and starts another keeper)
                 return
