@@ -80,6 +80,7 @@ class Keeper:
         self.cgroups = cgroups
         self.agents: dict[str, _Agent] = {}
         self.by_pid: dict[int, _Agent] = {}
+        self.dying: dict[int, str] = {}  # pid -> id of agents released while they ran, until reaped
         self.server: socket.socket | None = None
         self.mode = "keep"
         self.inbox = bytearray()
@@ -107,7 +108,7 @@ class Keeper:
             self._reap()
             if self.ending:
                 self._end_step()
-            if not self.agents and self.server is None:
+            if not self.agents and not self.dying and self.server is None:
                 _log("holds no agent and no server is connected: exiting")
                 if self.cgroups is not None:
                     for stale in self.cgroups.existing():  # (what a killed keeper before this one left)
@@ -139,8 +140,11 @@ class Keeper:
             if pid == 0:
                 return
             agent = self.by_pid.pop(pid, None)
-            if agent is None:
-                continue  # an orphan an agent left (this process is their subreaper)
+            if agent is None:  # an abandoned agent, or an orphan an agent left (this process is their subreaper)
+                abandoned = self.dying.pop(pid, None)
+                if abandoned is not None and self.cgroups is not None:
+                    self.cgroups.remove(abandoned)
+                continue
             code = os.waitstatus_to_exitcode(status)
             agent.exit = {"code": code, "ended_at": time.time_ns(), "utime": usage.ru_utime,
                           "stime": usage.ru_stime, "maxrss": usage.ru_maxrss}
@@ -239,9 +243,11 @@ class Keeper:
             if gone is not None:
                 for fd in gone.fds:
                     os.close(fd)
-                if gone.exit is None:  # released while it runs: the server abandoned it
-                    del self.by_pid[gone.pid]  # (reaped as an orphan: its exit is nobody's now)
-                if self.cgroups is not None:
+                if gone.exit is None:  # released while it runs: abandoned (a start that must not go on)
+                    del self.by_pid[gone.pid]
+                    self.dying[gone.pid] = gone.id  # its exit is nobody's now; its cgroup goes once it is reaped
+                    self._kill(gone.pid, gone.id)
+                elif self.cgroups is not None:
                     self.cgroups.remove(gone.id)
                 if not self.agents or self.exits.tell() > _EXITS_MAX:
                     self._rewrite_exits()
@@ -354,15 +360,24 @@ class Keeper:
 
     def _signal_all(self, sig: int) -> None:
         for agent in self.agents.values():
+            if sig == signal.SIGKILL:
+                self._kill(agent.pid, agent.id)
+                continue
             if self.cgroups is not None:
-                if sig == signal.SIGKILL:
-                    self.cgroups.kill(agent.id)
-                else:
-                    self.cgroups.signal(agent.id, sig)
+                self.cgroups.signal(agent.id, sig)
             try:
                 os.killpg(agent.pid, sig)
             except OSError:
                 pass
+
+    def _kill(self, pid: int, agent_id: str) -> None:
+        """SIGKILL all of an agent: its cgroup, and its process group."""
+        if self.cgroups is not None:
+            self.cgroups.kill(agent_id)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
     def _end_step(self) -> None:
         """While ending: SIGKILL after the grace; an agent goes once its main process has exited
