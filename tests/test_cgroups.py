@@ -36,6 +36,14 @@ def cgroup2_mounts() -> list[str]:
         return [line.split()[1] for line in f if line.split()[2:3] == ["cgroup2"]]
 
 
+def sid(pid: int) -> int | None:
+    """The session of *pid* (0 where its leader is outside this pid namespace), None once it is gone."""
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def my_cgroup_line() -> str:
     with open("/proc/self/cgroup") as f:
         return next(line for line in f if line.startswith("0::"))
@@ -136,10 +144,12 @@ def test_spawn_into_contains_the_whole_tree(agents: Agents) -> None:
     before = my_cgroup_line()
     child = agents.spawn("a", TREE)
     cg = agents.cg
-    until(lambda: cg.count("a") == 3, seen=lambda: cg.count("a"))
+    sessions = lambda: {sid(pid) for pid in cg._pids("a")}
+    # three processes can be counted before the forked child has called setsid(): wait for the second session
+    until(lambda: cg.count("a") == 3 and len(sessions()) == 2, seen=lambda: (cg.count("a"), sessions()))
     assert my_cgroup_line() == before                                # the caller is back home
     assert child.pid in cg._pids("a") and os.getpid() not in cg._pids("a")
-    assert {os.getsid(pid) for pid in cg._pids("a")} != {os.getsid(child.pid)}   # setsid left the session...
+    assert sid(child.pid) in sessions()                               # setsid left the session...
     assert cg.populated("a")                                          # ... but not the cgroup
 
 
