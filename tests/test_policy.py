@@ -67,7 +67,7 @@ class Recorder:
     def on_output(self, agent, stream, data, sequence) -> None:
         pass
 
-    def on_status(self, agent, kind, message) -> None:
+    def on_status(self, agent, kind, message, event=None) -> None:
         self.events.append((agent.id, kind, agent.status, message))
 
 

@@ -7,6 +7,9 @@ Built in:
 * ``opencode``, ``codex``, ``gemini``: today's headless modes;
 * ``<program>-cli`` (any other name containing ``cli``): ``<program> <task>``, only where the
   spawn policy allows it (``allow_program_cli``; off by default: it runs any program on PATH);
+* ``claude-session``, ``codex-session``, ``gemini-session``: sessions that live across turns
+  (docs/agent-sessions.md): claude's turns go to its stdin as stream-json lines; codex and
+  gemini run one process per turn, each resuming the session of the one before;
 * ``demo``: the demo agent shipped in this package (no LLM CLI needed).
 
 The LLM CLIs get ``stdin = "close"`` (they wait for EOF on a piped stdin) and no cooperative
@@ -22,12 +25,20 @@ define more backends, or override a built-in one, as TOML::
     cooperative_pause = false    # true if the program honours the JSON pause/resume lines
     extra_args = true            # honour AGENT_EXTRA_ARGS from the request's environment
                                  # (if the [policy] table's allow_extra_args is true too)
+    events = "claude"            # parse its stdout as claude | codex | gemini JSON events
+    restart = "on-failure"       # never (default) | on-failure | always (agents/restarts.py)
+    max_restarts = 3
+    restart_backoff = 1.0        # seconds before the first restart, doubled for each next one
+
+A built-in session backend takes ``program`` (the CLI's command, e.g. ``["/opt/bin/claude"]``),
+``env``, ``cwd``, ``events``, ``restart``, ``max_restarts`` and ``restart_backoff``.
 
 Placeholders: ``{task}``, ``{model}``, ``{system_prompt}``, ``{context}``, ``{name}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -36,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from descartes_fast.agents.restarts import KEYS as RESTART_KEYS
+from descartes_fast.agents.restarts import NO_RESTART, RestartPolicy
+from descartes_fast.agents.sessions import DIALECTS
 from descartes_fast.wire.schema import AgentConfig
 
 __all__ = [
@@ -45,10 +59,14 @@ __all__ = [
     "BackendRegistry",
     "Launch",
     "ProgramCliDisabled",
+    "SessionBackend",
     "StdinMode",
+    "Turns",
 ]
 
 StdinMode = Literal["pipe", "close", "null"]
+#: how a session's next turn reaches it: a line on the stdin of the same process, or a new process
+Turns = Literal["stdin", "process"]
 _STDIN_MODES: Final = ("pipe", "close", "null")
 _PLACEHOLDER: Final = re.compile(r"\{(task|model|system_prompt|context|name)\}")
 
@@ -85,6 +103,9 @@ class Launch:
     cwd: str | None
     stdin: StdinMode
     cooperative_pause: bool
+    events: str | None = None       # the dialect of its JSON events (agents/sessions.py), if any
+    turns: Turns | None = None      # a session backend's way of taking turns
+    restart: RestartPolicy = NO_RESTART
 
 
 @dataclass(frozen=True)
@@ -98,9 +119,12 @@ class Backend:
     stdin: StdinMode = "pipe"
     cooperative_pause: bool = False
     extra_args: bool = True
+    events: str | None = None
+    restart: RestartPolicy = NO_RESTART
 
-    def build(self, config: AgentConfig) -> Launch:
-        """The launch for *config*: placeholders filled, AGENT_EXTRA_ARGS and AGENT_CONTEXT applied."""
+    def build(self, config: AgentConfig, session_id: str | None = None, prompt: str | None = None) -> Launch:
+        """The launch for *config*: placeholders filled, AGENT_EXTRA_ARGS and AGENT_CONTEXT applied.
+        (*session_id* and *prompt*: a session backend's session to resume and turn to take.)"""
         values = {"task": config.task, "model": config.model, "system_prompt": config.system_prompt,
                   "context": config.context, "name": config.name}
         argv: list[str] = []
@@ -122,24 +146,61 @@ class Backend:
             argv = argv + config.environment["AGENT_EXTRA_ARGS"].split()
         if config.context is not None:
             env["AGENT_CONTEXT"] = config.context
-        return Launch(argv, env, self.cwd, self.stdin, self.cooperative_pause)
+        return Launch(argv, env, self.cwd, self.stdin, self.cooperative_pause, self.events, None, self.restart)
 
 
 class _Claude(Backend):
     """``claude -p <task> --output-format stream-json --verbose [--model] [--allowedTools] ...``."""
 
-    def build(self, config: AgentConfig) -> Launch:
+    def build(self, config: AgentConfig, session_id: str | None = None, prompt: str | None = None) -> Launch:
         argv = ["claude", "-p", config.task, "--output-format", "stream-json", "--verbose"]
-        if config.model:
-            argv += ["--model", config.model]
-        tools = TOOL_LEVELS.get((config.tool_level or "").lower().replace("-", "").replace("_", ""))
-        if tools:
-            argv += ["--allowedTools", tools]
-        if config.system_prompt is not None:
-            argv += ["--append-system-prompt", config.system_prompt]
-        if config.agents:
-            argv += ["--agents", json.dumps(config.agents)]
-        return self._finish(config, argv)
+        return self._finish(config, argv + _claude_options(config))
+
+
+def _claude_options(config: AgentConfig) -> list[str]:
+    argv = []
+    if config.model:
+        argv += ["--model", config.model]
+    tools = TOOL_LEVELS.get((config.tool_level or "").lower().replace("-", "").replace("_", ""))
+    if tools:
+        argv += ["--allowedTools", tools]
+    if config.system_prompt is not None:
+        argv += ["--append-system-prompt", config.system_prompt]
+    if config.agents:
+        argv += ["--agents", json.dumps(config.agents)]
+    return argv
+
+
+@dataclass(frozen=True)
+class SessionBackend(Backend):
+    """``claude-session`` (one process; each turn a stream-json user line on its stdin, which
+    stays open), ``codex-session`` and ``gemini-session`` (one process per turn, each resuming
+    the session by its id). ``command`` is the CLI's program (``program`` in a config file)."""
+
+    def build(self, config: AgentConfig, session_id: str | None = None, prompt: str | None = None) -> Launch:
+        program = list(self.command)
+        if self.events == "claude":
+            argv = program + ["-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+                              "--replay-user-messages"] + _claude_options(config)
+            if session_id:
+                argv += ["--resume", session_id]
+            launch = self._finish(config, argv)
+            return dataclasses.replace(launch, stdin="pipe", turns="stdin")
+        text = config.task if prompt is None else prompt
+        if self.events == "codex":
+            model = ["--model", config.model] if config.model else []
+            argv = program + ["exec", "--json"] + model + (["resume", session_id, text] if session_id else [text])
+        else:
+            argv = program + ["-p", text, "--output-format", "stream-json"]
+            argv += ["--model", config.model] if config.model else []
+            argv += ["--resume", session_id] if session_id else []
+        return dataclasses.replace(self._finish(config, argv), stdin="close", turns="process")
+
+
+def user_turn(text: str) -> bytes:
+    """A user turn as claude's ``--input-format stream-json`` reads it: one NDJSON line."""
+    return json.dumps({"type": "user", "message": {"role": "user", "content": text}},
+                      separators=(",", ":")).encode() + b"\n"
 
 
 def _builtins() -> dict[str, Backend]:
@@ -154,6 +215,9 @@ def _builtins() -> dict[str, Backend]:
         "codex": Backend("codex", ("codex", "exec", "--json", "{task}", ("--model", "{model}")), **llm),  # type: ignore[arg-type]
         "gemini": Backend("gemini", ("gemini", "-p", "{task}", "--output-format", "stream-json",
                                      ("--model", "{model}")), **llm),  # type: ignore[arg-type]
+        "claude-session": SessionBackend("claude-session", ("claude",), events="claude", **llm),  # type: ignore[arg-type]
+        "codex-session": SessionBackend("codex-session", ("codex",), events="codex", **llm),  # type: ignore[arg-type]
+        "gemini-session": SessionBackend("gemini-session", ("gemini",), events="gemini", **llm),  # type: ignore[arg-type]
         "demo": Backend("demo", demo, stdin="pipe", cooperative_pause=True),
     }
 
@@ -176,7 +240,8 @@ class BackendRegistry:
 
     @classmethod
     def from_tables(cls, tables: dict[str, Any], source: str = "config") -> BackendRegistry:
-        return cls({name: _parse(name, table, source) for name, table in tables.items()})
+        builtins = _builtins()
+        return cls({name: _parse(name, table, source, builtins.get(name)) for name, table in tables.items()})
 
     def names(self) -> list[str]:
         return sorted(self._backends)
@@ -204,11 +269,17 @@ class BackendRegistry:
         raise BackendError(f"Unsupported model backend for process spawning: {name}. Use API mode instead.")
 
 
-def _parse(name: str, table: Any, source: str) -> Backend:
+_SESSION_KEYS: Final = frozenset({"program", "env", "cwd", "events", *RESTART_KEYS})
+
+
+def _parse(name: str, table: Any, source: str, builtin: Backend | None) -> Backend:
     where = f"{source}: [backends.{name}]"
     if not isinstance(table, dict):
         raise BackendError(f"{where} must be a table")
-    unknown = set(table) - {"command", "env", "cwd", "stdin", "cooperative_pause", "extra_args"}
+    if isinstance(builtin, SessionBackend):
+        return _parse_session(builtin, table, where)
+    unknown = set(table) - {"command", "env", "cwd", "stdin", "cooperative_pause", "extra_args", "events",
+                            *RESTART_KEYS}
     if unknown:
         raise BackendError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     command = table.get("command")
@@ -218,18 +289,46 @@ def _parse(name: str, table: Any, source: str) -> Backend:
         parts = item if isinstance(item, list) else [item]
         if not parts or not all(isinstance(p, str) for p in parts):
             raise BackendError(f"{where}: command items must be strings or lists of strings")
-    env = table.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise BackendError(f"{where}: env must be a table of strings")
+    env, cwd, events, restart = _common(table, where, Backend.restart)
     stdin = table.get("stdin", "pipe")
     if stdin not in _STDIN_MODES:
         raise BackendError(f"{where}: stdin must be one of {', '.join(_STDIN_MODES)}")
-    cwd = table.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise BackendError(f"{where}: cwd must be a string")
     flags = {k: table.get(k, d) for k, d in (("cooperative_pause", False), ("extra_args", True))}
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise BackendError(f"{where}: {key} must be true or false")
-    return Backend(name, tuple(tuple(i) if isinstance(i, list) else i for i in command), dict(env),
-                   cwd, stdin, **flags)
+    return Backend(name, tuple(tuple(i) if isinstance(i, list) else i for i in command), env,
+                   cwd, stdin, events=events, restart=restart, **flags)
+
+
+def _parse_session(builtin: SessionBackend, table: dict[str, Any], where: str) -> SessionBackend:
+    """A built-in session backend, with what its table changes."""
+    unknown = set(table) - _SESSION_KEYS
+    if unknown:
+        raise BackendError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (a session backend takes "
+                           f"{', '.join(sorted(_SESSION_KEYS))})")
+    program = table.get("program", list(builtin.command))
+    if not isinstance(program, list) or not program or not all(isinstance(p, str) and p for p in program):
+        raise BackendError(f"{where}: program must be a non-empty list of strings (the CLI's command)")
+    env, cwd, events, restart = _common(table, where, builtin.restart)
+    return dataclasses.replace(builtin, command=tuple(program), env=env, cwd=cwd or builtin.cwd,
+                               events=events or builtin.events, restart=restart)
+
+
+def _common(table: dict[str, Any], where: str,
+            restart: RestartPolicy) -> tuple[dict[str, str], str | None, str | None, RestartPolicy]:
+    """env, cwd, events and the restart policy of a backend table."""
+    env = table.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise BackendError(f"{where}: env must be a table of strings")
+    cwd = table.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise BackendError(f"{where}: cwd must be a string")
+    events = table.get("events")
+    if events is not None and events not in DIALECTS:
+        raise BackendError(f"{where}: events must be one of {', '.join(DIALECTS)}")
+    try:
+        restart = restart.with_values(table, where)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
+    return dict(env), cwd, events, restart

@@ -40,12 +40,13 @@ create table if not exists agents (
     reason text,
     ended_at integer,
     cpu_secs real,
-    max_rss_kib integer
+    max_rss_kib integer,
+    session text
 )"""
 #: columns added since the first agents.db: (name, type), added to an older file when it is opened
-_ADDED = (("cpu_secs", "real"), ("max_rss_kib", "integer"))
+_ADDED = (("cpu_secs", "real"), ("max_rss_kib", "integer"), ("session", "text"))
 _COLUMNS = ("id", "config", "owner", "started_at", "status", "pause_mode", "paused_at", "pid", "exit_code",
-            "reason", "ended_at", "cpu_secs", "max_rss_kib")
+            "reason", "ended_at", "cpu_secs", "max_rss_kib", "session")
 _PUT = f"insert or replace into agents ({', '.join(_COLUMNS)}) values ({', '.join('?' * len(_COLUMNS))})"
 _SELECT = f"select {', '.join(_COLUMNS)} from agents"
 #: AgentConfig's fields: its values are JSON already (str, dict, None), no deep copy needed
@@ -74,20 +75,22 @@ class AgentRecord:
     ended_at: int | None = None  # ns since the epoch
     cpu_secs: float | None = None  # CPU time of all its processes, once it has ended
     max_rss_kib: int | None = None  # peak resident memory, once it has ended
+    session: dict[str, Any] | None = None  # restarts, and what its session said (agents/sessions.py)
     config_json: str = dataclasses.field(default="", compare=False, repr=False)  # config_json(config), if known
 
     def _row(self) -> tuple[Any, ...]:
         return (str(self.id), self.config_json or config_json(self.config), self.owner, self.started_at,
                 self.status.value, self.pause_mode.value if self.pause_mode else None, self.paused_at, self.pid,
-                self.exit_code, self.reason, self.ended_at, self.cpu_secs, self.max_rss_kib)
+                self.exit_code, self.reason, self.ended_at, self.cpu_secs, self.max_rss_kib,
+                json.dumps(self.session) if self.session else None)
 
     @classmethod
     def _from_row(cls, row: tuple[Any, ...]) -> AgentRecord:
         (agent_id, config, owner, started_at, status, pause_mode, paused_at, pid, exit_code, reason,
-         ended_at, cpu_secs, max_rss_kib) = row
+         ended_at, cpu_secs, max_rss_kib, session) = row
         return cls(uuid.UUID(agent_id), AgentConfig(**json.loads(config)), owner, started_at, AgentStatus(status),
                    PauseMode(pause_mode) if pause_mode else None, paused_at, pid, exit_code, reason, ended_at,
-                   cpu_secs, max_rss_kib)
+                   cpu_secs, max_rss_kib, json.loads(session) if session else None)
 
 
 class AgentRecords:

@@ -631,6 +631,11 @@ class AgentOutput:
                 out.append((stream, chunk))
         return out
 
+    def resume(self) -> None:
+        """Another process of the same agent writes on (a restart, a session's next turn)."""
+        for log in self.streams.values():
+            log.ended = False
+
     def shrink(self, wanted: int) -> int:
         """Drop oldest segments (the stream with more of them first) until *wanted* bytes are freed."""
         freed = 0

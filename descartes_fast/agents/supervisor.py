@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled
+from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled, user_turn
 from descartes_fast.agents.filters import FilterError, LineFilter
 from descartes_fast.agents.keeper_link import Exit, Held, KeeperError, KeeperLink
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
@@ -40,6 +40,7 @@ from descartes_fast.agents.lineindex import LINE_MAX, line_ends
 from descartes_fast.agents.policy import PolicyRefusal, SpawnPolicy
 from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClosedError, StdinFullError
 from descartes_fast.agents.records import AgentRecord, config_json
+from descartes_fast.agents.sessions import DIALECTS, Session, SessionEvent
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
 from descartes_fast.wire.schema import (
@@ -84,6 +85,7 @@ _ACTIVE: Final = (AgentStatus.IDLE, AgentStatus.INITIALIZING, AgentStatus.RUNNIN
 #: event loop waits its turn behind every one of them (health p99 with 8 filtered queries in
 #: flight, bench/abuse_bench.py --only regex: 6 threads 8.9-9.5 ms, 2 threads 2.7-2.9, 1 4.2-4.4)
 QUERY_THREADS: Final = 2
+_TURNS_QUEUED: Final = 16  # turns a session keeps waiting for it at most
 _PAST_KEPT: Final = 64  # agents of the records (evicted from memory, or of an earlier run) kept open at once
 #: the reason given to agents that were running when the previous server stopped, and that its
 #: keeper no longer holds (the keeper was killed, or the machine restarted)
@@ -123,14 +125,16 @@ class Listener(Protocol):
     """Receives what happens to agents (the server turns it into PUB messages)."""
 
     def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None: ...
-    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None: ...
+    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
+                  event: dict[str, Any] | None = None) -> None: ...
 
 
 class _Silent:
     def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None:
         pass
 
-    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None:
+    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
+                  event: dict[str, Any] | None = None) -> None:
         pass
 
 
@@ -155,6 +159,13 @@ class Agent:
     limit_hit: bool = False               # a limit ended it: ``failed`` with ``reason``, whatever the exit
     left: int = 0                         # processes of its group still there after its main process exited
     cursors: dict[LogStreamType, int] = field(default_factory=dict, repr=False)  # read_stdout/stderr: next line
+    session: Session | None = None        # what its JSON events said (a backend with ``events``)
+    restarts: int = 0                     # processes started again after one ended (restart policy)
+    turn: str | None = None               # the text of the session's latest turn
+    turn_open: bool = False               # ... which has not ended yet
+    pending: collections.deque[str] = field(default_factory=collections.deque, repr=False)  # turns to come
+    ending_session: bool = False          # ``say --end``: the session ends after its current turn
+    _restart_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     _wall_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     _config_json: str = field(default="", repr=False)  # the config as the records keep it
 
@@ -185,7 +196,15 @@ class Agent:
         return {"pid": self.pid, "exit_code": code, "signal": -code if code is not None and code < 0 else None,
                 "ended_at": self.ended_at, "processes_left": self.left if self.ended_at is not None else None,
                 "reason": self.reason, "cpu_secs": round(cpu, 6) if cpu is not None else None,
-                "max_rss_kib": self.process.max_rss_kib}
+                "max_rss_kib": self.process.max_rss_kib, "restarts": self.restarts,
+                **(self.session.totals() if self.session is not None else {})}
+
+    @property
+    def between_processes(self) -> bool:
+        """Not ended, and no process of it runs: a session waiting for its next turn, or an agent
+        waiting to be restarted."""
+        return not self.running and not self.status.is_terminal() and self.exited is not None \
+            and not self.exited.done()
 
     def facts(self, stream: LogStreamType) -> Facts:
         """What its output *stream* holds (first retained, ever written, ended)."""
@@ -196,7 +215,21 @@ class Agent:
             self._config_json = config_json(self.config)
         return AgentRecord(self.id, self.config, self.owner, self.started_at, self.status, self.pause_mode,
                            self.paused_at, self.pid, self.exit_code, self.reason, self.ended_at,
-                           self.process.cpu_secs, self.process.max_rss_kib, self._config_json)
+                           self.process.cpu_secs, self.process.max_rss_kib, self._session_state(), self._config_json)
+
+    def _session_state(self) -> dict[str, Any] | None:
+        if self.session is None and not self.restarts:
+            return None
+        session = {"dialect": self.session.dialect.name, **self.session.state()} if self.session else None
+        return {"restarts": self.restarts, "session": session}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """What the records kept of its restarts and session (see _session_state)."""
+        if state:
+            self.restarts = int(state.get("restarts") or 0)
+            kept = state.get("session")
+            if isinstance(kept, dict) and kept.get("dialect") in DIALECTS:
+                self.session = Session.restore(DIALECTS[kept["dialect"]], kept)
 
 
 def _ending(exit_code: int) -> str:
@@ -304,8 +337,10 @@ class Supervisor:
     @staticmethod
     def _from_record(record: AgentRecord, output: AgentOutput) -> Agent:
         process = EndedProcess(record.pid, record.exit_code, record.cpu_secs, record.max_rss_kib)
-        return Agent(record.id, record.config, None, process, record.started_at, output, None, owner=record.owner,
-                     status=record.status, ended_at=record.ended_at, reason=record.reason)
+        agent = Agent(record.id, record.config, None, process, record.started_at, output, None, owner=record.owner,
+                      status=record.status, ended_at=record.ended_at, reason=record.reason)
+        agent.restore(record.session)
+        return agent
 
     def _load_records(self) -> None:
         """At start: what an earlier run left. Agents that had not ended are adopted from the
@@ -361,6 +396,7 @@ class Supervisor:
                       self.state.store.open(record.id, ended=False), None, Limits.of(self.policy, None),
                       record.owner, status=record.status, pause_mode=record.pause_mode, paused_at=record.paused_at,
                       reason=record.reason)
+        agent.restore(record.session)
         log.info("adopted agent %s (pid %d, %s)%s", agent.id, agent.pid, agent.status,
                  ", which exited while no server ran" if held.exit is not None else "")
         return agent
@@ -454,10 +490,14 @@ class Supervisor:
         try:
             cwd = policy.check_request(config, metadata)
             backend = self.backends.resolve(config.model_backend, allow_program_cli=policy.allow_program_cli)
-            launch = backend.build(config)
+            resume = (metadata or {}).get("resume") or None
+            if resume is not None and backend.events is None:
+                raise BackendError(f"metadata 'resume' resumes a session, and backend {backend.name!r} has none")
+            launch = backend.build(config, session_id=resume)
+            launch = dataclasses.replace(launch, restart=launch.restart.with_values(metadata or {}, "spawn metadata"))
         except (PolicyRefusal, ProgramCliDisabled) as exc:
             raise SpawnPolicyError(f"spawn refused by this server's policy: {exc}") from None
-        except BackendError as exc:
+        except (BackendError, ValueError) as exc:
             raise SpawnError(f"Agent spawn failed: {exc}") from None
         agent_id = uuid.uuid4()
         make_dir = None
@@ -478,12 +518,168 @@ class Supervisor:
                 del self._starting[owner]
         agent = Agent(agent_id, config, launch, process, process.started_at, self.state.store.create(agent_id),
                       loop.create_future(), Limits.of(policy, timeout_secs), owner)
+        if launch.events is not None:
+            agent.session = Session(DIALECTS[launch.events], session_id=resume)
         self._agents[agent.id] = agent
         self._track(agent)
         self.state.records.put(agent.record())
         self._watch(agent, loop)
         self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, "spawned")
+        if launch.turns is not None and config.task:
+            self._turn_started(agent, config.task)
         return agent
+
+    # -- sessions --
+
+    def _turn_started(self, agent: Agent, text: str) -> None:
+        """*text* goes to the session as its next turn (claude: a line on its stdin; codex and
+        gemini: the process just started for it has it in its arguments)."""
+        assert agent.launch is not None
+        if agent.launch.turns == "stdin":
+            self._write(agent, user_turn(text))
+        agent.turn, agent.turn_open = text, True
+        n = (agent.session.turns + agent.session.failed_turns + 1) if agent.session is not None else 1
+        self._set(agent, AgentStatus.THINKING, f"turn {n} started", event={"event": "turn_started", "turn": n})
+
+    def say(self, agent_id: uuid.UUID, text: str | None, end: bool = False) -> str:
+        """Send *text* to the agent's session as its next turn; with *end*, end the session once
+        its turns are done. Returns what happened: ``sent``, ``queued`` or ``ending``."""
+        agent = self.get(agent_id)
+        launch = agent.launch
+        if launch is None or launch.turns is None:
+            raise SupervisorError(f"Agent execution error: agent {agent.id} (backend '{agent.config.model_backend}') "
+                                  "holds no session: say works with the session backends (claude-session, "
+                                  "codex-session, gemini-session); write_stdin sends raw input")
+        if agent.status.is_terminal():
+            raise SupervisorError(f"Agent execution error: the session of agent {agent.id} has ended ({agent.status})")
+        if not text and not end:
+            raise SupervisorError("Agent execution error: say needs a text, or end")
+        if agent.status == AgentStatus.PAUSED:
+            raise SupervisorError(f"Agent execution error: agent {agent.id} is paused: resume it first")
+        done = "sent"
+        if text:
+            if launch.turns == "stdin" and agent.running:
+                self._turn_started(agent, text)
+            elif agent.between_processes and agent._restart_timer is None:
+                self._next_process(agent, text)
+            else:  # a turn's process runs, or the agent is about to be restarted
+                if len(agent.pending) >= _TURNS_QUEUED:
+                    raise SupervisorError(f"Agent execution error: agent {agent.id} has {_TURNS_QUEUED} turns "
+                                          "waiting already")
+                agent.pending.append(text)
+                done = "queued"
+        if end:
+            agent.ending_session = True
+            if launch.turns == "stdin" and agent.running:
+                agent.process.close_stdin(when_flushed=True)
+            elif agent.between_processes and agent._restart_timer is None and not agent.pending and not text:
+                agent.reason = "its session was ended (say --end)"
+                self._ended(agent, agent.exit_code or 0, None)
+            done = "ending" if not text else done
+        return done
+
+    def _session_events(self, agent: Agent, events: list[SessionEvent]) -> None:
+        for event in events:
+            status = agent.status
+            if event.kind in ("turn_completed", "turn_failed"):
+                agent.turn_open = False
+                if status == AgentStatus.THINKING:
+                    status = AgentStatus.IDLE
+            if event.kind == "session":
+                self.state.records.put(agent.record())
+            if status != agent.status:
+                self._set(agent, status, event.message, event=event.data)
+            else:
+                self.listener.on_status(agent, StatusUpdateType.STATUS_CHANGED, event.message, event.data)
+            if event.kind in ("turn_completed", "turn_failed") and agent.running and agent.pending \
+                    and agent.launch is not None and agent.launch.turns == "stdin":
+                self._turn_started(agent, agent.pending.popleft())
+
+    def _next_process(self, agent: Agent, turn: str | None) -> None:
+        """Start the agent's next process: a restart, or the process of a session's next turn
+        (it resumes the session where one is known; *turn*: the turn it takes)."""
+        assert agent.launch is not None and self._loop is not None
+        agent._restart_timer = None
+        session_id = agent.session.session_id if agent.session is not None else None
+        try:
+            launch = self.backends.resolve(agent.config.model_backend, allow_program_cli=True) \
+                .build(agent.config, session_id=session_id, prompt=turn if agent.launch.turns == "process" else None)
+        except BackendError as exc:
+            self._cannot_go_on(agent, f"cannot build its next command: {exc}")
+            return
+        launch = dataclasses.replace(launch, cwd=agent.launch.cwd, restart=agent.launch.restart)
+        self._set(agent, AgentStatus.INITIALIZING, "starting its next process")
+
+        async def start() -> None:
+            try:
+                process = await self._start(agent.id, launch, None, self.policy)
+            except (OSError, ValueError, SpawnError, KeeperError) as exc:
+                self._cannot_go_on(agent, f"cannot start its next process: {exc}")
+                return
+            if agent.status == AgentStatus.TERMINATED:  # stopped meanwhile
+                process.abandon()
+                return
+            agent.launch, agent.process = launch, process
+            agent.ended_at = None
+            if agent.session is not None:
+                agent.session.new_process()
+            agent.output.resume()
+            assert self._loop is not None
+            self._watch(agent, self._loop)
+            self._set(agent, AgentStatus.RUNNING, f"process {agent.restarts + 1} started (pid {process.pid})")
+            if turn is not None:
+                self._turn_started(agent, turn)
+        self._loop.create_task(start())
+
+    def _cannot_go_on(self, agent: Agent, why: str) -> None:
+        if agent.status == AgentStatus.TERMINATED:
+            return
+        agent.reason, agent.limit_hit = why, True  # (limit_hit: it ends failed, whatever its last exit)
+        self._ended(agent, agent.exit_code or 0, None)
+
+    def _goes_on(self, agent: Agent, exit_code: int, usage: resource.struct_rusage | None) -> bool:
+        """After a process of *agent* exited: its session waits for its next turn, or takes it, or
+        its restart policy starts it again (True); or it has ended (False)."""
+        launch = agent.launch
+        if launch is None or agent.status == AgentStatus.TERMINATED or agent.limit_hit or usage is None or \
+                agent.limits.cpu_exceeded(exit_code, usage):
+            return False
+        self._memory.forget(agent.pid)
+        self._by_pid.pop(agent.pid, None)
+        if exit_code == 0 and launch.turns == "process" and (agent.pending or not agent.ending_session):
+            agent.ended_at = agent.process.ended_at or time.time_ns()
+            for stream, chunk in agent.output.finish():
+                self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+            agent.turn_open = False
+            if agent.pending:
+                self._next_process(agent, agent.pending.popleft())
+            else:
+                self._set(agent, AgentStatus.IDLE, "waiting for its next turn (say)")
+            return True
+        failed = exit_code != 0
+        if agent.ending_session and not failed:
+            return False
+        if not launch.restart.wants(failed, agent.restarts):
+            if failed and launch.restart.mode != "never":
+                agent.reason = f"{_ending(exit_code)}; not restarted again after {agent.restarts} restart(s) " \
+                               f"(max_restarts = {launch.restart.max_restarts})"
+            return False
+        agent.ended_at = agent.process.ended_at or time.time_ns()
+        for stream, chunk in agent.output.finish():
+            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+        agent.restarts += 1
+        delay = launch.restart.delay(agent.restarts)
+        turn = agent.turn if agent.turn_open or (agent.session is not None and agent.session.session_id is None) \
+            else None
+        if launch.turns == "process" and turn is None and agent.pending:
+            turn = agent.pending.popleft()
+        assert self._loop is not None
+        agent._restart_timer = self._loop.call_later(delay, self._next_process, agent, turn)
+        self._set(agent, AgentStatus.INITIALIZING,
+                  f"{_ending(exit_code)}: restart {agent.restarts} of {launch.restart.max_restarts} in {delay:g} s",
+                  event={"event": "restarting", "restart": agent.restarts, "delay_secs": delay,
+                         "exit_code": exit_code})
+        return True
 
     def _watch(self, agent: Agent, loop: asyncio.AbstractEventLoop) -> None:
         """Hear the agent's output and exit; its wall-clock and memory limits."""
@@ -530,14 +726,28 @@ class Supervisor:
     def _on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
         """Output as read from a pipe: stored, and what it completes (whole lines) published;
         at the end of a stream (``b""``) its unfinished line becomes a line."""
+        session = agent.session if stream == LogStreamType.STDOUT else None
         if data:
             for chunk in agent.output.append(stream, data):
                 self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+                if session is not None and (events := session.feed(chunk.data)):
+                    self._session_events(agent, events)
         elif (last := agent.output[stream].finish(time.time_ns())) is not None:
             self.listener.on_output(agent, stream, last.data, last.sequence)
+            if session is not None and (events := session.feed(last.data)):
+                self._session_events(agent, events)
 
     def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
-        agent.ended_at = agent.process.ended_at or time.time_ns()
+        if not self._goes_on(agent, exit_code, usage):
+            self._ended(agent, exit_code, usage)
+
+    def _ended(self, agent: Agent, exit_code: int, usage: resource.struct_rusage | None) -> None:
+        """The agent has ended (its last process has exited, or none runs: *usage* None)."""
+        if agent._restart_timer is not None:
+            agent._restart_timer.cancel()
+            agent._restart_timer = None
+        if agent.running or agent.ended_at is None:
+            agent.ended_at = agent.process.ended_at or time.time_ns()
         for stream, chunk in agent.output.finish():  # what it wrote until now is all there will be
             self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
         if agent._wall_timer is not None:
@@ -545,7 +755,7 @@ class Supervisor:
             agent._wall_timer = None
         self._memory.forget(agent.pid)
         self._by_pid.pop(agent.pid, None)
-        if agent.status != AgentStatus.TERMINATED and not agent.limit_hit and \
+        if agent.status != AgentStatus.TERMINATED and not agent.limit_hit and usage is not None and \
                 agent.limits.cpu_exceeded(exit_code, usage):
             agent.reason = agent.limits.cpu_text()
             agent.limit_hit = True
@@ -633,18 +843,20 @@ class Supervisor:
         return await asyncio.shield(agent.exited)
 
     def _set(self, agent: Agent, status: AgentStatus, message: str,
-             kind: StatusUpdateType = StatusUpdateType.STATUS_CHANGED) -> None:
+             kind: StatusUpdateType = StatusUpdateType.STATUS_CHANGED, event: dict[str, Any] | None = None) -> None:
         agent.status = status
         self._track(agent)
         if status != AgentStatus.PAUSED:
             agent.pause_mode = agent.paused_at = None
         self.state.records.put(agent.record())
-        self.listener.on_status(agent, kind, message)
+        self.listener.on_status(agent, kind, message, event)
 
     def stop(self, agent_id: uuid.UUID) -> bool:
         """SIGTERM to the agent's group, SIGKILL after ``stop_grace``; ``terminated`` at once.
         False (nothing done) when the agent has ended or is being stopped already."""
         agent = self.get(agent_id)
+        if agent.between_processes:
+            return self._end_between(agent, "stopped")
         if not agent.running:
             return self._end_leftovers(agent, graceful=True)
         if agent.status.is_terminal():
@@ -658,12 +870,21 @@ class Supervisor:
         """SIGKILL to the agent's whole process group; ``terminated`` at once (also cuts a stop's
         grace short). False (nothing done) when the agent's process has exited already."""
         agent = self.get(agent_id)
+        if agent.between_processes:
+            return self._end_between(agent, "killed")
         if not agent.running:
             return self._end_leftovers(agent, graceful=False)
         agent.process.signal_group(signal.SIGKILL)
         if agent.status != AgentStatus.TERMINATED:
             agent.reason = "killed"
             self._set(agent, AgentStatus.TERMINATED, "killed", StatusUpdateType.TERMINATED)
+        return True
+
+    def _end_between(self, agent: Agent, how: str) -> bool:
+        """Stop or kill an agent none of whose processes runs (between turns, or before a restart)."""
+        agent.reason = how
+        agent.status = AgentStatus.TERMINATED
+        self._ended(agent, agent.exit_code or 0, None)
         return True
 
     def pause(self, agent_id: uuid.UUID, force: bool = False) -> PauseMode:

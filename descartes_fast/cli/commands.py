@@ -98,7 +98,20 @@ def add_commands(commands: Any) -> None:
                                                                                   "(repeatable)")
     p.add_argument("--time-limit", type=float, metavar="SECS", help="end the agent (failed) after this many "
                                                                     "seconds of wall-clock time")
+    p.add_argument("--resume", metavar="SESSION_ID", help="a session backend: resume this session (claude's "
+                                                           "session_id, codex's thread_id, gemini's session id)")
+    p.add_argument("--restart", choices=("never", "on-failure", "always"),
+                   help="start it again when it ends on its own: never (default), on-failure, always")
+    p.add_argument("--max-restarts", type=int, metavar="N", help="with --restart: at most N times (default 3)")
+    p.add_argument("--restart-backoff", type=float, metavar="SECS",
+                   help="with --restart: wait SECS before the first restart, twice as long before each next "
+                        "(default 1, at most 60)")
     p.add_argument("-q", "--quiet", action="store_true", help="print the agent id only (for scripts)")
+    p = sub("say", "send a session agent (claude-session, codex-session, gemini-session) its next turn")
+    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("text", nargs="?", help="the turn's text (default: read this command's stdin, unless --end)")
+    p.add_argument("--end", action="store_true", help="end the session once its turns are done (it ends "
+                                                      "completed)")
     p = sub("list", "list the server's agents")
     p.add_argument("--status", choices=[s.value for s in AgentStatus], metavar="STATUS",
                    help=f"only agents with this status ({', '.join(s.value for s in AgentStatus)})")
@@ -231,10 +244,24 @@ def _spawn(client: Client, args: argparse.Namespace) -> int:
     info = client.spawn_remote(AgentConfig(name=args.name, model_backend=args.backend, task=args.task,
                                            context=args.context, system_prompt=args.system_prompt,
                                            environment=env, model=args.model, tool_level=args.tool_level),
-                                args.time_limit)
+                                args.time_limit, _spawn_metadata(args))
     if args.quiet and not args.json:
         return _emit(args, None, str(info.id))
     return _emit(args, _info(info), f"{info.id}  {info.status}  {info.model_backend}  {info.task}")
+
+
+def _spawn_metadata(args: argparse.Namespace) -> dict[str, str]:
+    given = {"resume": args.resume, "restart": args.restart, "max_restarts": args.max_restarts,
+             "restart_backoff": args.restart_backoff}
+    return {k: str(v) for k, v in given.items() if v is not None}
+
+
+def _say(client: Client, args: argparse.Namespace) -> int:
+    text = args.text
+    if text is None and not args.end:
+        text = sys.stdin.read()
+    done = client.say(args.agent, text, end=args.end)
+    return _emit(args, {"id": str(args.agent), "result": done}, done)
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
@@ -245,7 +272,9 @@ def _list(client: Client, args: argparse.Namespace) -> int:
 
 
 #: what ``status`` tells beyond the status, as a descartes_fast server's get_status gives it
-_FACTS = ("pid", "exit_code", "signal", "ended_at", "reason", "cpu_secs", "max_rss_kib", "processes_left")
+_FACTS = ("pid", "exit_code", "signal", "ended_at", "reason", "cpu_secs", "max_rss_kib", "processes_left",
+          "restarts", "session_id", "turns", "failed_turns", "input_tokens", "output_tokens", "cached_input_tokens",
+          "cost_usd", "tool_calls", "unparsed_lines")
 
 
 def _status(client: Client, args: argparse.Namespace) -> int:
@@ -275,6 +304,13 @@ def _status_line(status: AgentStatus, facts: dict[str, Any]) -> str:
         parts.append(f"cpu {facts['cpu_secs']:.2f} s")
     if facts.get("max_rss_kib") is not None:
         parts.append(f"peak {facts['max_rss_kib'] / 1024:.1f} MiB")
+    if facts.get("session_id") is not None or facts.get("turns"):
+        cost = f"  ${facts['cost_usd']:.4f}" if facts.get("cost_usd") is not None else ""
+        parts.append(f"session {facts.get('session_id')}  {facts.get('turns', 0)} turn(s)  "
+                     f"{facts.get('tool_calls', 0)} tool call(s)  tokens {facts.get('input_tokens', 0)} in "
+                     f"({facts.get('cached_input_tokens', 0)} cached) / {facts.get('output_tokens', 0)} out{cost}")
+    if facts.get("restarts"):
+        parts.append(f"{facts['restarts']} restart(s)")
     if facts.get("processes_left"):
         parts.append(f"{facts['processes_left']} process(es) still running")
     if facts.get("reason"):
@@ -442,6 +478,6 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
 
 _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "spawn": _spawn, "list": _list, "status": _status, "pause": _pause, "resume": _resume,
-    "stop": _ender("stop"), "kill": _ender("kill"), "send": _send, "logs": _logs, "events": _events,
+    "stop": _ender("stop"), "kill": _ender("kill"), "send": _send, "say": _say, "logs": _logs, "events": _events,
     "health": _health, "batch": _batch,
 }

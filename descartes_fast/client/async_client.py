@@ -289,12 +289,15 @@ class AsyncClient:
 
     # -- the ZmqAgentRunner methods --
 
-    async def spawn_remote(self, config: AgentConfig, timeout_secs: float | None = None) -> AgentInfo:
+    async def spawn_remote(self, config: AgentConfig, timeout_secs: float | None = None,
+                           metadata: dict[str, str] | None = None) -> AgentInfo:
         """Start an agent. *timeout_secs* is the request's field: a descartes_fast server ends the
         agent (``failed``) after that much wall-clock time (the Rust server ignores it). Unlike the
-        Rust client, this does not wait that long for the reply: ``request_timeout_secs`` applies."""
+        Rust client, this does not wait that long for the reply: ``request_timeout_secs`` applies.
+        *metadata* (a descartes_fast server's): ``cwd``, ``resume`` (a session id to resume),
+        ``restart`` / ``max_restarts`` / ``restart_backoff`` (the restart policy)."""
         limit = math.ceil(timeout_secs) if timeout_secs else None
-        reply = await self._request(SpawnRequest(next(self._ids), config, limit), SpawnResponse)
+        reply = await self._request(SpawnRequest(next(self._ids), config, limit, metadata or None), SpawnResponse)
         if not reply.success or reply.agent_info is None:
             raise ServerError(reply.error or "Spawn failed", reply)
         return reply.agent_info
@@ -318,6 +321,14 @@ class AsyncClient:
         if reply.status is None:
             raise ServerError("No status in response", reply)
         return reply.status
+
+    async def say(self, agent_id: uuid.UUID, text: str | None, end: bool = False) -> str:
+        """Send *text* to a session agent as its next turn (``end``: then end the session once its
+        turns are done); returns ``sent``, ``queued`` (a turn is running) or ``ending``. A custom
+        action ``say`` of a descartes_fast server."""
+        reply = await self._command(agent_id, _C.CUSTOM_ACTION, {"action": "say",
+                                                                  "params": {"text": text, "end": end}})
+        return str(reply.data.get("result")) if isinstance(reply.data, dict) else "sent"
 
     async def agent_state(self, agent_id: uuid.UUID) -> dict[str, Any]:
         """What ``get_status`` answers: ``status`` (Rust's capitalised name) and, from a

@@ -108,9 +108,14 @@ class Client:
 
     # -- the ZmqAgentRunner methods --
 
-    def spawn_remote(self, config: AgentConfig, timeout_secs: float | None = None) -> AgentInfo:
+    def spawn_remote(self, config: AgentConfig, timeout_secs: float | None = None,
+                     metadata: dict[str, str] | None = None) -> AgentInfo:
         """Start an agent (see :meth:`AsyncClient.spawn_remote`)."""
-        return self._run(self._async.spawn_remote(config, timeout_secs))
+        return self._run(self._async.spawn_remote(config, timeout_secs, metadata))
+
+    def say(self, agent_id: uuid.UUID, text: str | None, end: bool = False) -> str:
+        """Send a session agent its next turn (see :meth:`AsyncClient.say`)."""
+        return self._run(self._async.say(agent_id, text, end))
 
     def list_remote_agents(self, filter_status: AgentStatus | None = None, limit: int | None = None) -> list[AgentInfo]:
         """The server's agents, optionally only those with *filter_status*, at most *limit*."""

@@ -173,7 +173,7 @@ class Controller:
                 "output": {s.value: agent.facts(s).as_dict() for s in LogStreamType}}
 
     def custom(self, agent: Agent, action: str, params: Any) -> dict[str, Any]:
-        """The built-in custom actions of the reference: echo, ping, get_env."""
+        """The built-in custom actions of the reference (echo, ping, get_env) and ours: say."""
         if action == "echo":
             return {"action": "echo", "result": params}
         if action == "ping":
@@ -184,8 +184,14 @@ class Controller:
                                                     "name": agent.config.name,
                                                     "status": debug_status(agent.status),
                                                     "pid": agent.pid, "exit_code": agent.exit_code}}
+        if action == "say":  # ours: a session's next turn
+            args = params if isinstance(params, dict) else {}
+            text, end = args.get("text"), args.get("end") is True
+            if text is not None and not isinstance(text, str):
+                raise SupervisorError("Agent execution error: say wants params {'text': str, 'end': bool}")
+            return {"action": "say", "result": self.sup.say(agent.id, text, end)}
         raise SupervisorError(f"Agent execution error: Unknown custom action '{action}'. "
-                              "Available actions: echo, ping, get_env")
+                              "Available actions: echo, ping, get_env, say")
 
     def _drain_output(self, agent: Agent, args: dict, payload: Any) -> dict[str, Any]:
         max_lines = args.get("max_lines")

@@ -80,11 +80,14 @@ class EventPublisher:
         if self.sock is not None:
             self.publish(log_topic(agent.id), LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
 
-    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None) -> None:
+    def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
+                  event: dict[str, Any] | None = None) -> None:
+        """A status update; *event*: what the agent's session said (its data, merged in)."""
         log.info("agent %s: %s (%s)", agent.id, agent.status, message)
         if self.sock is None:
             return
-        data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None}
+        data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None,
+                **(event or {})}
         self.publish(status_topic(agent.id),
                      StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))
 

@@ -28,7 +28,7 @@ class Recorder:
     def on_output(self, agent: Any, stream: Any, data: bytes, sequence: int) -> None:
         self.output.setdefault((agent.id, stream), bytearray()).extend(data)
 
-    def on_status(self, agent: Any, kind: Any, message: str | None) -> None:
+    def on_status(self, agent: Any, kind: Any, message: str | None, event: Any = None) -> None:
         self.events.append((agent.id, kind, agent.status, message))
 
 
