@@ -50,7 +50,7 @@ def test_agent_lifecycle_from_the_shell(server) -> None:
     listed = js(server, "list", "--status", "running")[0]
     assert agent in [a["id"] for a in listed]
     table = cli(server, "list").stdout.decode()
-    assert table.splitlines()[0].split() == ["ID", "NAME", "STATUS", "BACKEND", "TASK"] and agent in table
+    assert table.splitlines()[0].split() == ["ID", "NAME", "STATUS", "EXIT", "SESSION", "BACKEND", "TASK"] and agent in table
     other = js(server, "spawn", "sh", "sleep 30")[0]["id"]
     batch = js(server, "batch", "get_status", agent, other)[0]
     assert batch["successful"] == 2 and batch["success"]
@@ -73,6 +73,11 @@ def test_status_tells_how_an_agent_ended(server) -> None:
     assert js(server, "kill", killed, "--wait")[0]["done"] == "killed"
     assert js(server, "status", killed)[0]["signal"] == 9
     assert "signal 9 (SIGKILL)" in cli(server, "status", killed).stdout.decode()
+    listed = {a["id"]: a for a in js(server, "list")[0]}
+    assert listed[agent]["exit_code"] == 3 and listed[agent]["reason"] == "exited with status 3"
+    assert listed[killed]["signal"] == 9 and listed[agent]["ended_at"] == facts["ended_at"]
+    row = next(r for r in cli(server, "list").stdout.decode().splitlines() if r.startswith(agent))
+    assert row.split()[1:3] == ["failed", "3"], row  # (no name)
     running = js(server, "status", js(server, "spawn", "sh", "sleep 30")[0]["id"])[0]
     assert running["status"] == "running" and running["exit_code"] is None and running["ended_at"] is None
 

@@ -49,7 +49,7 @@ EXIT_CODES = """exit codes:
   4  no such agent on the server
   130  interrupted (Ctrl-C)"""
 
-COMMANDS = ("spawn", "list", "status", "pause", "resume", "stop", "kill", "send", "logs", "events", "health",
+COMMANDS = ("spawn", "list", "status", "pause", "resume", "stop", "kill", "send", "say", "logs", "events", "health",
             "batch")
 
 
@@ -266,9 +266,34 @@ def _say(client: Client, args: argparse.Namespace) -> int:
 
 def _list(client: Client, args: argparse.Namespace) -> int:
     agents = client.list_remote_agents(AgentStatus(args.status) if args.status else None, args.limit)
-    rows = [[str(a.id), a.name, a.status.value, a.model_backend, a.task[:50]] for a in agents]
-    return _emit(args, [_info(a) for a in agents],
-                 lambda: _table(rows, ["ID", "NAME", "STATUS", "BACKEND", "TASK"]) if rows else "no agents")
+    facts = {a.id: _facts_of(client, a.id) for a in agents} if client.descartes_fast_server else {}
+    rows = [[str(a.id), a.name, a.status.value, _outcome(facts.get(a.id, {})), _session(facts.get(a.id, {})),
+             a.model_backend, a.task[:40]] for a in agents]
+    return _emit(args, [{**_info(a), **{k: v for k, v in facts.get(a.id, {}).items() if k in _FACTS}}
+                        for a in agents],
+                 lambda: _table(rows, ["ID", "NAME", "STATUS", "EXIT", "SESSION", "BACKEND", "TASK"]) if rows
+                 else "no agents")
+
+
+def _facts_of(client: Client, agent: uuid.UUID) -> dict[str, Any]:
+    """get_status's facts of *agent* (none if it went between the list and this)."""
+    try:
+        return client.agent_state(agent)
+    except ServerError:
+        return {}
+
+
+def _outcome(facts: dict[str, Any]) -> str:
+    if facts.get("signal") is not None:
+        return f"signal {facts['signal']}"
+    return f"{facts['exit_code']}" if facts.get("exit_code") is not None else ""
+
+
+def _session(facts: dict[str, Any]) -> str:
+    if "turns" not in facts:
+        return ""
+    cost = f" ${facts['cost_usd']:.4f}" if facts.get("cost_usd") is not None else ""
+    return f"{facts['turns']} turns{cost}"
 
 
 #: what ``status`` tells beyond the status, as a descartes_fast server's get_status gives it

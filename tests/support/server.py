@@ -67,12 +67,14 @@ class Server:
     """A descartes-fast-server process on ipc:// endpoints, and sockets to talk to it."""
 
     def __init__(self, tmp_path: Path, implementation: str, *flags: str, policy: str = "allow_extra_args = true",
-                 log_level: str = "WARNING", curve: tuple[bytes, bytes, bytes] | None = None) -> None:
-        """*curve*: (server public, client public, client secret) for every socket made here."""
+                 log_level: str = "WARNING", curve: tuple[bytes, bytes, bytes] | None = None,
+                 config_tables: str = "") -> None:
+        """*curve*: (server public, client public, client secret) for every socket made here;
+        *config_tables*: TOML tables added to the config file."""
         self.curve = curve
         self.implementation = implementation
         config = tmp_path / "server.toml"
-        config.write_text(CONFIG.replace("allow_extra_args = true", policy))
+        config.write_text(CONFIG.replace("allow_extra_args = true", policy) + "\n" + config_tables)
         self.bind = f"ipc://{tmp_path}/req"
         self.state_dir = tmp_path / "state"
         self.log_path = tmp_path / "server.log"

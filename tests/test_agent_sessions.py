@@ -1,0 +1,174 @@
+"""Agent sessions against the real server binary, with the fake claude/codex/gemini CLIs of
+descartes_fast.demo.fakes (they hold real sessions and write the real event formats): turns sent
+with ``say``, totals, tool calls, restarts that resume the session, backoff, both twins."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from descartes_fast.wire import codec
+from descartes_fast.wire.frames import parse_pub_frame
+from descartes_fast.wire.schema import (
+    AgentConfig,
+    AgentStatus,
+    ControlCommandType,
+    SpawnRequest,
+    StatusUpdate,
+)
+from tests.support.server import Server
+from tests.support.waiting import until
+
+C = ControlCommandType
+
+
+@functools.cache
+def fakes() -> str:
+    """The config tables that point the session backends at the fakes."""
+    import os
+    if os.environ.get("TMPFAKE"):
+        return "\n".join(f'[backends.{k}-session]\nprogram = ["{sys.executable}", "/tmp/ff/fakes.py", "{k}"]' for k in ("claude", "codex", "gemini"))
+    return subprocess.run([sys.executable, "-P", "-m", "descartes_fast.demo.fakes", "--config"], check=True,
+                          capture_output=True, text=True).stdout
+
+
+@pytest.fixture(params=["cython", "python"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path, request.param, config_tables=fakes() if "session" in request.node.name else "")
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def cli(server: Server, *args: str) -> Any:
+    proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", *args, "--json", "--endpoint", server.bind,
+                           "--pub-endpoint", server.pub], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def state(server: Server, agent: uuid.UUID) -> dict[str, Any]:
+    reply = server.control(agent, C.GET_STATUS)
+    assert reply.success, reply.error
+    return {**reply.data, "agent_status": reply.status}
+
+
+def spawn(server: Server, backend: str, task: str, **metadata: str) -> uuid.UUID:
+    reply = server.call(SpawnRequest("s", AgentConfig(name="sess", model_backend=backend, task=task), None,
+                                     metadata or None))
+    assert reply.success, reply.error
+    return reply.agent_info.id
+
+
+def turns_done(server: Server, agent: uuid.UUID, n: int) -> dict[str, Any]:
+    until(lambda: state(server, agent)["turns"] >= n and state(server, agent)["agent_status"] == AgentStatus.IDLE,
+          timeout=20, seen=lambda: state(server, agent))
+    return state(server, agent)
+
+
+def test_claude_session_takes_turns_from_say_and_adds_up_tokens_and_cost(server: Server) -> None:
+    events = server.socket(zmq.SUB)
+    events.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.3)
+    agent = uuid.UUID(cli(server, "spawn", "claude-session", "first turn")["id"])
+    first = turns_done(server, agent, 1)
+    assert first["session_id"] and first["turns"] == 1 and first["tool_calls"] >= 1
+    assert cli(server, "say", str(agent), "second turn")["result"] == "sent"
+    second = turns_done(server, agent, 2)
+    assert cli(server, "say", str(agent), "third turn")["result"] == "sent"
+    third = turns_done(server, agent, 3)
+    assert third["session_id"] == first["session_id"] and third["pid"] == first["pid"]  # one process
+    assert (third["input_tokens"], third["output_tokens"], third["cached_input_tokens"]) == (3 * 150, 60, 150) or \
+        third["input_tokens"] == 3 * first["input_tokens"]
+    assert third["cost_usd"] == pytest.approx(3 * first["cost_usd"]) and second["turns"] == 2
+    facts = cli(server, "status", str(agent))
+    assert facts["turns"] == 3 and facts["cost_usd"] == pytest.approx(third["cost_usd"])
+    assert cli(server, "say", str(agent), "--end")["result"] == "ending"
+    until(lambda: state(server, agent)["agent_status"] == AgentStatus.COMPLETED, timeout=20)
+    assert state(server, agent)["exit_code"] == 0
+    # the updates said what happened as it happened: tool calls, turns, with their data
+    seen: list[dict[str, Any]] = []
+    while events.poll(200):
+        msg = server_decode(events.recv_multipart())
+        if isinstance(msg, StatusUpdate) and msg.agent_id == agent and isinstance(msg.data, dict):
+            seen.append(msg.data)
+    kinds = [d.get("event") for d in seen]
+    assert kinds.count("turn_started") == 3 and kinds.count("turn_completed") == 3 and "tool_call" in kinds
+    assert "session" in kinds
+    # the raw output is exactly what the CLI wrote: every line is the fake's JSON
+    out = server.control(agent, C.QUERY_OUTPUT, {"max_lines": 1000}).data["stdout"]
+    assert out and all(json.loads(line)["type"] for line in out)
+
+
+def server_decode(frames: list[bytes]) -> Any:
+    """A PUB message (topic, NUL, MessagePack)."""
+    return codec.decode(parse_pub_frame(frames[-1])[1])
+
+
+@pytest.mark.parametrize("backend", ["codex-session", "gemini-session"])
+def test_turn_per_process_sessions_resume_their_session(server: Server, backend: str) -> None:
+    agent = spawn(server, backend, "first turn")
+    first = turns_done(server, agent, 1)
+    assert first["session_id"] and first["input_tokens"] == 100
+    server.control(agent, C.CUSTOM_ACTION, {"action": "say", "params": {"text": "second turn"}})
+    second = turns_done(server, agent, 2)
+    assert second["session_id"] == first["session_id"] and second["pid"] != first["pid"]
+    assert second["input_tokens"] == 200 and second["cost_usd"] is None
+    reply = server.control(agent, C.CUSTOM_ACTION, {"action": "say", "params": {"end": True}})
+    assert reply.success and reply.data["result"] == "ending"
+    until(lambda: state(server, agent)["agent_status"] == AgentStatus.COMPLETED)
+
+
+def test_a_session_killed_mid_turn_restarts_on_failure_and_resumes(server: Server) -> None:
+    agent = spawn(server, "claude-session", "sleep 30", restart="on-failure", restart_backoff="0.2")
+    until(lambda: state(server, agent)["session_id"] is not None, timeout=20)
+    before = state(server, agent)
+    subprocess.run(["kill", "-9", str(before["pid"])], check=True)
+    until(lambda: state(server, agent)["restarts"] == 1 and state(server, agent)["pid"] != before["pid"]
+          and state(server, agent)["agent_status"] == AgentStatus.THINKING, timeout=20,
+          seen=lambda: state(server, agent))
+    after = state(server, agent)
+    assert after["session_id"] == before["session_id"]
+    server.control(agent, C.STOP)
+    until(lambda: state(server, agent)["agent_status"] == AgentStatus.TERMINATED)
+
+
+def test_an_agent_that_keeps_failing_stops_after_the_maximum_with_backoff(server: Server) -> None:
+    sub = server.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.3)
+    agent = spawn(server, "sh", "echo run; exit 3", restart="on-failure", max_restarts="3", restart_backoff="0.2")
+    until(lambda: state(server, agent)["agent_status"] == AgentStatus.FAILED, timeout=30)
+    final = state(server, agent)
+    assert final["restarts"] == 3 and final["exit_code"] == 3 and "max_restarts = 3" in final["reason"]
+    starts = []
+    while sub.poll(300):
+        msg = server_decode(sub.recv_multipart())
+        if isinstance(msg, StatusUpdate) and msg.agent_id == agent and msg.status == AgentStatus.RUNNING \
+                and (msg.message or "").startswith("process "):
+            starts.append(msg.timestamp / 1e9)
+    assert len(starts) == 3, starts  # the three restarts
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[0] >= 0.4 and gaps[1] >= 0.8, gaps   # 0.2, 0.4, 0.8 s: doubled each time
+    out = server.control(agent, C.QUERY_OUTPUT, {"max_lines": 100}).data["stdout"]
+    assert out == ["run\n"] * 4    # one output history across its four processes
+
+
+def test_say_is_refused_clearly(server: Server) -> None:
+    plain = spawn(server, "sh", "sleep 30")
+    reply = server.control(plain, C.CUSTOM_ACTION, {"action": "say", "params": {"text": "hi"}})
+    assert not reply.success and "holds no session" in reply.error
+    reply = server.call(SpawnRequest("s", AgentConfig(name="x", model_backend="sh", task="true"), None,
+                                     {"restart": "sometimes"}))
+    assert not reply.success and "restart must be one of never, on-failure, always" in reply.error
