@@ -14,6 +14,10 @@ in blocks of 1 MB), one after the other, each keeping every byte (our ``--log-ma
 * 100 agents writing 10 MB each at once (2 MB with --quick): total MB/s, both. No target.
 * memory per agent: 10 agents writing 20 MB of two-byte lines each; the server's peak resident
   memory minus what it was before, divided by 10, against the bound ``--output-limit`` + 64 KiB.
+* session parsing (issue 16): an agent writing claude's stream-json as fast as it can (300-byte
+  ``assistant`` text lines, a ``tool_use`` every 50 lines and a ``result`` every 500), captured
+  with its events parsed (a backend with ``events = "claude"``) against the same agent with no
+  parsing, on one server, interleaved rounds; the median rates. Target: >= 0.9.
 * read-back: a finished agent's 50 MiB (all of it) through ``descartes-fast logs AGENT > file``
   (the whole command, start-up included) against ``readProcessStdoutLog`` of the same output
   from supervisord in the benchmark's own process (no start-up: one call for everything, or
@@ -78,8 +82,9 @@ def _until(done: Callable[[], bool], timeout: float = 600, every: float = 0.01) 
 class Ours:
     """A descartes-fast-server that keeps everything (a store budget above what is written)."""
 
-    def __init__(self, tmp: Path, **flags: str) -> None:
-        self.server = OurServer(_fresh(tmp), **{"log_max_bytes": "4GiB", "state_max_bytes": "16GiB", **flags})
+    def __init__(self, tmp: Path, backends: str = "", **flags: str) -> None:
+        self.server = OurServer(_fresh(tmp), backends=backends,
+                                **{"log_max_bytes": "4GiB", "state_max_bytes": "16GiB", **flags})
 
     def spawn(self, script: str) -> str:
         reply = self.server.call(SpawnRequest("s", AgentConfig(model_backend="python", task=script)))
@@ -271,13 +276,59 @@ def read_back(tmp: Path, rounds: int) -> dict:
             "supervisord_mb_s_by_page": {str(p): [mb / s for s in v] for p, v in sv_s.items()}}
 
 
+def _claude_writer(lines: int, blocks: int) -> tuple[str, int]:
+    """A program writing *blocks* blocks of *lines* lines of claude's stream-json (assistant text,
+    a tool call every 50 lines, a result every 500), and the bytes of one block."""
+    def line(event: dict) -> bytes:
+        return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+    text = line({"type": "assistant", "message": {"id": "msg_01", "type": "message", "role": "assistant",
+                                                  "content": [{"type": "text", "text": "t" * 170}]},
+                 "session_id": "s-1"})
+    tool = line({"type": "assistant", "message": {"content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash",
+                                                               "input": {"command": "ls"}}]}, "session_id": "s-1"})
+    result = line({"type": "result", "subtype": "success", "is_error": False, "session_id": "s-1",
+                   "total_cost_usd": 0.01, "usage": {"input_tokens": 100, "output_tokens": 20}})
+    size = sum(len(result if i % 500 == 499 else tool if i % 50 == 49 else text) for i in range(lines))
+    script = (f"import sys\nw = sys.stdout.buffer.write\nt, u, r = {text!r}, {tool!r}, {result!r}\n"
+              f"b = b''.join(r if i % 500 == 499 else u if i % 50 == 49 else t for i in range({lines}))\n"
+              f"for _ in range({blocks}): w(b)\n")
+    return script, size
+
+
+def session_parsing(tmp: Path, megabytes: int, rounds: int) -> dict:
+    _, block = _claude_writer(5000, 1)
+    blocks = max(1, megabytes * MB // block)
+    script, block = _claude_writer(5000, blocks)
+    program = f'["{sys.executable}", "-c", "{{task}}"]'
+    tables = (f'[backends.claude-parsed]\ncommand = {program}\nstdin = "null"\nevents = "claude"\n'
+              f'[backends.claude-plain]\ncommand = {program}\nstdin = "null"\n')
+    ours = Ours(tmp / "sessions", backends=tables)
+    rates: dict[str, list[float]] = {"parsed": [], "plain": []}
+    try:
+        for _ in range(rounds):
+            for kind in ("parsed", "plain"):
+                os.sync()
+                started = time.perf_counter()
+                reply = ours.server.call(SpawnRequest("s", AgentConfig(model_backend=f"claude-{kind}", task=script)))
+                assert reply.success, reply.error
+                done = _until(lambda: ours.ended([reply.agent_info.id]))
+                assert ours.stored(reply.agent_info.id) == blocks * block
+                rates[kind].append(blocks * block / MB / (done - started))
+        state = ours.server.call(ControlCommand("c", reply.agent_info.id, ControlCommandType.GET_STATUS)).data
+        assert state.get("turns") is None  # (the plain one: no session)
+    finally:
+        ours.close()
+    return {"megabytes": blocks * block / MB, "parsed_mb_s": rates["parsed"], "plain_mb_s": rates["plain"]}
+
+
 def _fresh(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
 
 
 def rows(results: dict) -> list[Row]:
-    one, mem, back = results["capture"], results["memory"], results["read_back"]
+    one, mem, back, sess = results["capture"], results["memory"], results["read_back"], results["sessions"]
+    parsed, plain = statistics.median(sess["parsed_mb_s"]), statistics.median(sess["plain_mb_s"])
     ours_read = statistics.median(back["ours_mb_s"])
     sv_read = statistics.median(back["supervisord_mb_s"])
     return [
@@ -288,6 +339,8 @@ def rows(results: dict) -> list[Row]:
             mem["per_agent_bytes"] / mem["bound_bytes"]),
         Row("output.logs_read_back", f"descartes-fast logs of {back['bytes'] / MiB:.0f} MiB, MB/s (median)",
             ours_read, sv_read, "supervisord readProcessStdoutLog", ours_read / sv_read),
+        Row("output.session_parsing", f"claude stream-json, {sess['megabytes']:.0f} MB, events parsed, MB/s "
+            "(median)", parsed, plain, "the same agent, no parsing", parsed / plain),
     ]
 
 
@@ -303,7 +356,8 @@ def main() -> int:
             "capture": lambda: capture_one(tmp, 200 if args.quick else 1000),
             "concurrent": lambda: capture_many(tmp, 100, 2 if args.quick else 10),
             "memory": lambda: memory(tmp),
-            "read_back": lambda: read_back(tmp, 3 if args.quick else 5)}
+            "read_back": lambda: read_back(tmp, 3 if args.quick else 5),
+            "sessions": lambda: session_parsing(tmp, 100 if args.quick else 300, 3 if args.quick else 5)}
         results: dict[str, dict] = {}
         for name, case in cases.items():
             print(f"output_bench: {name} ...", file=sys.stderr, flush=True)
@@ -315,6 +369,9 @@ def main() -> int:
     many = results["concurrent"]
     print(f"{many['agents']} agents writing {many['megabytes_each']} MB each at once: "
           f"ours {many['ours_mb_s']:,.0f} MB/s in all, supervisord {many['supervisord_mb_s']:,.0f} MB/s (no target)")
+    sess = results["sessions"]
+    print("session parsing MB/s, each round: parsed " + ", ".join(f"{v:.0f}" for v in sess["parsed_mb_s"])
+          + "; plain " + ", ".join(f"{v:.0f}" for v in sess["plain_mb_s"]))
     back = results["read_back"]
     print("read-back MB/s, each round: ours " + ", ".join(f"{v:.0f}" for v in back["ours_mb_s"])
           + "; supervisord " + "; ".join(f"{page} pages " + ", ".join(f"{v:.0f}" for v in vals)

@@ -67,12 +67,32 @@ class Session:
         if first is not None:
             types.append(first.group(1))
         dialect = self.dialect
-        if len(types) == lines:
-            kinds = set(types)
-            if kinds <= dialect.known and kinds.isdisjoint(dialect.wanted) and \
-                    not any(m in data for m in dialect.markers):
-                return []
-        return self._lines(data)
+        kinds = set(types)
+        if len(types) != lines or not kinds <= dialect.known:
+            return self._lines(data)  # a line of another shape or type: look at each one
+        starts = set()  # where the lines worth decoding start
+        for kind in kinds & dialect.wanted:
+            if data.startswith(b'{"type":"' + kind + b'"'):
+                starts.add(0)
+            needle = b'\n{"type":"' + kind + b'"'
+            at = data.find(needle)
+            while at >= 0:
+                starts.add(at + 1)
+                at = data.find(needle, at + 1)
+        for marker in dialect.markers:
+            at = data.find(marker)
+            while at >= 0:
+                start = data.rfind(b"\n", 0, at) + 1
+                starts.add(start)
+                end = data.find(b"\n", at)
+                if end < 0:
+                    break
+                at = data.find(marker, end)
+        events: list[SessionEvent] = []
+        for start in sorted(starts):
+            end = data.find(b"\n", start)
+            events.extend(self._decode(data[start:end if end >= 0 else len(data)]))
+        return events
 
     def _lines(self, data: bytes) -> list[SessionEvent]:
         dialect = self.dialect
@@ -84,20 +104,25 @@ class Session:
             if got is not None and got.group(1) in dialect.known and got.group(1) not in dialect.wanted \
                     and not any(m in line for m in dialect.markers):
                 continue
-            try:
-                event = json.loads(line)
-            except ValueError:  # (UnicodeDecodeError is one)
-                self.unparsed_lines += 1
-                continue
-            kind = event.get("type") if isinstance(event, dict) else None
-            if not isinstance(kind, str) or kind.encode() not in dialect.known:
-                self.unparsed_lines += 1
-                continue
-            try:
-                events.extend(dialect.handle(self, kind, event))
-            except (AttributeError, TypeError, ValueError, KeyError):  # a known type, but not the shape it has
-                self.unparsed_lines += 1
+            events.extend(self._decode(line))
         return events
+
+    def _decode(self, line: bytes) -> list[SessionEvent]:
+        """The events of one line (none, and counted, if it is not one of the dialect's)."""
+        try:
+            event = json.loads(line)
+        except ValueError:  # (UnicodeDecodeError is one)
+            self.unparsed_lines += 1
+            return []
+        kind = event.get("type") if isinstance(event, dict) else None
+        if not isinstance(kind, str) or kind.encode() not in self.dialect.known:
+            self.unparsed_lines += 1
+            return []
+        try:
+            return self.dialect.handle(self, kind, event)
+        except (AttributeError, TypeError, ValueError, KeyError):  # a known type, but not the shape it has
+            self.unparsed_lines += 1
+            return []
 
     def new_process(self) -> None:
         """Another process continues the session (a restart, or the next turn of a CLI that runs
