@@ -311,8 +311,9 @@ def session_parsing(tmp: Path, megabytes: int, rounds: int) -> dict:
                 started = time.perf_counter()
                 reply = ours.server.call(SpawnRequest("s", AgentConfig(model_backend=f"claude-{kind}", task=script)))
                 assert reply.success, reply.error
-                done = _until(lambda: ours.ended([reply.agent_info.id]))
-                assert ours.stored(reply.agent_info.id) == blocks * block
+                agent = reply.agent_info.id
+                done = _until(lambda: ours.ended([agent]))  # noqa: B023 (called at once)
+                assert ours.stored(agent) == blocks * block
                 rates[kind].append(blocks * block / MB / (done - started))
         state = ours.server.call(ControlCommand("c", reply.agent_info.id, ControlCommandType.GET_STATUS)).data
         assert state.get("turns") is None  # (the plain one: no session)

@@ -50,7 +50,8 @@ def test_agent_lifecycle_from_the_shell(server) -> None:
     listed = js(server, "list", "--status", "running")[0]
     assert agent in [a["id"] for a in listed]
     table = cli(server, "list").stdout.decode()
-    assert table.splitlines()[0].split() == ["ID", "NAME", "STATUS", "EXIT", "SESSION", "BACKEND", "TASK"] and agent in table
+    assert table.splitlines()[0].split() == ["ID", "NAME", "STATUS", "EXIT", "SESSION", "BACKEND", "TASK"]
+    assert agent in table
     other = js(server, "spawn", "sh", "sleep 30")[0]["id"]
     batch = js(server, "batch", "get_status", agent, other)[0]
     assert batch["successful"] == 2 and batch["success"]

@@ -103,3 +103,26 @@ def test_every_dialect_survives_hostile_shapes(dialect: str) -> None:
         for body in ({}, {"message": 5}, {"usage": "x", "stats": [], "item": 3, "error": 1}):
             s.feed(lines({"type": kind.decode(), **body}))
     assert s.unparsed_lines >= 0
+
+
+def test_codex_usage_is_the_threads_running_total() -> None:
+    s = Session(DIALECTS["codex"])
+    def turn(n: int) -> bytes:
+        return lines({"type": "turn.completed",
+                      "usage": {"input_tokens": 100 * n, "cached_input_tokens": 50 * n, "output_tokens": 20 * n}})
+    assert [e.kind for e in s.feed(turn(1))] == ["turn_completed"]
+    s.new_process()                 # codex exec resume: the same thread, its totals grow on
+    (second,) = s.feed(turn(2))
+    assert second.data["turn_usage"] == {"input_tokens": 100, "output_tokens": 20, "cached_input_tokens": 50}
+    assert (s.input_tokens, s.output_tokens, s.cached_input_tokens, s.turns) == (200, 40, 100, 2)
+
+
+def test_a_resumed_claude_process_that_carries_its_total_on_is_not_counted_twice() -> None:
+    s = Session(DIALECTS["claude"])
+    s.feed(CLAUDE_TURN)                                            # 0.0125
+    s.new_process()
+    s.feed(CLAUDE_TURN.replace(b'"total_cost_usd":0.0125', b'"total_cost_usd":0.025'))  # carried on: 0.025
+    assert s.cost_usd == pytest.approx(0.025)
+    s.new_process()
+    s.feed(CLAUDE_TURN.replace(b'"total_cost_usd":0.0125', b'"total_cost_usd":0.001'))  # from 0 again
+    assert s.cost_usd == pytest.approx(0.026)

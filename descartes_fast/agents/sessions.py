@@ -57,6 +57,8 @@ class Session:
     unparsed_lines: int = 0
     cost_before: float = 0.0       # the cost of its earlier processes (claude's total is per process)
     run_cost: float = 0.0          # the latest running total of this process
+    resumed: bool = False          # this process resumed the session (its first total may carry on)
+    seen_usage: tuple[int, int, int] = (0, 0, 0)  # codex: the thread's running totals, last seen
     _open_tools: set[str] = field(default_factory=set, repr=False)
 
     def feed(self, data: bytes) -> list[SessionEvent]:
@@ -129,6 +131,7 @@ class Session:
         one process per turn): its running cost total starts at 0."""
         self.cost_before += self.run_cost
         self.run_cost = 0.0
+        self.resumed = self.session_id is not None
         self._open_tools.clear()
 
     def totals(self) -> dict[str, Any]:
@@ -141,13 +144,18 @@ class Session:
 
     def state(self) -> dict[str, Any]:
         """What the records keep, to rebuild it after a restart of the server (:meth:`restore`)."""
-        return {**self.totals(), "cost_before": self.cost_before, "run_cost": self.run_cost}
+        return {**self.totals(), "cost_before": self.cost_before, "run_cost": self.run_cost,
+                "resumed": self.resumed, "seen_usage": list(self.seen_usage)}
 
     @classmethod
     def restore(cls, dialect: Dialect, state: dict[str, Any]) -> Session:
         names = ("session_id", "turns", "failed_turns", "input_tokens", "output_tokens", "cached_input_tokens",
-                 "cost_usd", "tool_calls", "unparsed_lines", "cost_before", "run_cost")
-        return cls(dialect, **{n: state[n] for n in names if n in state})
+                 "cost_usd", "tool_calls", "unparsed_lines", "cost_before", "run_cost", "resumed")
+        session = cls(dialect, **{n: state[n] for n in names if n in state})
+        seen = state.get("seen_usage")
+        if isinstance(seen, list) and len(seen) == 3:
+            session.seen_usage = (int(seen[0]), int(seen[1]), int(seen[2]))
+        return session
 
     # -- what the dialects call --
 
@@ -193,9 +201,25 @@ class Session:
                                           **({"error": why} if not ok else {})})]
 
     def _cost(self, running_total: Any) -> None:
+        """claude's ``total_cost_usd``: the running total of its process. A process that resumed the
+        session starts from 0 (Claude Code up to 2.1.276) or from the session's total so far (from
+        2.1.277): a first total of at least what the session had cost is taken as carried over."""
         if isinstance(running_total, (int, float)) and not isinstance(running_total, bool):
-            self.run_cost = float(running_total)
+            total = float(running_total)
+            if self.resumed:
+                self.resumed = False
+                if total >= self.cost_before > 0:
+                    self.cost_before = 0.0
+            self.run_cost = total
             self.cost_usd = self.cost_before + self.run_cost
+
+    def _running_usage(self, input_tokens: Any, output_tokens: Any, cached: Any) -> dict[str, int]:
+        """A turn's usage from running totals of the thread (codex): what they grew by since the
+        last; totals that went down are a new count (another thread)."""
+        now = (_count(input_tokens), _count(output_tokens), _count(cached))
+        before = self.seen_usage if all(n >= b for n, b in zip(now, self.seen_usage)) else (0, 0, 0)
+        self.seen_usage = now
+        return self._usage(*(n - b for n, b in zip(now, before)))
 
 
 def _count(value: Any) -> int:
@@ -218,7 +242,8 @@ class Dialect:
 class Claude(Dialect):
     """``claude -p --output-format stream-json --verbose``: ``system``/``init`` has the session
     id; ``assistant`` messages carry ``tool_use`` blocks; each ``result`` ends a turn, with that
-    turn's ``usage`` and ``total_cost_usd``, the running total of the process."""
+    turn's ``usage`` and ``total_cost_usd``, the running total of the process (see _cost). A
+    failure may say ``subtype: "success"`` with ``is_error: true``: ``is_error`` decides."""
 
     name = "claude"
     known = frozenset({b"system", b"assistant", b"user", b"result", b"stream_event", b"control_request",
@@ -251,7 +276,8 @@ class Claude(Dialect):
 
 class Codex(Dialect):
     """``codex exec --json``: ``thread.started`` has the thread id (the session); items of the
-    tool kinds are tool calls; ``turn.completed`` ends a turn with its ``usage``; ``turn.failed``
+    tool kinds are tool calls; ``turn.completed`` ends a turn with the thread's running token
+    totals (``usage``), across resumed processes too; ``turn.failed``
     and ``error`` say what went wrong. Codex reports no cost."""
 
     name = "codex"
@@ -271,9 +297,9 @@ class Codex(Dialect):
             name = item.get("command") or item.get("tool") or item.get("query") or item["type"]
             return session._tool(f"{item['type']}: {name}"[:200], item.get("id"))
         if kind == "turn.completed":
-            usage = event.get("usage") or {}
-            turn = session._usage(usage.get("input_tokens"), usage.get("output_tokens"),
-                                  usage.get("cached_input_tokens"))
+            usage = event.get("usage") or {}  # the thread's running totals (docs/agent-sessions.md)
+            turn = session._running_usage(usage.get("input_tokens"), usage.get("output_tokens"),
+                                          usage.get("cached_input_tokens"))
             return session._turn_end(True, turn)
         if kind in ("turn.failed", "error"):
             error = event.get("error")
