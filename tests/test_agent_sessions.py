@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 import subprocess
 import sys
 import time
@@ -172,3 +173,27 @@ def test_say_is_refused_clearly(server: Server) -> None:
     reply = server.call(SpawnRequest("s", AgentConfig(name="x", model_backend="sh", task="true"), None,
                                      {"restart": "sometimes"}))
     assert not reply.success and "restart must be one of never, on-failure, always" in reply.error
+
+
+def test_metrics_count_restarts_tokens_and_cost_by_backend(tmp_path: Path) -> None:
+    from tests.test_metrics import scrape, value
+    server = Server(tmp_path, "cython", "--metrics", "127.0.0.1:0", log_level="INFO", config_tables=fakes())
+    try:
+        found: list[str] = []
+        until(lambda: found.extend(re.findall(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", server.log())) or found,
+              seen=server.log)
+        agent = spawn(server, "claude-session", "first turn")
+        turns_done(server, agent, 1)
+        server.control(agent, C.CUSTOM_ACTION, {"action": "say", "params": {"text": "second turn"}})
+        turns_done(server, agent, 2)
+        failing = spawn(server, "sh", "exit 3", restart="on-failure", max_restarts="2", restart_backoff="0.05")
+        until(lambda: state(server, failing)["agent_status"] == AgentStatus.FAILED, timeout=20)
+        got = scrape(found[0])
+        b = "claude-session"
+        assert value(got, "descartes_fast_tokens_total", backend=b, kind="input") == 300
+        assert value(got, "descartes_fast_tokens_total", backend=b, kind="cached_input") == 100
+        assert value(got, "descartes_fast_tokens_total", backend=b, kind="output") == 40
+        assert value(got, "descartes_fast_cost_usd_total", backend=b) == pytest.approx(0.025)
+        assert value(got, "descartes_fast_restarts_total", backend="sh") == 2
+    finally:
+        server.close()

@@ -90,7 +90,7 @@ def test_every_request_type(server) -> None:
     assert set(query.data) == {"stdout", "stdout_lines", "stderr", "stderr_lines", "output"}
     state = server.control(agent, C.GET_STATUS).data
     assert state == {"status": "Running", "pid": state["pid"], "exit_code": None, "signal": None, "ended_at": None,
-                     "processes_left": None, "reason": None, "cpu_secs": None, "max_rss_kib": None} \
+                     "processes_left": None, "reason": None, "cpu_secs": None, "max_rss_kib": None, "restarts": 0} \
         and state["pid"] > 1
 
     listed = server.call(ListAgentsRequest("l"))

@@ -59,6 +59,7 @@ class Session:
     run_cost: float = 0.0          # the latest running total of this process
     resumed: bool = False          # this process resumed the session (its first total may carry on)
     seen_usage: tuple[int, int, int] = (0, 0, 0)  # codex: the thread's running totals, last seen
+    _cost_told: float = field(default=0.0, repr=False)  # cost_usd at the end of the last turn
     _open_tools: set[str] = field(default_factory=set, repr=False)
 
     def feed(self, data: bytes) -> list[SessionEvent]:
@@ -152,6 +153,7 @@ class Session:
         names = ("session_id", "turns", "failed_turns", "input_tokens", "output_tokens", "cached_input_tokens",
                  "cost_usd", "tool_calls", "unparsed_lines", "cost_before", "run_cost", "resumed")
         session = cls(dialect, **{n: state[n] for n in names if n in state})
+        session._cost_told = session.cost_usd or 0.0
         seen = state.get("seen_usage")
         if isinstance(seen, list) and len(seen) == 3:
             session.seen_usage = (int(seen[0]), int(seen[1]), int(seen[2]))
@@ -186,7 +188,7 @@ class Session:
             data["input"] = tool_input
         return [SessionEvent("tool_call", f"tool call: {name}", data)]
 
-    def _turn_end(self, ok: bool, usage: dict[str, int], why: str | None = None) -> list[SessionEvent]:
+    def _turn_end(self, ok: bool, usage: dict[str, Any], why: str | None = None) -> list[SessionEvent]:
         if ok:
             self.turns += 1
         else:
@@ -197,6 +199,9 @@ class Session:
             f" ({usage['input_tokens']} input tokens, {usage['cached_input_tokens']} of them cached, " \
             f"{usage['output_tokens']} output{cost})"
         kind = "turn_completed" if ok else "turn_failed"
+        if self.cost_usd is not None:  # what the turn cost (its usage's cost_usd: 0 or more)
+            usage = {**usage, "cost_usd": round(max(0.0, self.cost_usd - self._cost_told), 6)}
+            self._cost_told = self.cost_usd
         return [SessionEvent(kind, text, {"event": kind, "turn": n, "turn_usage": usage, **self.totals(),
                                           **({"error": why} if not ok else {})})]
 

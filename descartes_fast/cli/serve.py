@@ -21,6 +21,7 @@ SERVER_EPILOG = """examples:
   descartes-fast-server                           loopback, ports 5555 (requests) and 5556 (events)
   descartes-fast-server --config server.toml      settings, spawn policy and backends from a file
   DESCARTES_FAST_MAX_AGENTS=500 descartes-fast-server --log-level DEBUG
+  descartes-fast-server --metrics 127.0.0.1:9100  Prometheus metrics at http://127.0.0.1:9100/metrics
   descartes-fast-server --bind tcp://0.0.0.0:5555 --pub tcp://0.0.0.0:5556
       --curve-secret-key keys/server.key_secret --authorized-keys keys/clients
                                                   across machines: encrypted, clients by key
@@ -101,6 +102,9 @@ def serve(args: argparse.Namespace, prog: str) -> int:
         return 2
     except zmq.ZMQError as exc:
         logging.getLogger("descartes_fast.server").error("cannot bind %s / %s: %s", config.bind, config.pub, exc)
+        return 1
+    except OSError as exc:  # the metrics endpoint (--metrics): a busy port, an unknown host
+        print(f"{prog}: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
     _log_fd_room(fd_limit)
     factory = None

@@ -10,6 +10,12 @@ servers and :class:`~descartes_fast.server.security.ZapHandler` admits the liste
 without them the server binds loopback (or ipc) only, unless ``insecure`` is set. Every
 request passes the :class:`~descartes_fast.server.admission.Gate` (allowlist again, rate limit)
 before it is decoded; queues are bounded by high-water marks, messages by ZMQ_MAXMSGSIZE.
+
+Metrics (``--metrics``, :mod:`.metrics`): when on, every handler is wrapped by
+:meth:`AgentServer._measured`, which sends the reply itself and counts and times it; the
+handlers answered later (spawns, output reads, tracked replies) find the request's start in
+``_started`` and report when they send. When off nothing is wrapped and ``_started`` stays
+None: all the request path gains is one ``is None`` test where a reply is sent later.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
@@ -35,7 +42,7 @@ from descartes_fast.agents.keeper_link import KeeperLink
 from descartes_fast.agents.state import StateDir
 from descartes_fast.agents.supervisor import AgentLimitError, SpawnError, SpawnPolicyError, Supervisor
 from descartes_fast.server.admission import Gate, Refusal, Throttle
-from descartes_fast.server.config import ServerConfig
+from descartes_fast.server.config import ServerConfig, metrics_address
 from descartes_fast.server.control import Controller, read_size, spawn_size
 from descartes_fast.server.events import NIL, EventPublisher
 from descartes_fast.server.holdings import LARGE_REPLY, Holdings
@@ -47,6 +54,7 @@ from descartes_fast.wire.errors import MessageTooLargeError, ProtocolError
 from descartes_fast.wire.readiness import has_input
 from descartes_fast.wire.schema import (
     MESSAGE_TYPES,
+    AgentStatus,
     BatchControlCommand,
     BatchControlResponse,
     CommandResponse,
@@ -58,6 +66,7 @@ from descartes_fast.wire.schema import (
     HealthCheckResponse,
     ListAgentsRequest,
     ListAgentsResponse,
+    LogStreamType,
     Message,
     OutputQueryRequest,
     OutputQueryResponse,
@@ -68,11 +77,15 @@ from descartes_fast.wire.schema import (
 )
 from descartes_fast.wire.texts import busy, handler_failed, reply_too_large
 
+if TYPE_CHECKING:
+    from descartes_fast.server.metrics import Metrics, Reading
+
 __all__ = ["AgentServer"]
 
 log = logging.getLogger("descartes_fast.server")
 
 _TAGS = {cls.TAG: cls.__name__ for cls in MESSAGE_TYPES}
+_TAGS_OF: dict[type, str] = {cls: cls.TAG for cls in MESSAGE_TYPES}
 #: reply class -> the request it answers (where its error reply has that reply's shape)
 _ANSWERS = {SpawnResponse: "SpawnRequest", CommandResponse: "ControlCommand", ListAgentsResponse: "ListAgentsRequest",
             OutputQueryResponse: "OutputQueryRequest", OutputReadResponse: "OutputReadRequest",
@@ -130,6 +143,14 @@ class AgentServer:
         self.loop_stalls = 0
         self._stopping: asyncio.Event | None = None
         self.endpoints: dict[str, str] = {}
+        #: the Prometheus metrics (--metrics), None when off; prometheus_client is imported only then
+        self.metrics: Metrics | None = None
+        if config.metrics is not None:
+            from descartes_fast.server.metrics import Metrics
+            self.metrics = Metrics()
+            self.events.metrics = self.metrics
+        #: with metrics on, (message type, perf_counter()) of the request being handled; else None
+        self._started: tuple[str, float] | None = None
         dispatch = _impl.load("dispatch", config.implementation)
         handlers: dict[type, Any] = {cls: self._unexpected for cls in MESSAGE_TYPES}
         c = self.controller
@@ -141,8 +162,11 @@ class AgentServer:
             HealthCheckRequest: lambda m, e: self.health(m.request_id),
         })
         self._answer_large = self._tracked(c.control)
-        self.dispatcher = dispatch.Dispatcher(self._router, handlers, self._refuse, gate=self.gate,
-                                              on_failure=self._failed)
+        if self.metrics is not None:
+            handlers = {cls: self._measured(_TAGS_OF[cls], handler) for cls, handler in handlers.items()}
+        self.dispatcher = dispatch.Dispatcher(self._router, handlers,
+                                              self._refuse if self.metrics is None else self._refuse_counted,
+                                              gate=self.gate, on_failure=self._failed)
         #: how requests reach libzmq, for the start-up log and health metadata
         self.dispatch_path = "direct libzmq calls" if self.dispatcher.direct else \
             f"libzmq through pyzmq ({dispatch.DIRECT_REASON})"
@@ -167,6 +191,8 @@ class AgentServer:
         self._router.setsockopt(zmq.RCVHWM, config.request_hwm)
         self._router.setsockopt(zmq.SNDHWM, config.reply_hwm)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply that cannot be queued is counted, not lost unseen
+        if self.metrics is not None and self.metrics.url is None and config.metrics is not None:
+            self.metrics.serve(*metrics_address(config.metrics))  # OSError naming the address
         self._router.bind(config.bind)
         self.endpoints["bind"] = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         if config.pub is not None:
@@ -183,6 +209,8 @@ class AgentServer:
         self._stopping = asyncio.Event()
         config = self.config
         self.supervisor.attach(loop)
+        if self.metrics is not None:
+            self.metrics.watch(loop, self._reading)
         log.info("descartes_fast %s server %s: %s twins, %s; requests on %s, events on %s, max_agents=%d, "
                  "backends: %s", descartes_fast.__version__, config.server_id, config.implementation,
                  self.dispatch_path, self.endpoints["bind"], self.endpoints.get("pub", "(none)"), config.max_agents,
@@ -196,6 +224,8 @@ class AgentServer:
                         "it can run programs on this machine", " and ".join(self.endpoints.values()))
         else:
             log.info("no CURVE: serving this machine only (%s)", " and ".join(self.endpoints.values()))
+        if self.metrics is not None:
+            log.info("metrics on %s", self.metrics.url)
         unknown = sorted(n for n in (config.policy.backends or ()) if n not in config.backends)
         if unknown:
             log.warning("[policy] backends names unknown backend(s): %s (known: %s)", ", ".join(unknown),
@@ -228,6 +258,8 @@ class AgentServer:
         await self.supervisor.shutdown(keep_agents=config.keep_agents)
         for task in list(self._tasks):
             await asyncio.wait([task], timeout=5)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         self._router.disable_monitor()
         self._monitor.close()
         if self.zap is not None:
@@ -346,6 +378,7 @@ class AgentServer:
             client, refusal = self._hold(msg, envelope, size(msg))
             if refusal is not None:
                 return refusal
+            started = self._started
 
             async def answer() -> None:
                 try:
@@ -353,7 +386,10 @@ class AgentServer:
                 except Exception as exc:
                     self.dispatcher.failures += 1
                     reply = self._failed(msg, exc)
-                self._send_reply(envelope, reply, client, size(msg))
+                if started is None:
+                    self._send_reply(envelope, reply, client, size(msg))
+                else:
+                    self._send_measured(started, envelope, reply, client, size(msg))
             self._start(answer())
             return None
         return start
@@ -365,9 +401,46 @@ class AgentServer:
         def run(msg: Any, envelope: list) -> Message | None:
             client, refusal = self._hold(msg, envelope, 0)
             if refusal is None:
-                self._send_reply(envelope, handler(msg, envelope), client, 0)
+                started = self._started
+                if started is None:
+                    self._send_reply(envelope, handler(msg, envelope), client, 0)
+                else:
+                    self._send_measured(started, envelope, handler(msg, envelope), client, 0)
             return refusal
         return run
+
+    def _measured(self, kind: str, handler: Callable[[Any, list], Message | None]) -> Callable[[Any, list], None]:
+        """With metrics on: *handler* (of requests of type *kind*), its reply sent here, counted and
+        timed; a reply sent later is counted where it is sent (it finds its start in ``_started``).
+        Does what the dispatcher does with a reply and a failure, so that nothing else changes."""
+        assert self.metrics is not None
+        holdings, add = self.holdings, self.metrics.of(kind).add
+
+        def run(msg: Any, envelope: list) -> None:
+            started = self._started = (kind, perf_counter())
+            refused = holdings.refused
+            dispatcher = self.dispatcher
+            try:
+                reply = handler(msg, envelope)
+            except Exception as exc:
+                dispatcher.failures += 1
+                reply = self._failed(msg, exc)
+            if reply is not None:
+                failures = dispatcher.failures
+                dispatcher.reply(envelope, reply)
+                add("refused" if holdings.refused != refused else "error" if dispatcher.failures != failures
+                    else _result(reply), perf_counter() - started[1])
+        return run
+
+    def _send_measured(self, started: tuple[str, float], envelope: list, message: Message, client: object,
+                       held: int, result: str | None = None) -> None:
+        """:meth:`_send_reply`, then count and time the request (with metrics on)."""
+        assert self.metrics is not None
+        failures = self.dispatcher.failures
+        self._send_reply(envelope, message, client, held)
+        if self.dispatcher.failures != failures:  # it could not be sent: an error reply went in its place
+            result = "error"
+        self.metrics.request(started[0], result or _result(message), perf_counter() - started[1])
 
     def _control(self, msg: ControlCommand, envelope: list) -> Message | None:
         if msg.command_type in _LARGE_ANSWERS:
@@ -384,20 +457,24 @@ class AgentServer:
         size = spawn_size(msg)
         client, refusal = self._hold(msg, envelope, size)
         if refusal is None:
-            self._start(self._do_spawn(msg, envelope, self.gate.identity, client, size))
+            self._start(self._do_spawn(msg, envelope, self.gate.identity, client, size, self._started))
         return refusal
 
-    async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str, client: object, held: int) -> None:
+    async def _do_spawn(self, msg: SpawnRequest, envelope: list, owner: str, client: object, held: int,
+                        started: tuple[str, float] | None = None) -> None:
         sid = self.config.server_id
         reply: Message
+        refused = False
         try:
             agent = await self.supervisor.spawn(msg.config, owner=owner, timeout_secs=msg.timeout_secs,
                                                 metadata=msg.metadata)
         except SpawnPolicyError as exc:
+            refused = True
             self.stats["spawns_refused"] += 1
             log.warning("refused spawn %s (%s) from %s: %s", msg.request_id, msg.config.model_backend, owner, exc)
             reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)
         except AgentLimitError as exc:
+            refused = True
             reply = SpawnResponse(msg.request_id, False, None, str(exc), sid)
         except SpawnError as exc:
             self.stats["spawn_failures"] += 1
@@ -411,7 +488,10 @@ class AgentServer:
             log.info("spawned agent %s (%s, pid %d) for %s from %s", agent.id, msg.config.model_backend,
                      agent.pid, msg.request_id, owner)
             reply = SpawnResponse(msg.request_id, True, agent.info(), None, sid)
-        self._send_reply(envelope, reply, client, held)
+        if started is None:
+            self._send_reply(envelope, reply, client, held)
+        else:
+            self._send_measured(started, envelope, reply, client, held, "refused" if refused else None)
 
     def health(self, request_id: str) -> HealthCheckResponse:
         d, g, z = self.dispatcher, self.gate, self.zap
@@ -439,6 +519,34 @@ class AgentServer:
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)
 
+    def _reading(self) -> Reading:
+        """What the metrics read from the server at a scrape (on the loop): the health metadata's
+        counters and the agents (see :mod:`.metrics`)."""
+        from descartes_fast.server.metrics import Reading
+
+        d, g, z, stats = self.dispatcher, self.gate, self.zap, self.stats
+        agents = dict.fromkeys(AgentStatus, 0)
+        output = {}
+        for agent in self.supervisor.agents():
+            agents[agent.status] += 1
+            output[agent.id] = (agent.facts(LogStreamType.STDOUT).end_offset,
+                                agent.facts(LogStreamType.STDERR).end_offset)
+        info = {"server_id": self.config.server_id, "version": descartes_fast.__version__,
+                "implementation": self.config.implementation, "libzmq_direct": "yes" if d.direct else "no"}
+        return Reading(
+            info=info, agents={str(k): v for k, v in agents.items()}, max_agents=self.config.max_agents,
+            output=output, spawned=stats["spawned"], spawn_failures=stats["spawn_failures"],
+            spawns_refused=stats["spawns_refused"], received=d.received,
+            refusals={"rate_limited": g.rate_limited, "busy": self.holdings.refused, "unauthorized": g.unauthorized},
+            auth={"accepted": z.accepted if z else 0, "refused": z.refused if z else 0},
+            decode_errors=d.decode_errors, bad_frames=d.bad_frames, failures=d.failures,
+            replies_dropped=d.replies_dropped, pub_overflows=stats["pub_overflows"],
+            disconnects=stats["disconnects"], handshake_failures=stats["handshake_failures"],
+            held_bytes=self.holdings.total(), subscribed_topics=len(self.events.topics),
+            stored_bytes=self.state.store.size, state_max_bytes=self.config.state_max_bytes,
+            evicted_agents=self.state.store.evicted_agents, loop_lag_max=self.loop_lag_max,
+            loop_stalls=self.loop_stalls)
+
     def _watch_loop(self, due: float) -> None:
         """Every _LOOP_TICK: how late this callback ran is how long the loop was held (or the process
         was not scheduled); the worst and the count over _LOOP_STALL go to the health metadata."""
@@ -463,13 +571,15 @@ class AgentServer:
 
     def _refuse(self, payload: Any, exc: ProtocolError | Refusal) -> Message:
         """The reply to a request that does not decode (docs/protocol.md §6) or is refused by the gate."""
+        return _refusal(exc, *_salvage(payload), self.config.server_id)
+
+    def _refuse_counted(self, payload: Any, exc: ProtocolError | Refusal) -> Message:
+        """:meth:`_refuse` with metrics on: the request is counted (not timed: its reply is sent by the
+        dispatcher after this returns)."""
+        assert self.metrics is not None
         request_id, agent_id, tag = _salvage(payload)
-        if isinstance(exc, Refusal):
-            text, kind = str(exc), _TAGS.get(tag)
-        else:
-            text, kind = f"invalid request: {exc}", getattr(exc, "message_type", None)
-            log.info("refused a request (%s): %s", type(exc).__name__, exc)
-        return _error_reply(kind, request_id, agent_id, text, self.config.server_id)
+        self.metrics.refused(tag if tag in _TAGS else "unknown")
+        return _refusal(exc, request_id, agent_id, tag, self.config.server_id)
 
     def _failed(self, message: Message, exc: Exception) -> Message:
         """The error reply in place of a reply too large to send (*message* is that reply), or to a
@@ -485,6 +595,25 @@ class AgentServer:
             text = handler_failed(kind, exc)
             log.error("failed to answer %s (%s)", request_id, kind, exc_info=exc)
         return _error_reply(kind, request_id, agent_id, text, self.config.server_id)
+
+
+def _refusal(exc: ProtocolError | Refusal, request_id: str, agent_id: uuid.UUID, tag: str | None,
+             server_id: str) -> Message:
+    """The reply to a request that does not decode or that the gate refuses, from what was salvaged of it."""
+    if isinstance(exc, Refusal):
+        text, kind = str(exc), _TAGS.get(tag) if tag is not None else None
+    else:
+        text, kind = f"invalid request: {exc}", getattr(exc, "message_type", None)
+        log.info("refused a request (%s): %s", type(exc).__name__, exc)
+    return _error_reply(kind, request_id, agent_id, text, server_id)
+
+
+def _result(reply: Message) -> str:
+    """The result label of a request answered with *reply*: ok if it says success (healthy), else error."""
+    success = getattr(reply, "success", None)
+    if success is None:
+        success = getattr(reply, "healthy", False)
+    return "ok" if success else "error"
 
 
 def _error_reply(kind: str | None, request_id: str, agent_id: uuid.UUID, text: str, server_id: str) -> Message:

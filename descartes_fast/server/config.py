@@ -16,7 +16,7 @@ from descartes_fast.agents.store import CHUNK_MAX
 from descartes_fast.server.security import SecurityError, is_local_endpoint
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 
-__all__ = ["ServerConfig", "SecurityError", "MAX_EVENT_BYTES"]
+__all__ = ["ServerConfig", "SecurityError", "MAX_EVENT_BYTES", "metrics_address"]
 
 #: the most bytes one event on PUB takes: a log chunk of CHUNK_MAX bytes, each encoded as a
 #: MessagePack integer of up to 2 bytes (the Rust form), with its topic and fields
@@ -52,6 +52,7 @@ class ServerConfig:
     keep_agents: bool = False             # SIGTERM leaves running agents to the keeper
     agents_die_with_server: bool = False  # the keeper ends every agent when the server goes, even by kill -9
     containment: str = "auto"             # auto, cgroup or process-group (the keeper's, when it starts)
+    metrics: str | None = None            # HOST:PORT of the Prometheus endpoint (None: none; see .metrics)
     implementation: str = _impl.IMPLEMENTATION
 
     @property
@@ -80,6 +81,25 @@ class ServerConfig:
                 f"run programs on this machine as user {_user()}. Give --curve-secret-key and --authorized-keys "
                 f"(make keys with 'descartes-fast keygen'; README, section Security), bind 127.0.0.1, or "
                 f"add --insecure on a network you trust (Rust peers need it: they cannot use CURVE)")
+
+
+def metrics_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPV6]:PORT`` for an IPv6 address) as (host, port); port 0 picks a free
+    one. ValueError, with what to give instead, for anything else."""
+    text = value.strip()
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        colon, port = rest[:1], rest[1:]
+        ok = bool(close and host) and colon == ":"
+    else:
+        host, colon, port = text.rpartition(":")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets, as in [::1]:9100")
+        ok = bool(colon and host)
+    if not (ok and port.isdigit() and int(port) < 65536):
+        raise ValueError("give HOST:PORT, such as 127.0.0.1:9100, 0.0.0.0:9100, [::1]:9100 or "
+                         "localhost:0 (port 0: any free port)")
+    return host, int(port)
 
 
 def _user() -> str:

@@ -18,12 +18,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from descartes_fast.agents.supervisor import Agent
 from descartes_fast.server.memory import release_freed
+
+if TYPE_CHECKING:
+    from descartes_fast.server.metrics import Metrics  # (imported only with --metrics)
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 from descartes_fast.wire.frames import HEARTBEAT_TOPIC, log_topic, pub_frame, status_topic
 from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, Message, StatusUpdate, StatusUpdateType
@@ -51,6 +54,8 @@ class EventPublisher:
         #: topic prefixes someone subscribes to (XPUB tells the first subscribe and the last unsubscribe)
         self.topics: set[bytes] = set()
         self._left = False  # a subscription has ended since the last heartbeat
+        #: the server's metrics (--metrics), told of restarts and session usage; None when off
+        self.metrics: Metrics | None = None
 
     def bind(self, endpoint: str, hwm: int) -> str:
         """Bind the socket; returns the endpoint bound (a port 0 resolved)."""
@@ -84,12 +89,24 @@ class EventPublisher:
                   event: dict[str, Any] | None = None) -> None:
         """A status update; *event*: what the agent's session said (its data, merged in)."""
         log.info("agent %s: %s (%s)", agent.id, agent.status, message)
+        if event is not None and self.metrics is not None:
+            self._count(agent.config.model_backend, event)
         if self.sock is None:
             return
         data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None,
                 **(event or {})}
         self.publish(status_topic(agent.id),
                      StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))
+
+    def _count(self, backend: str, event: dict[str, Any]) -> None:
+        """Restarts, tokens and cost for the metrics (--metrics)."""
+        assert self.metrics is not None
+        if event.get("event") == "restarting":
+            self.metrics.restarted(backend)
+        usage = event.get("turn_usage")
+        if isinstance(usage, dict):
+            self.metrics.session_usage(backend, usage["input_tokens"], usage["output_tokens"],
+                                       usage["cached_input_tokens"], usage.get("cost_usd", 0.0))
 
     def publish(self, topic: bytes, message: Message) -> None:
         if self.sock is None or self.sock.closed:

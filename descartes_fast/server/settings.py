@@ -9,6 +9,7 @@ The config file's ``[server]`` table takes the same names as the flags (with ``_
     pub = "tcp://0.0.0.0:5556"        # "none" for no event socket
     server_id = "worker-7"
     max_agents = 100
+    metrics = "127.0.0.1:9100"        # Prometheus metrics at http://127.0.0.1:9100/metrics
     curve_secret_key = "keys/worker-7.key_secret"   # relative to this file
     authorized_keys = "keys/clients"
 
@@ -31,7 +32,7 @@ from typing import Any
 from descartes_fast.agents.backends import BackendError, BackendRegistry
 from descartes_fast.agents.policy import PolicyError, SpawnPolicy
 from descartes_fast.agents.state import default_state_dir
-from descartes_fast.server.config import MAX_EVENT_BYTES, ServerConfig
+from descartes_fast.server.config import MAX_EVENT_BYTES, ServerConfig, metrics_address
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 
 __all__ = ["SETTINGS", "add_arguments", "resolve", "SettingsError"]
@@ -75,6 +76,14 @@ def _endpoint(value: str) -> str:
 
 def _pub(value: str) -> str | None:
     return None if value.strip().lower() in ("", "none", "off") else _endpoint(value)
+
+
+def _metrics(value: str) -> str | None:
+    """HOST:PORT for the metrics endpoint (checked here, bound at start-up), or none."""
+    if value.strip().lower() in ("", "none", "off"):
+        return None
+    metrics_address(value)
+    return value.strip()
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -195,6 +204,10 @@ SETTINGS = (
     Setting("log_level", str.upper, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Setting("log_format", str.lower, "text", "the server's own log on stderr: text (a line per event) or json (an "
             "object per line: time, level, logger, message, and the exception if any)"),
+    Setting("metrics", _metrics, None, "serve Prometheus metrics over HTTP at http://HOST:PORT/metrics "
+            "(requests, latency, agents by status, spawns, refusals, drops; port 0: a free one, logged; IPv6 as "
+            "[::1]:9100; 'none' for none). Plain HTTP without authentication: bind loopback or a trusted "
+            "network", metavar="HOST:PORT"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
 )
 
@@ -273,7 +286,7 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str, str]:
                           request_buffer=values["request_buffer"], reply_hwm=values["reply_hwm"],
                           pub_buffer=values["pub_buffer"], keep_agents=values["keep_agents"],
                           agents_die_with_server=values["agents_die_with_server"],
-                          containment=values["containment"])
+                          containment=values["containment"], metrics=values["metrics"])
     if values["server_id"]:
         config.server_id = values["server_id"]
     return config, values["log_level"], values["loop"], values["log_format"]
