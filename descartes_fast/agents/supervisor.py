@@ -644,12 +644,8 @@ class Supervisor:
         if launch is None or agent.status == AgentStatus.TERMINATED or agent.limit_hit or usage is None or \
                 agent.limits.cpu_exceeded(exit_code, usage):
             return False
-        self._memory.forget(agent.pid)
-        self._by_pid.pop(agent.pid, None)
         if exit_code == 0 and launch.turns == "process" and (agent.pending or not agent.ending_session):
-            agent.ended_at = agent.process.ended_at or time.time_ns()
-            for stream, chunk in agent.output.finish():
-                self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+            self._process_over(agent)
             agent.turn_open = False
             if agent.pending:
                 self._next_process(agent, agent.pending.popleft())
@@ -664,9 +660,7 @@ class Supervisor:
                 agent.reason = f"{_ending(exit_code)}; not restarted again after {agent.restarts} restart(s) " \
                                f"(max_restarts = {launch.restart.max_restarts})"
             return False
-        agent.ended_at = agent.process.ended_at or time.time_ns()
-        for stream, chunk in agent.output.finish():
-            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+        self._process_over(agent)
         agent.restarts += 1
         delay = launch.restart.delay(agent.restarts)
         turn = agent.turn if agent.turn_open or (agent.session is not None and agent.session.session_id is None) \
@@ -687,7 +681,8 @@ class Supervisor:
         agent.process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
                             lambda code, usage: self._on_exit(agent, code, usage))
         limits = agent.limits
-        if limits.wall_secs is not None:  # (an adopted agent: what is left of it since its start)
+        # one wall clock for all its processes, from its start (an adopted agent: what is left of it)
+        if limits.wall_secs is not None and agent._wall_timer is None:
             left = limits.wall_secs - (time.time_ns() - agent.started_at) / 1e9
             agent._wall_timer = loop.call_later(max(0.0, left), self._wall_expired, agent)
         if limits.memory_mb is not None:
@@ -741,20 +736,25 @@ class Supervisor:
         if not self._goes_on(agent, exit_code, usage):
             self._ended(agent, exit_code, usage)
 
+    def _process_over(self, agent: Agent) -> None:
+        """Its (latest) process has exited: its end time (kept where none has run since), the chunks
+        its unfinished lines became (what it wrote is all there will be), no more memory watch."""
+        if agent.ended_at is None:
+            agent.ended_at = agent.process.ended_at or time.time_ns()
+        for stream, chunk in agent.output.finish():
+            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+        self._memory.forget(agent.pid)
+        self._by_pid.pop(agent.pid, None)
+
     def _ended(self, agent: Agent, exit_code: int, usage: resource.struct_rusage | None) -> None:
         """The agent has ended (its last process has exited, or none runs: *usage* None)."""
         if agent._restart_timer is not None:
             agent._restart_timer.cancel()
             agent._restart_timer = None
-        if agent.running or agent.ended_at is None:
-            agent.ended_at = agent.process.ended_at or time.time_ns()
-        for stream, chunk in agent.output.finish():  # what it wrote until now is all there will be
-            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+        self._process_over(agent)
         if agent._wall_timer is not None:
             agent._wall_timer.cancel()
             agent._wall_timer = None
-        self._memory.forget(agent.pid)
-        self._by_pid.pop(agent.pid, None)
         if agent.status != AgentStatus.TERMINATED and not agent.limit_hit and usage is not None and \
                 agent.limits.cpu_exceeded(exit_code, usage):
             agent.reason = agent.limits.cpu_text()

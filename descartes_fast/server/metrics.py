@@ -404,13 +404,18 @@ class _Collector:
         def counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(P + name, help_text, value=value)
 
+        def by(family: type[GaugeMetricFamily | CounterMetricFamily], name: str, help_text: str, label: str,
+               values: dict[str, int]) -> GaugeMetricFamily | CounterMetricFamily:
+            """A family with one sample per key of *values*, labelled *label*."""
+            metric = family(P + name, help_text, labels=[label])
+            for key, n in values.items():
+                metric.add_metric([key], n)
+            return metric
+
         info = GaugeMetricFamily(P + "server_info", "The server's identity (always 1)", labels=list(r.info))
         info.add_metric(list(r.info.values()), 1)
         yield info
-        agents = GaugeMetricFamily(P + "agents", "Agents the server lists, by status", labels=["status"])
-        for status, n in r.agents.items():
-            agents.add_metric([status], n)
-        yield agents
+        yield by(GaugeMetricFamily, "agents", "Agents the server lists, by status", "status", r.agents)
         yield gauge("max_agents", "Agents that may be active at once (--max-agents)", r.max_agents)
         yield counter("spawns", "Agents spawned", r.spawned)
         yield counter("spawn_failures", "Spawns that failed (the process or its setup)", r.spawn_failures)
@@ -420,15 +425,9 @@ class _Collector:
         written.add_metric(["stderr"], err)
         yield written
         yield counter("requests_received", "Requests taken from the request socket", r.received)
-        refusals = CounterMetricFamily(P + "refusals", "Requests refused, by reason (rate_limited, busy, "
-                                       "unauthorized)", labels=["reason"])
-        for reason, n in r.refusals.items():
-            refusals.add_metric([reason], n)
-        yield refusals
-        auth = CounterMetricFamily(P + "auth", "CURVE handshakes, by the ZAP handler's verdict", labels=["verdict"])
-        for verdict, n in r.auth.items():
-            auth.add_metric([verdict], n)
-        yield auth
+        yield by(CounterMetricFamily, "refusals", "Requests refused, by reason (rate_limited, busy, unauthorized)",
+                 "reason", r.refusals)
+        yield by(CounterMetricFamily, "auth", "CURVE handshakes, by the ZAP handler's verdict", "verdict", r.auth)
         yield counter("decode_errors", "Requests that did not decode", r.decode_errors)
         yield counter("bad_frames", "Messages with a bad envelope, dropped", r.bad_frames)
         yield counter("handler_failures", "Handlers that failed, and replies too large to send", r.failures)
