@@ -227,10 +227,12 @@ def as_nobody(path: Path) -> str:
                 s.connect(str(path))
                 s.sendall(b'\0\0\0\x28{"op":"hello","version":1,"mode":"keep"}')
                 code = "closed" if s.recv(10) == b"" else "answered"
-            except ConnectionResetError:
+            except (ConnectionResetError, BrokenPipeError):  # the keeper may close before we write
                 code = "closed"
             except PermissionError:
                 code = "no access"
+            except OSError as e:  # anything else: say what, for the failure's message
+                code = f"{type(e).__name__}: {e}"
         finally:
             os.write(w, code.encode())
             os._exit(0)
