@@ -21,7 +21,7 @@ define more backends, or override a built-in one, as TOML::
                                                                      # only if all its placeholders are set
     env = { MYTOOL_LOG = "info" }
     cwd = "/srv/work"
-    stdin = "pipe"               # pipe (default) | close | null
+    stdin = "pipe"               # pipe (default) | close | null | pty (a terminal: see below)
     cooperative_pause = false    # true if the program honours the JSON pause/resume lines
     extra_args = true            # honour AGENT_EXTRA_ARGS from the request's environment
                                  # (if the [policy] table's allow_extra_args is true too)
@@ -29,6 +29,14 @@ define more backends, or override a built-in one, as TOML::
     restart = "on-failure"       # never (default) | on-failure | always (agents/restarts.py)
     max_restarts = 3
     restart_backoff = 1.0        # seconds before the first restart, doubled for each next one
+
+``stdin = "pty"`` runs the program under a pseudo-terminal of its own (for interactive CLIs
+that want one): its stdin, stdout and stderr are the terminal (``isatty`` is true), its output
+is stored as the terminal gives it (one stream, stdout, with the terminal's ``\r\n`` and escape
+sequences), what is written to its stdin arrives as if typed (the terminal echoes it unless
+the program turns echo off; ending stdin types the end-of-file character, Ctrl-D), and the
+``resize`` action changes its size (``rows``/``cols`` here set the first one: 24 x 80 unless
+set; a spawn's metadata ``rows``/``cols`` override them).
 
 A built-in session backend takes ``program`` (the CLI's command, e.g. ``["/opt/bin/claude"]``),
 ``env``, ``cwd``, ``events``, ``restart``, ``max_restarts`` and ``restart_backoff``.
@@ -62,12 +70,17 @@ __all__ = [
     "SessionBackend",
     "StdinMode",
     "Turns",
+    "PTY_SIZE",
+    "terminal_size",
 ]
 
-StdinMode = Literal["pipe", "close", "null"]
+StdinMode = Literal["pipe", "close", "null", "pty"]
 #: how a session's next turn reaches it: a line on the stdin of the same process, or a new process
 Turns = Literal["stdin", "process"]
-_STDIN_MODES: Final = ("pipe", "close", "null")
+_STDIN_MODES: Final = ("pipe", "close", "null", "pty")
+#: a terminal's rows and columns when nothing sets them; the largest a terminal may have
+PTY_SIZE: Final = (24, 80)
+PTY_MAX: Final = 65535
 _PLACEHOLDER: Final = re.compile(r"\{(task|model|system_prompt|context|name)\}")
 
 #: docs/protocol.md §7.6: tool_level -> --allowedTools list (lower-cased, '-' and '_' removed)
@@ -106,6 +119,7 @@ class Launch:
     events: str | None = None       # the dialect of its JSON events (agents/sessions.py), if any
     turns: Turns | None = None      # a session backend's way of taking turns
     restart: RestartPolicy = NO_RESTART
+    size: tuple[int, int] = PTY_SIZE  # rows, columns of its terminal (``stdin`` ``pty``)
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,7 @@ class Backend:
     extra_args: bool = True
     events: str | None = None
     restart: RestartPolicy = NO_RESTART
+    size: tuple[int, int] = PTY_SIZE
 
     def build(self, config: AgentConfig, session_id: str | None = None, prompt: str | None = None) -> Launch:
         """The launch for *config*: placeholders filled, AGENT_EXTRA_ARGS and AGENT_CONTEXT applied.
@@ -146,7 +161,8 @@ class Backend:
             argv = argv + config.environment["AGENT_EXTRA_ARGS"].split()
         if config.context is not None:
             env["AGENT_CONTEXT"] = config.context
-        return Launch(argv, env, self.cwd, self.stdin, self.cooperative_pause, self.events, None, self.restart)
+        return Launch(argv, env, self.cwd, self.stdin, self.cooperative_pause, self.events, None, self.restart,
+                      self.size)
 
 
 class _Claude(Backend):
@@ -279,7 +295,7 @@ def _parse(name: str, table: Any, source: str, builtin: Backend | None) -> Backe
     if isinstance(builtin, SessionBackend):
         return _parse_session(builtin, table, where)
     unknown = set(table) - {"command", "env", "cwd", "stdin", "cooperative_pause", "extra_args", "events",
-                            *RESTART_KEYS}
+                            "rows", "cols", *RESTART_KEYS}
     if unknown:
         raise BackendError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     command = table.get("command")
@@ -293,12 +309,28 @@ def _parse(name: str, table: Any, source: str, builtin: Backend | None) -> Backe
     stdin = table.get("stdin", "pipe")
     if stdin not in _STDIN_MODES:
         raise BackendError(f"{where}: stdin must be one of {', '.join(_STDIN_MODES)}")
+    if stdin != "pty" and ("rows" in table or "cols" in table):
+        raise BackendError(f"{where}: rows and cols are the size of a terminal: only with stdin = \"pty\"")
+    try:
+        size = terminal_size(table.get("rows", PTY_SIZE[0]), table.get("cols", PTY_SIZE[1]))
+    except ValueError as exc:
+        raise BackendError(f"{where}: {exc}") from None
     flags = {k: table.get(k, d) for k, d in (("cooperative_pause", False), ("extra_args", True))}
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise BackendError(f"{where}: {key} must be true or false")
     return Backend(name, tuple(tuple(i) if isinstance(i, list) else i for i in command), env,
-                   cwd, stdin, events=events, restart=restart, **flags)
+                   cwd, stdin, events=events, restart=restart, size=size, **flags)
+
+
+def terminal_size(rows: Any, cols: Any) -> tuple[int, int]:
+    """(rows, cols) of a terminal, checked: ValueError naming what is wrong."""
+    for name, value in (("rows", rows), ("cols", cols)):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= PTY_MAX:
+            raise ValueError(f"{name} must be a whole number from 1 to {PTY_MAX}, not {value!r}")
+    return int(rows), int(cols)
 
 
 def _parse_session(builtin: SessionBackend, table: dict[str, Any], where: str) -> SessionBackend:

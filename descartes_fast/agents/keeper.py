@@ -12,18 +12,23 @@ their pipes until they are full and then wait: nothing they write is lost and no
 It knows nothing of ZeroMQ, output or agent states: the server decides, signals and reads; the
 keeper only starts, holds, reaps and tells. The socket (``keeper.sock``, mode 0600 in the
 state directory) accepts connections of this process's own user only (``SO_PEERCRED``), one
-server at a time. When the server goes away, the keeper keeps the agents (the server said
-``keep`` in its hello: crash or upgrade) or ends them all (``die``: ``--agents-die-with-server``);
-it exits once it holds nothing and no server is connected.
+server at a time. An agent may run under a pseudo-terminal (``stdin`` ``pty``): its stdin,
+stdout and stderr are the terminal, whose master the keeper holds like a pipe. When the server
+goes away, the keeper keeps the agents (the server said ``keep`` in its hello: crash or
+upgrade) or ends them all (``die``: ``--agents-die-with-server``); it exits once it holds
+nothing and no server is connected.
 
 The protocol (version :data:`VERSION`): each message is a 4-byte big-endian length and a JSON
 object; pipe descriptors travel as ``SCM_RIGHTS`` with the first byte of their message, in the
 order the message gives. Server → keeper: ``hello`` {version, mode}, ``spawn`` {id, argv, env,
-cwd, stdin}, ``close_stdin`` {id}, ``release`` {id}. Keeper → server: ``held`` {id, pid,
-started_at, stdin, exit} (one per agent it holds, with its fds), ``ready`` {version, pid,
-cgroups, held} (the end of the hello), ``spawned`` {id, pid, started_at} (fds: stdout, stderr
-and stdin if piped), ``refused`` {id, errno, error}, ``exited`` {id, pid, code, ended_at,
-utime, stime, maxrss}.
+cwd, stdin, [rows, cols]}, ``close_stdin`` {id}, ``release`` {id}. Keeper → server: ``held``
+{id, pid, started_at, stdin, pty, exit} (one per agent it holds, with its fds), ``ready``
+{version, pid, cgroups, held, features} (the end of the hello), ``spawned`` {id, pid,
+started_at, pty} (fds: stdout, stderr and stdin if piped; under a terminal: its master, a
+stderr that ends at once, and the master again for stdin), ``refused`` {id, errno, error},
+``exited`` {id, pid, code, ended_at, utime, stime, maxrss}. ``features`` names what this
+keeper does beyond version 1 (``pty``), so that a newer server asks an older keeper (still
+holding agents through an upgrade) for nothing it cannot do.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import signal
 import socket
 import struct
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +55,8 @@ from descartes_fast.agents.cgroups import AgentCgroups
 __all__ = ["VERSION", "SOCKET", "EXITS", "LOCK", "HEADER", "MAX_MESSAGE", "ANOTHER", "main"]
 
 VERSION: Final = 1
+#: what this keeper does beyond protocol version 1 (told in ``ready``)
+FEATURES: Final = ("pty",)
 SOCKET: Final = "keeper.sock"
 EXITS: Final = "keeper.exits"
 LOCK: Final = "keeper.lock"
@@ -63,10 +71,10 @@ _PR_SET_CHILD_SUBREAPER: Final = 36
 
 
 class _Agent:
-    __slots__ = ("exit", "fds", "id", "pid", "started_at", "stdin")
+    __slots__ = ("exit", "fds", "id", "pid", "pty", "started_at", "stdin")
 
-    def __init__(self, agent_id: str, pid: int, fds: list[int], stdin: bool) -> None:
-        self.id, self.pid, self.fds, self.stdin = agent_id, pid, fds, stdin
+    def __init__(self, agent_id: str, pid: int, fds: list[int], stdin: bool, pty: bool) -> None:
+        self.id, self.pid, self.fds, self.stdin, self.pty = agent_id, pid, fds, stdin, pty
         self.started_at = time.time_ns()
         self.exit: dict[str, Any] | None = None
 
@@ -228,9 +236,9 @@ class Keeper:
             self.greeted = True
             for agent in self.agents.values():
                 self._send({"op": "held", "id": agent.id, "pid": agent.pid, "started_at": agent.started_at,
-                            "stdin": agent.stdin, "exit": agent.exit}, agent.fds)
+                            "stdin": agent.stdin, "pty": agent.pty, "exit": agent.exit}, agent.fds)
             self._send({"op": "ready", "version": VERSION, "pid": os.getpid(), "held": len(self.agents),
-                        "cgroups": str(self.cgroups.base) if self.cgroups else None})
+                        "cgroups": str(self.cgroups.base) if self.cgroups else None, "features": FEATURES})
         elif op == "spawn":
             self._spawn(message)
         elif op == "close_stdin":
@@ -264,6 +272,9 @@ class Keeper:
 
     def _spawn(self, message: dict[str, Any]) -> None:
         agent_id, mode = message["id"], message["stdin"]
+        if mode == "pty":
+            self._spawn_pty(message)
+            return
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         in_r, in_w = os.pipe() if mode != "null" else (None, None)
@@ -272,17 +283,47 @@ class Keeper:
         stdin = (os.POSIX_SPAWN_DUP2, in_r, 0) if in_r is not None else \
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
         actions = [stdin, (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        pid = self._start(message, actions, [out_r, err_r] + ([in_w] if in_w is not None else []))
+        for fd in child_ends:
+            os.close(fd)
+        if pid is None:
+            return
+        if mode == "close" and in_w is not None:
+            os.close(in_w)
+            in_w = None
+        self._spawned(agent_id, pid, [out_r, err_r] + ([in_w] if in_w is not None else []), in_w is not None, False)
+
+    def _spawn_pty(self, message: dict[str, Any]) -> None:
+        """Start an agent whose stdin, stdout and stderr are a new pseudo-terminal: the child, a
+        session leader (posix_spawn calls setsid before its file actions), opens the terminal by
+        name, which makes it its controlling terminal; the keeper keeps the master."""
+        master, slave = os.openpty()
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", message.get("rows", 24),
+                                                            message.get("cols", 80), 0, 0))
+        name = os.ttyname(slave)
+        err_r, err_w = os.pipe()  # (what the server reads as stderr: it ends at once, stderr is the terminal)
+        os.close(err_w)
+        actions = [(os.POSIX_SPAWN_OPEN, 0, name, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1),
+                   (os.POSIX_SPAWN_DUP2, 0, 2)]
+        pid = self._start(message, actions, [master, err_r])
+        os.close(slave)  # (the child has its own: the master reads the end when the last one closes)
+        if pid is not None:
+            self._spawned(message["id"], pid, [master, err_r, os.dup(master)], True, True)
+
+    def _start(self, message: dict[str, Any], actions: list[tuple[Any, ...]], fds: list[int]) -> int | None:
+        """Spawn (in the agent's cgroup where there are cgroups): its pid, or None when refused
+        (then *fds*, the server's ends, are closed, the cgroup removed and the server told why)."""
+        agent_id = message["id"]
 
         def start() -> int:
             return _spawn(message["argv"], message["env"], message["cwd"], actions)
         try:
             if self.cgroups is not None:
                 self.cgroups.make(agent_id)
-                pid = self.cgroups.spawn_into(agent_id, start)
-            else:
-                pid = start()
+                return self.cgroups.spawn_into(agent_id, start)
+            return start()
         except (OSError, ValueError) as exc:
-            for fd in child_ends + [out_r, err_r] + ([in_w] if in_w is not None else []):
+            for fd in fds:
                 os.close(fd)
             if self.cgroups is not None:
                 self.cgroups.remove(agent_id)
@@ -291,16 +332,13 @@ class Keeper:
             if isinstance(exc, OSError) and exc.filename:
                 text = f"{text}: {exc.filename!r}"
             self._send({"op": "refused", "id": agent_id, "errno": code, "error": text})
-            return
-        for fd in child_ends:
-            os.close(fd)
-        if mode == "close" and in_w is not None:
-            os.close(in_w)
-            in_w = None
-        fds = [out_r, err_r] + ([in_w] if in_w is not None else [])
-        agent = self.agents[agent_id] = _Agent(agent_id, pid, fds, in_w is not None)
+            return None
+
+    def _spawned(self, agent_id: str, pid: int, fds: list[int], stdin: bool, pty: bool) -> None:
+        agent = self.agents[agent_id] = _Agent(agent_id, pid, fds, stdin, pty)
         self.by_pid[agent.pid] = agent
-        self._send({"op": "spawned", "id": agent_id, "pid": agent.pid, "started_at": agent.started_at}, fds)
+        self._send({"op": "spawned", "id": agent_id, "pid": agent.pid, "started_at": agent.started_at,
+                    "pty": pty}, fds)
 
     def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         """Queue *message* for the server (dropped if none is connected: it learns on its hello)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ class Held:
     stderr_fd: int
     stdin_fd: int | None
     exit: Exit | None
+    pty: bool = False   # its stdin, stdout and stderr are a terminal: stdout_fd and stdin_fd are its master
 
 
 class KeeperLink:
@@ -103,6 +105,7 @@ class KeeperLink:
         self.keeper_pid: int = ready["pid"]
         self.cgroups = AgentCgroups(Path(ready["cgroups"])) if ready["cgroups"] else None
         self.containment = "cgroup" if self.cgroups is not None else "process-group"
+        self.features: frozenset[str] = frozenset(ready.get("features", ()))  # (what it does beyond version 1)
 
     def successor(self) -> KeeperLink:
         """A link to a new keeper of the same directory, mode and containment (after this one was lost)."""
@@ -194,7 +197,8 @@ class KeeperLink:
         fds = [self._fds.popleft() for _ in range(message.get("fds", 0))]
         stdin = fds[2] if len(fds) > 2 else None
         exit = Exit.of(message["exit"]) if message.get("exit") else None
-        return Held(message["id"], message["pid"], message["started_at"], fds[0], fds[1], stdin, exit)
+        return Held(message["id"], message["pid"], message["started_at"], fds[0], fds[1], stdin, exit,
+                    bool(message.get("pty")))
 
     def _receive(self) -> list[dict[str, Any]]:
         """Read once (blocks unless the socket is non-blocking); the messages now complete."""
@@ -307,14 +311,23 @@ class KeeperLink:
             self._loop.remove_writer(self.sock.fileno())
 
     async def spawn(self, agent_id: str, argv: list[str], env: dict[str, str], cwd: str | None,
-                    stdin: str) -> Held:
-        """Have the keeper start an agent (stdin: ``pipe``, ``null`` or ``close``); OSError if it cannot."""
+                    stdin: str, size: tuple[int, int] = (24, 80)) -> Held:
+        """Have the keeper start an agent (stdin: ``pipe``, ``null``, ``close``, or ``pty``: under a
+        terminal of *size* rows and columns); OSError if it cannot."""
         if self.lost:
             raise OSError(0, "the keeper went away")
+        if stdin == "pty" and "pty" not in self.features:
+            raise OSError(errno.ENOTSUP, f"the keeper (pid {self.keeper_pid}) is of an older version that "
+                                         "cannot start agents under a terminal; it exits once its agents have "
+                                         "ended, and the next one can")
         loop = asyncio.get_running_loop()
         self.attach(loop)
         future = self._spawns[agent_id] = loop.create_future()
-        self._send({"op": "spawn", "id": agent_id, "argv": argv, "env": env, "cwd": cwd, "stdin": stdin})
+        message: dict[str, Any] = {"op": "spawn", "id": agent_id, "argv": argv, "env": env, "cwd": cwd,
+                                   "stdin": stdin}
+        if stdin == "pty":
+            message["rows"], message["cols"] = size
+        self._send(message)
         return await future
 
     def on_exit(self, agent_id: str, callback: Callable[[Exit], None]) -> None:

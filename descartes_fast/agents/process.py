@@ -121,7 +121,8 @@ class AgentProcess:
 
     Its pipes are this process's copies of what the keeper holds (:class:`Held`); its exit comes
     from the keeper. Signals go to its cgroup where the keeper made one (so processes that called
-    ``setsid`` get them too), else to its process group."""
+    ``setsid`` get them too), else to its process group. Under a terminal (``pty``) its stdout
+    and stdin are the terminal's master, and its stderr ends at once (it is the terminal too)."""
 
     def __init__(self, held: Held, keeper: KeeperLink) -> None:
         self.id = held.id
@@ -134,6 +135,8 @@ class AgentProcess:
         self.ended_at: int | None = None
         self.cpu_secs: float | None = None  # of its cgroup (all its processes), else of what it reaped
         self.stdin_fd: int | None = held.stdin_fd
+        self.pty = held.pty
+        self._line_open = False  # the last byte written to stdin was not a newline (a terminal's line is unfinished)
         self._pending_stdin = bytearray()
         self._close_when_flushed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,14 +147,14 @@ class AgentProcess:
                                                  LogStreamType.STDERR: held.stderr_fd}
         self._open = set(self._pipes)
         self._released = False
-        self._capacity = {s: fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for s, fd in self._pipes.items()}
+        self._capacity = {s: _capacity(fd) for s, fd in self._pipes.items()}
         self._grown = dict.fromkeys(self._pipes, 0)  # capacity beyond the default, from PIPES
 
     @classmethod
     async def start(cls, keeper: KeeperLink, agent_id: str, launch: Launch, env: dict[str, str]) -> AgentProcess:
         """Have the keeper start *launch* in a new session (and its own cgroup where it makes them),
         with piped stdout/stderr and stdin per its mode."""
-        return cls(await keeper.spawn(agent_id, list(launch.argv), env, launch.cwd, launch.stdin), keeper)
+        return cls(await keeper.spawn(agent_id, list(launch.argv), env, launch.cwd, launch.stdin, launch.size), keeper)
 
     def abandon(self) -> None:
         """Undo a start that must not go on: SIGKILL it all, close the pipes, let the keeper forget it."""
@@ -259,6 +262,8 @@ class AgentProcess:
         StdinClosedError if the reader is gone. Returns the bytes the pipe took at once."""
         self.check_room(len(data), limit)
         assert self.stdin_fd is not None
+        if data:
+            self._line_open = not data.endswith((b"\n", b"\r", b"\x04"))  # (Enter, or Ctrl-D typed)
         if self._pending_stdin:
             self._pending_stdin += data
             return 0
@@ -266,7 +271,7 @@ class AgentProcess:
             sent = os.write(self.stdin_fd, data)
         except BlockingIOError:
             sent = 0
-        except BrokenPipeError:
+        except OSError:  # EPIPE; EIO from a terminal nobody has open any more
             self.close_stdin()
             raise StdinClosedError("the process stopped reading") from None
         if sent < len(data):
@@ -297,7 +302,9 @@ class AgentProcess:
 
     def close_stdin(self, when_flushed: bool = False) -> None:
         """Close stdin now, or once what is queued has been written (*when_flushed*); the keeper
-        closes its copy too, so that the agent sees the end."""
+        closes its copy too, so that the agent sees the end (on a terminal: its end-of-file
+        character is typed first, as Ctrl-D: twice after an unfinished line, whose input the
+        first one only sends on)."""
         if self.stdin_fd is None:
             return
         if when_flushed and self._pending_stdin:
@@ -307,6 +314,12 @@ class AgentProcess:
             assert self._loop is not None
             self._loop.remove_writer(self.stdin_fd)
             self._pending_stdin.clear()
+        if self.pty and self.running:
+            try:
+                eof = termios.tcgetattr(self.stdin_fd)[6][termios.VEOF]
+                os.write(self.stdin_fd, eof * (2 if self._line_open else 1))
+            except OSError:
+                pass  # (the terminal is gone, or full: the agent is ending anyway)
         os.close(self.stdin_fd)
         self.stdin_fd = None
         if self.running:
@@ -326,6 +339,34 @@ class AgentProcess:
             self._loop.remove_writer(self.stdin_fd)
             if self._close_when_flushed:
                 self.close_stdin()
+
+    # -- its terminal (pty) --
+
+    def _master(self) -> int | None:
+        if not self.pty:
+            return None
+        if LogStreamType.STDOUT in self._open:
+            return self._pipes[LogStreamType.STDOUT]
+        return self.stdin_fd
+
+    def terminal_size(self) -> tuple[int, int] | None:
+        """(rows, cols) of its terminal; None without one (or once it is closed)."""
+        fd = self._master()
+        if fd is None:
+            return None
+        try:
+            rows, cols, _x, _y = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            return None
+        return rows, cols
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set its terminal's size (the kernel sends SIGWINCH to the terminal's foreground group);
+        StdinClosedError without a terminal."""
+        fd = self._master()
+        if fd is None:
+            raise StdinClosedError("its terminal is closed" if self.pty else "it runs under no terminal")
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     # -- output and exit --
 
@@ -386,12 +427,21 @@ class AgentProcess:
             self.cgroups.remove(self.id)
 
 
+def _capacity(fd: int) -> int:
+    """The capacity of the pipe *fd*; what one read takes at most from a terminal's master."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except OSError:  # (not a pipe: a terminal, whose buffer does not grow)
+        return READ_SLICE
+
+
 class EndedProcess:
     """The process of an agent that ended before this server knew it (it is in the records only):
     it has its pid and exit code, and signals and writes reach nothing."""
 
     stdin_fd = None
     stdin_open = False
+    pty = False
     running = False
     usage = None
     ended_at = None
@@ -431,3 +481,9 @@ class EndedProcess:
 
     def close_stdin(self, when_flushed: bool = False) -> None:
         pass
+
+    def terminal_size(self) -> tuple[int, int] | None:
+        return None
+
+    def resize(self, rows: int, cols: int) -> None:
+        raise StdinClosedError("it has ended")

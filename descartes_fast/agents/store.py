@@ -332,6 +332,11 @@ class StreamLog:
     def finish(self, now_ns: int) -> Chunk | None:
         """The agent has ended: its unfinished line becomes a line (the chunk, if any)."""
         self.ended = True
+        return self.cut(now_ns)
+
+    def cut(self, now_ns: int) -> Chunk | None:
+        """The unfinished line becomes a line now (the chunk, if any): what a terminal shows
+        without a newline (a prompt) is not held back."""
         if not self.carry:
             return None
         seg = self._segments[-1]

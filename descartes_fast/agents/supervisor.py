@@ -32,7 +32,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from descartes_fast.agents.backends import BackendError, BackendRegistry, Launch, ProgramCliDisabled, user_turn
+from descartes_fast.agents.backends import (
+    BackendError,
+    BackendRegistry,
+    Launch,
+    ProgramCliDisabled,
+    terminal_size,
+    user_turn,
+)
 from descartes_fast.agents.filters import FilterError, LineFilter
 from descartes_fast.agents.keeper_link import Exit, Held, KeeperError, KeeperLink
 from descartes_fast.agents.limits import Limits, MemoryWatchdog, apply_rlimits
@@ -230,6 +237,16 @@ class Agent:
             kept = state.get("session")
             if isinstance(kept, dict) and kept.get("dialect") in DIALECTS:
                 self.session = Session.restore(DIALECTS[kept["dialect"]], kept)
+
+
+def _terminal_size(launch: Launch, backend: str, metadata: dict[str, str]) -> tuple[int, int]:
+    """The size of a terminal agent's terminal: the spawn's metadata ``rows``/``cols``, else the backend's."""
+    if "rows" not in metadata and "cols" not in metadata:
+        return launch.size
+    if launch.stdin != "pty":
+        raise BackendError(f"metadata 'rows'/'cols' set the size of a terminal, and backend {backend!r} runs "
+                           "under none (stdin = \"pty\" gives one)")
+    return terminal_size(metadata.get("rows", launch.size[0]), metadata.get("cols", launch.size[1]))
 
 
 def _ending(exit_code: int) -> str:
@@ -494,7 +511,8 @@ class Supervisor:
             if resume is not None and backend.events is None:
                 raise BackendError(f"metadata 'resume' resumes a session, and backend {backend.name!r} has none")
             launch = backend.build(config, session_id=resume)
-            launch = dataclasses.replace(launch, restart=launch.restart.with_values(metadata or {}, "spawn metadata"))
+            launch = dataclasses.replace(launch, restart=launch.restart.with_values(metadata or {}, "spawn metadata"),
+                                         size=_terminal_size(launch, backend.name, metadata or {}))
         except (PolicyRefusal, ProgramCliDisabled) as exc:
             raise SpawnPolicyError(f"spawn refused by this server's policy: {exc}") from None
         except (BackendError, ValueError) as exc:
@@ -528,6 +546,26 @@ class Supervisor:
         if launch.turns is not None and config.task:
             self._turn_started(agent, config.task)
         return agent
+
+    # -- terminals (stdin = "pty") --
+
+    def resize(self, agent_id: uuid.UUID, rows: Any, cols: Any) -> dict[str, int]:
+        """Set the size of the agent's terminal; what it is now."""
+        agent = self.get(agent_id)
+        try:
+            rows, cols = terminal_size(rows, cols)
+        except ValueError as exc:
+            raise SupervisorError(f"Agent execution error: resize: {exc}") from None
+        if not agent.process.pty and agent.status.is_terminal() and agent.launch is None:
+            raise SupervisorError(f"Agent execution error: cannot resize agent {agent.id}: it has ended")
+        if not agent.process.pty:
+            raise SupervisorError(f"Agent execution error: agent {agent.id} (backend '{agent.config.model_backend}') "
+                                  "runs under no terminal: resize works with backends whose stdin is \"pty\"")
+        try:
+            agent.process.resize(rows, cols)
+        except (StdinClosedError, OSError) as exc:
+            raise SupervisorError(f"Agent execution error: cannot resize agent {agent.id}: {exc}") from None
+        return {"rows": rows, "cols": cols}
 
     # -- sessions --
 
@@ -720,10 +758,14 @@ class Supervisor:
 
     def _on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
         """Output as read from a pipe: stored, and what it completes (whole lines) published;
-        at the end of a stream (``b""``) its unfinished line becomes a line."""
+        at the end of a stream (``b""``) its unfinished line becomes a line. Of a terminal, each
+        read is published whole (a prompt has no newline)."""
         session = agent.session if stream == LogStreamType.STDOUT else None
         if data:
-            for chunk in agent.output.append(stream, data):
+            chunks = agent.output.append(stream, data)
+            if agent.process.pty and (rest := agent.output[stream].cut(time.time_ns())) is not None:
+                chunks.append(rest)
+            for chunk in chunks:
                 self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
                 if session is not None and (events := session.feed(chunk.data)):
                     self._session_events(agent, events)

@@ -49,8 +49,8 @@ EXIT_CODES = """exit codes:
   4  no such agent on the server
   130  interrupted (Ctrl-C)"""
 
-COMMANDS = ("spawn", "list", "status", "pause", "resume", "stop", "kill", "send", "say", "logs", "events", "health",
-            "batch")
+COMMANDS = ("spawn", "list", "status", "pause", "resume", "stop", "kill", "send", "say", "resize", "logs", "events",
+            "health", "batch")
 
 
 class _Usage(Exception):
@@ -106,7 +106,16 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--restart-backoff", type=float, metavar="SECS",
                    help="with --restart: wait SECS before the first restart, twice as long before each next "
                         "(default 1, at most 60)")
+    p.add_argument("--rows", type=int, help="a backend with stdin = \"pty\": its terminal's rows (default: the "
+                                            "backend's, else 24)")
+    p.add_argument("--cols", type=int, help="a backend with stdin = \"pty\": its terminal's columns (default: "
+                                            "the backend's, else 80)")
     p.add_argument("-q", "--quiet", action="store_true", help="print the agent id only (for scripts)")
+    p = sub("resize", "set the terminal size of an agent that runs under one (a backend with stdin = \"pty\"); "
+                      "the program gets SIGWINCH")
+    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("rows", type=int, help="rows (1-65535)")
+    p.add_argument("cols", type=int, help="columns (1-65535)")
     p = sub("say", "send a session agent (claude-session, codex-session, gemini-session) its next turn")
     p.add_argument("agent", type=_agent_id, help="agent id")
     p.add_argument("text", nargs="?", help="the turn's text (default: read this command's stdin, unless --end)")
@@ -252,7 +261,7 @@ def _spawn(client: Client, args: argparse.Namespace) -> int:
 
 def _spawn_metadata(args: argparse.Namespace) -> dict[str, str]:
     given = {"resume": args.resume, "restart": args.restart, "max_restarts": args.max_restarts,
-             "restart_backoff": args.restart_backoff}
+             "restart_backoff": args.restart_backoff, "rows": args.rows, "cols": args.cols}
     return {k: str(v) for k, v in given.items() if v is not None}
 
 
@@ -262,6 +271,11 @@ def _say(client: Client, args: argparse.Namespace) -> int:
         text = sys.stdin.read()
     done = client.say(args.agent, text, end=args.end)
     return _emit(args, {"id": str(args.agent), "result": done}, done)
+
+
+def _resize(client: Client, args: argparse.Namespace) -> int:
+    size = client.resize(args.agent, args.rows, args.cols)
+    return _emit(args, {"id": str(args.agent), **size}, f"{size['rows']} rows x {size['cols']} columns")
 
 
 def _list(client: Client, args: argparse.Namespace) -> int:
@@ -299,7 +313,7 @@ def _session(facts: dict[str, Any]) -> str:
 #: what ``status`` tells beyond the status, as a descartes_fast server's get_status gives it
 _FACTS = ("pid", "exit_code", "signal", "ended_at", "reason", "cpu_secs", "max_rss_kib", "processes_left",
           "restarts", "session_id", "turns", "failed_turns", "input_tokens", "output_tokens", "cached_input_tokens",
-          "cost_usd", "tool_calls", "unparsed_lines")
+          "cost_usd", "tool_calls", "unparsed_lines", "terminal")
 
 
 def _status(client: Client, args: argparse.Namespace) -> int:
@@ -336,6 +350,8 @@ def _status_line(status: AgentStatus, facts: dict[str, Any]) -> str:
                      f"({facts.get('cached_input_tokens', 0)} cached) / {facts.get('output_tokens', 0)} out{cost}")
     if facts.get("restarts"):
         parts.append(f"{facts['restarts']} restart(s)")
+    if facts.get("terminal"):
+        parts.append(f"terminal {facts['terminal']['rows']}x{facts['terminal']['cols']}")
     if facts.get("processes_left"):
         parts.append(f"{facts['processes_left']} process(es) still running")
     if facts.get("reason"):
@@ -503,6 +519,6 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
 
 _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "spawn": _spawn, "list": _list, "status": _status, "pause": _pause, "resume": _resume,
-    "stop": _ender("stop"), "kill": _ender("kill"), "send": _send, "say": _say, "logs": _logs, "events": _events,
-    "health": _health, "batch": _batch,
+    "stop": _ender("stop"), "kill": _ender("kill"), "send": _send, "say": _say, "resize": _resize, "logs": _logs,
+    "events": _events, "health": _health, "batch": _batch,
 }

@@ -330,11 +330,21 @@ class AsyncClient:
                                                                   "params": {"text": text, "end": end}})
         return str(reply.data.get("result")) if isinstance(reply.data, dict) else "sent"
 
+    async def resize(self, agent_id: uuid.UUID, rows: int, cols: int) -> dict[str, int]:
+        """Set the terminal size of an agent that runs under one (a backend with ``stdin = "pty"``;
+        the program gets SIGWINCH); returns ``{"rows": …, "cols": …}``. A custom action ``resize``
+        of a descartes_fast server."""
+        reply = await self._command(agent_id, _C.CUSTOM_ACTION, {"action": "resize",
+                                                                  "params": {"rows": rows, "cols": cols}})
+        result = reply.data.get("result") if isinstance(reply.data, dict) else None
+        return dict(result) if isinstance(result, dict) else {"rows": rows, "cols": cols}
+
     async def agent_state(self, agent_id: uuid.UUID) -> dict[str, Any]:
         """What ``get_status`` answers: ``status`` (Rust's capitalised name) and, from a
         descartes_fast server, ``pid``, ``exit_code``, ``signal``, ``ended_at`` (ns) and
         ``processes_left`` (what is still running of the agent once it has ended), ``reason`` (of its
-        last transition), ``cpu_secs`` and ``max_rss_kib`` (once ended)."""
+        last transition), ``cpu_secs`` and ``max_rss_kib`` (once ended), ``terminal`` (rows and
+        cols, if it runs under one), and a session's totals."""
         reply = await self._command(agent_id, _C.GET_STATUS)
         return dict(reply.data) if isinstance(reply.data, dict) else {}
 

@@ -117,6 +117,10 @@ class Client:
         """Send a session agent its next turn (see :meth:`AsyncClient.say`)."""
         return self._run(self._async.say(agent_id, text, end))
 
+    def resize(self, agent_id: uuid.UUID, rows: int, cols: int) -> dict[str, int]:
+        """Set the terminal size of a terminal agent (see :meth:`AsyncClient.resize`)."""
+        return self._run(self._async.resize(agent_id, rows, cols))
+
     def list_remote_agents(self, filter_status: AgentStatus | None = None, limit: int | None = None) -> list[AgentInfo]:
         """The server's agents, optionally only those with *filter_status*, at most *limit*."""
         return self._run(self._async.list_remote_agents(filter_status, limit))

@@ -125,7 +125,9 @@ class Controller:
 
     def _get_status(self, agent: Agent, args: dict, payload: Any) -> Any:
         """Rust's ``status``, and (ours) how and when the agent's processes ended."""
-        return {"status": _DEBUG[agent.status], **agent.ending()}
+        size = agent.process.terminal_size()
+        terminal = {"terminal": {"rows": size[0], "cols": size[1]}} if size is not None else {}
+        return {"status": _DEBUG[agent.status], **agent.ending(), **terminal}
 
     def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
         raw = args.get("data")
@@ -173,7 +175,7 @@ class Controller:
                 "output": {s.value: agent.facts(s).as_dict() for s in LogStreamType}}
 
     def custom(self, agent: Agent, action: str, params: Any) -> dict[str, Any]:
-        """The built-in custom actions of the reference (echo, ping, get_env) and ours: say."""
+        """The built-in custom actions of the reference (echo, ping, get_env) and ours: say, resize."""
         if action == "echo":
             return {"action": "echo", "result": params}
         if action == "ping":
@@ -190,8 +192,13 @@ class Controller:
             if text is not None and not isinstance(text, str):
                 raise SupervisorError("Agent execution error: say wants params {'text': str, 'end': bool}")
             return {"action": "say", "result": self.sup.say(agent.id, text, end)}
+        if action == "resize":  # ours: the size of a terminal agent's terminal
+            args = params if isinstance(params, dict) else {}
+            if "rows" not in args or "cols" not in args:
+                raise SupervisorError("Agent execution error: resize wants params {'rows': int, 'cols': int}")
+            return {"action": "resize", "result": self.sup.resize(agent.id, args["rows"], args["cols"])}
         raise SupervisorError(f"Agent execution error: Unknown custom action '{action}'. "
-                              "Available actions: echo, ping, get_env, say")
+                              "Available actions: echo, ping, get_env, say, resize")
 
     def _drain_output(self, agent: Agent, args: dict, payload: Any) -> dict[str, Any]:
         max_lines = args.get("max_lines")
