@@ -21,6 +21,7 @@ None: all the request path gains is one ``is None`` test where a reply is sent l
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from descartes_fast.server.config import ServerConfig, metrics_address
 from descartes_fast.server.control import Controller, read_size, spawn_size
 from descartes_fast.server.events import NIL, EventPublisher
 from descartes_fast.server.holdings import LARGE_REPLY, Holdings
+from descartes_fast.server.host import host_facts
 from descartes_fast.server.security import ZapHandler
 from descartes_fast.wire.codec import get_implementation
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
@@ -119,6 +121,9 @@ class AgentServer:
         self.config = config
         self.codec = get_implementation(config.implementation)
         self.started = time.monotonic()
+        allowed = config.policy.backends
+        #: the backends a spawn may ask for here (told in heartbeats and health)
+        self._offered = [n for n in config.backends.names() if allowed is None or n in allowed]
         self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_overflows": 0,
                       "disconnects": 0, "handshake_failures": 0}
         self._ctx = zmq.Context()
@@ -515,7 +520,9 @@ class AgentServer:
                     "keeper_pid": str(self.supervisor.keeper.keeper_pid),
                     "cgroups": str(cg.base) if (cg := self.supervisor.keeper.cgroups) else "",
                     "lifecycle": "agents-die-with-server" if self.config.agents_die_with_server else
-                    "keep-agents" if self.config.keep_agents else "default"}
+                    "keep-agents" if self.config.keep_agents else "default",
+                    "backends": ",".join(self._offered), "labels": json.dumps(self.config.labels),
+                    "heartbeat_interval_secs": str(self.config.heartbeat_interval)}
         return HealthCheckResponse(request_id, True, PROTOCOL_VERSION, int(time.monotonic() - self.started),
                                    self.supervisor.active_count(), metadata)
 
@@ -561,9 +568,12 @@ class AgentServer:
             loop.call_at(now + _LOOP_TICK, self._watch_loop, now + _LOOP_TICK)
 
     def _heartbeat_facts(self) -> dict[str, Any]:
+        """What each heartbeat says: the server's load and what it offers (a fleet places spawns by it)."""
         # (holdings.total() also settles the tracked replies of clients that have gone)
         return {"active_agents": self.supervisor.active_count(), "uptime_secs": int(time.monotonic() - self.started),
-                "held_bytes": self.holdings.total()}
+                "held_bytes": self.holdings.total(), "max_agents": self.config.max_agents,
+                "heartbeat_interval_secs": self.config.heartbeat_interval, "backends": self._offered,
+                "labels": self.config.labels, **host_facts()}
 
     def _unexpected(self, msg: Message, envelope: list) -> ErrorResponse:
         return ErrorResponse(getattr(msg, "request_id", ""),

@@ -53,6 +53,7 @@ class ServerConfig:
     agents_die_with_server: bool = False  # the keeper ends every agent when the server goes, even by kill -9
     containment: str = "auto"             # auto, cgroup or process-group (the keeper's, when it starts)
     metrics: str | None = None            # HOST:PORT of the Prometheus endpoint (None: none; see .metrics)
+    labels: dict[str, str] = field(default_factory=dict)  # told in heartbeats (a fleet's placement)
     implementation: str = _impl.IMPLEMENTATION
 
     @property

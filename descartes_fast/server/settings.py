@@ -10,6 +10,7 @@ The config file's ``[server]`` table takes the same names as the flags (with ``_
     server_id = "worker-7"
     max_agents = 100
     metrics = "127.0.0.1:9100"        # Prometheus metrics at http://127.0.0.1:9100/metrics
+    labels = { gpu = "a100", zone = "b" }   # told in heartbeats: a fleet places spawns by them
     curve_secret_key = "keys/worker-7.key_secret"   # relative to this file
     authorized_keys = "keys/clients"
 
@@ -72,6 +73,20 @@ def _endpoint(value: str) -> str:
                          f"tcp://0.0.0.0:5555 or ipc:///run/descartes-fast.sock (transports: "
                          f"{', '.join(_TRANSPORTS)})")
     return value
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _labels(value: str) -> dict[str, str]:
+    """KEY=VALUE[,KEY=VALUE...]: this server's labels (keys and values: letters, digits, ``_.-``)."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or not _LABEL.fullmatch(key.strip()) or not _LABEL.fullmatch(val.strip()):
+            raise ValueError(f"{item!r} is not KEY=VALUE (letters, digits and _.- only, at most 63 each)")
+        labels[key.strip()] = val.strip()
+    return labels
 
 
 def _pub(value: str) -> str | None:
@@ -208,6 +223,9 @@ SETTINGS = (
             "(requests, latency, agents by status, spawns, refusals, drops; port 0: a free one, logged; IPv6 as "
             "[::1]:9100; 'none' for none). Plain HTTP without authentication: bind loopback or a trusted "
             "network", metavar="HOST:PORT"),
+    Setting("labels", _labels, {}, "this server's labels, KEY=VALUE[,KEY=VALUE...] (in the config file: a table, "
+            "labels = { gpu = \"a100\" }); told in its heartbeats and health, where a fleet places spawns that ask "
+            "for them", metavar="LABELS"),
     Setting("loop", str.lower, "uvloop", "event loop: uvloop or asyncio"),
 )
 
@@ -223,7 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option, dest=s.name, action="store_const", const="true",
                                 help=f"{s.help} (env: {s.env}=1)")
             continue
-        shown = {"server_id": "host-pid", "rate_burst": "the rate limit"}.get(s.name, s.default)
+        shown = {"server_id": "host-pid", "rate_burst": "the rate limit", "labels": "none"}.get(s.name, s.default)
         shown = "none" if shown is None else _in_units(shown) if s.metavar == "BYTES" else shown
         parser.add_argument(option, dest=s.name, metavar=s.metavar or s.name.split("_")[-1].upper(),
                             help=f"{s.help} (default: {shown}; env: {s.env})")
@@ -247,6 +265,8 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str, str]:
         unknown = set(data) - {"server", "backends", "policy", "client"}
         if unknown:
             raise SettingsError(f"{path}: unknown table(s): {', '.join(sorted(unknown))}")
+        if isinstance(table.get("labels"), dict):  # (a TOML table: the flag's form)
+            table["labels"] = ",".join(f"{k}={v}" for k, v in table["labels"].items())
         for key in ("curve_secret_key", "authorized_keys"):  # relative to the config file
             if isinstance(table.get(key), str):
                 table[key] = str(Path(path).parent / Path(table[key]).expanduser())
@@ -286,7 +306,7 @@ def resolve(args: argparse.Namespace) -> tuple[ServerConfig, str, str, str]:
                           request_buffer=values["request_buffer"], reply_hwm=values["reply_hwm"],
                           pub_buffer=values["pub_buffer"], keep_agents=values["keep_agents"],
                           agents_die_with_server=values["agents_die_with_server"],
-                          containment=values["containment"], metrics=values["metrics"])
+                          containment=values["containment"], metrics=values["metrics"], labels=values["labels"])
     if values["server_id"]:
         config.server_id = values["server_id"]
     return config, values["log_level"], values["loop"], values["log_format"]
