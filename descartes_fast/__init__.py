@@ -3,11 +3,11 @@
 Wire-compatible with the Rust Descartes ZMQ subsystem. The data flows through the folders in
 this order: :mod:`~descartes_fast.wire` (messages, codec, frames) → :mod:`~descartes_fast.agents`
 (processes and their output) → :mod:`~descartes_fast.server` / :mod:`~descartes_fast.client` →
-:mod:`~descartes_fast.cli`.
+:mod:`~descartes_fast.fleet` → :mod:`~descartes_fast.cli`.
 
-``AsyncClient`` and ``Client`` talk to a server, ``Fleet`` and ``SyncFleet`` to many (:mod:`~descartes_fast.fleet`); :mod:`descartes_fast.codec`,
-:mod:`descartes_fast.schema` and :mod:`descartes_fast.errors` are the codec, the message classes
-and the errors (the same modules as under ``descartes_fast.wire``).
+``AsyncClient`` and ``Client`` talk to a server, ``Fleet`` and ``SyncFleet`` to many;
+:mod:`descartes_fast.codec`, :mod:`descartes_fast.schema` and :mod:`descartes_fast.errors` are
+the codec, the message classes and the errors (the same modules as under ``descartes_fast.wire``).
 """
 
 from __future__ import annotations
