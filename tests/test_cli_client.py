@@ -103,8 +103,9 @@ def test_errors_have_one_line_and_an_exit_code(server) -> None:
     assert proc.returncode == 4 and proc.stderr.decode().strip() == f"descartes-fast: error: Agent not found: {missing}"
     proc = cli(server, "spawn", "anthropic", "x")
     assert proc.returncode == 1 and "Unsupported model backend" in proc.stderr.decode()
-    proc = cli(server, "status", "not-a-uuid")
-    assert proc.returncode == 2 and "not an agent id" in proc.stderr.decode()
+    proc = cli(server, "status", "not-a-uuid")  # (a name, or an id prefix: no agent has it)
+    assert proc.returncode == 4 and "Agent not found: no agent 'not-a-uuid' (by id, id prefix or name)" in \
+        proc.stderr.decode()
     proc = cli(server, "spawn", "sh", "x", "--env", "NOEQUALS")
     assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr.decode()
     proc = cli(None, "health", "--endpoint", "tcp://127.0.0.1:9", "--timeout", "0.5")

@@ -248,6 +248,13 @@ class AgentCgroups:
         peak = (_read(path / "memory.peak") or "").strip()
         return (int(cpu) if cpu else None, int(peak) if peak.isdigit() else None)
 
+    def current(self, agent_id: str) -> tuple[int | None, int | None]:
+        """(CPU time used so far in µs; memory in use now in bytes, memory.current): None where absent."""
+        path = self.path(agent_id)
+        cpu = _keyed(_read(path / "cpu.stat"), "usage_usec")
+        now = (_read(path / "memory.current") or "").strip()
+        return (int(cpu) if cpu else None, int(now) if now.isdigit() else None)
+
     def remove(self, agent_id: str) -> bool:
         """Remove the agent's cgroup once empty; False if it is still populated (or has children) or is absent."""
         try:

@@ -203,6 +203,21 @@ class AgentProcess:
         """The keeper has been told to let go of it."""
         return self._released
 
+    def usage_now(self) -> tuple[float | None, int | None]:
+        """While it runs: (CPU seconds used so far, bytes of memory in use): of its cgroup where it
+        has one, else of its main process (/proc); None where the system does not say."""
+        if self.cgroups is not None:
+            cpu, memory = self.cgroups.current(self.id)
+            if cpu is not None:
+                return cpu / 1e6, memory
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None, None
+
     # -- signals (to its cgroup, or to its process group: the agent runs in its own session) --
 
     def signal_group(self, sig: int) -> None:
@@ -484,6 +499,9 @@ class EndedProcess:
 
     def terminal_size(self) -> tuple[int, int] | None:
         return None
+
+    def usage_now(self) -> tuple[float | None, int | None]:
+        return None, None
 
     def resize(self, rows: int, cols: int) -> None:
         raise StdinClosedError("it has ended")

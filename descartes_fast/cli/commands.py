@@ -11,6 +11,11 @@ line for ``logs`` and ``events``).
 
 Repeating a command is harmless: pausing a paused agent, resuming a running one, stopping or
 killing one that has ended does nothing, says so, and exits 0.
+
+Agents are named by id, a unique id prefix (at least 4 characters) or a unique name. With
+``--fleet FILE`` (or ``DESCARTES_FAST_FLEET``, or ``DESCARTES_FAST_SERVERS``) every command
+works on a fleet of servers (:mod:`.fleet_commands`): an agent is found on whichever server
+runs it, ``list``/``health``/``events``/``batch`` cover them all, ``spawn`` places the agent.
 """
 
 from __future__ import annotations
@@ -50,18 +55,34 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C)"""
 
 COMMANDS = ("spawn", "list", "status", "pause", "resume", "stop", "kill", "send", "say", "resize", "logs", "events",
-            "health", "batch")
+            "health", "batch", "wait", "top")
 
 
 class _Usage(Exception):
     """A bad argument found after parsing (exit 2)."""
 
 
-def _agent_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an agent id (a UUID): {text!r}") from None
+_AGENT = "agent id, id prefix (4+ characters) or name"
+
+
+def _agent_ref(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty agent id or name")
+    return text
+
+
+def resolve(agents: list[AgentInfo], ref: str | uuid.UUID) -> uuid.UUID:
+    """The id of the one agent of *agents* that *ref* names (id, unique prefix or unique name)."""
+    text = str(ref).lower()
+    exact = [a for a in agents if str(a.id) == text]
+    found = exact or [a for a in agents if len(text) >= 4 and str(a.id).startswith(text)] or \
+        [a for a in agents if a.name and a.name == str(ref)]
+    if len(found) == 1:
+        return found[0].id
+    if found:
+        raise _Usage(f"{str(ref)!r} fits {len(found)} agents: "
+                     + ", ".join(f"{a.id} ({a.name or 'no name'})" for a in found[:10]))
+    raise ServerError(f"Agent not found: no agent {str(ref)!r} (by id, id prefix or name)")
 
 
 def add_commands(commands: Any) -> None:
@@ -78,6 +99,9 @@ def add_commands(commands: Any) -> None:
                                                              "DESCARTES_FAST_CLIENT_KEY)")
     common.add_argument("--config", metavar="FILE", help="TOML file with [server] and [client] tables "
                                                          "(env: DESCARTES_FAST_CONFIG)")
+    common.add_argument("--fleet", metavar="FILE", help="work on the fleet of servers this file names (TOML: "
+                                                        "[servers.NAME] tables; env: DESCARTES_FAST_FLEET, or "
+                                                        "DESCARTES_FAST_SERVERS=tcp://a:5555,tcp://b:5555)")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")
     common.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
 
@@ -110,14 +134,18 @@ def add_commands(commands: Any) -> None:
                                             "backend's, else 24)")
     p.add_argument("--cols", type=int, help="a backend with stdin = \"pty\": its terminal's columns (default: "
                                             "the backend's, else 80)")
+    p.add_argument("--server", metavar="NAME", help="with a fleet: spawn on this server (default: the placement "
+                                                    "policy's choice, the least loaded that fits)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="with a fleet: only on a server with this label (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="print the agent id only (for scripts)")
     p = sub("resize", "set the terminal size of an agent that runs under one (a backend with stdin = \"pty\"); "
                       "the program gets SIGWINCH")
-    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("agent", type=_agent_ref, help=_AGENT)
     p.add_argument("rows", type=int, help="rows (1-65535)")
     p.add_argument("cols", type=int, help="columns (1-65535)")
     p = sub("say", "send a session agent (claude-session, codex-session, gemini-session) its next turn")
-    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("agent", type=_agent_ref, help=_AGENT)
     p.add_argument("text", nargs="?", help="the turn's text (default: read this command's stdin, unless --end)")
     p.add_argument("--end", action="store_true", help="end the session once its turns are done (it ends "
                                                       "completed)")
@@ -126,28 +154,31 @@ def add_commands(commands: Any) -> None:
                    help=f"only agents with this status ({', '.join(s.value for s in AgentStatus)})")
     p.add_argument("--limit", type=int, help="at most this many")
     for name, text in (("status", "show an agent's status"), ("resume", "resume a paused agent")):
-        sub(name, text).add_argument("agent", type=_agent_id, help="agent id")
+        sub(name, text).add_argument("agent", type=_agent_ref, help=_AGENT)
     for name, text in (("stop", "stop an agent (SIGTERM to its process group, SIGKILL after the grace); "
                                 "of an agent that has ended, what it left running in its group"),
                        ("kill", "kill an agent's process group (SIGKILL); of an agent that has ended, what it "
                                 "left running in its group")):
         p = sub(name, text)
-        p.add_argument("agent", type=_agent_id, help="agent id")
+        p.add_argument("agent", type=_agent_ref, help=_AGENT)
         p.add_argument("--wait", action="store_true", help="return once every process of the agent is gone, "
                                                            "and say how it ended")
         p.add_argument("--wait-timeout", type=float, default=60.0, metavar="SECS",
                        help="with --wait: give up (exit 1) after this long (default: 60)")
     p = sub("pause", "pause an agent (cooperatively where its backend can, else SIGSTOP)")
-    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("agent", type=_agent_ref, help=_AGENT)
     p.add_argument("--force", action="store_true", help="always SIGSTOP")
     p = sub("send", "write to an agent's stdin")
-    p.add_argument("agent", type=_agent_id, help="agent id")
+    p.add_argument("agent", type=_agent_ref, help=_AGENT)
     p.add_argument("text", nargs="?", help="what to write (default: read this command's stdin)")
     p.add_argument("--newline", action="store_true", help="append a newline to TEXT")
     p.add_argument("--eof", action="store_true", help="close the agent's stdin afterwards")
     p = sub("logs", "print an agent's stored output, exactly as it wrote it; --follow then prints what comes "
-                    "next until the agent ends (every chunk once)")
-    p.add_argument("agent", type=_agent_id, help="agent id")
+                    "next until the agent ends (every chunk once); --follow --all follows every agent")
+    p.add_argument("agent", type=_agent_ref, nargs="?", help=_AGENT)
+    p.add_argument("--all", action="store_true", help="with --follow: every agent that runs now or starts later "
+                                                      "(of every server of a fleet), each line prefixed with "
+                                                      "[server/agent]; until Ctrl-C")
     p.add_argument("--stream", choices=[s.value for s in ZmqOutputStream], default=ZmqOutputStream.BOTH.value,
                    metavar="STREAM", help="stdout, stderr or both (default; in the order they were written)")
     p.add_argument("--follow", "-f", action="store_true", help="then print new output until the agent ends")
@@ -155,15 +186,24 @@ def add_commands(commands: Any) -> None:
                    help="with --follow, where to start: start (the first stored byte; default), now, line:N or "
                         "sequence:N")
     p = sub("events", "print status updates as they happen (Ctrl-C to stop)")
-    p.add_argument("agent", type=_agent_id, nargs="?", help="only this agent's (default: all, heartbeats included)")
+    p.add_argument("agent", type=_agent_ref, nargs="?", help="only this agent's (default: all, heartbeats included)")
     p.add_argument("--count", type=int, help="stop after this many")
     sub("health", "check that the server answers, and show what it reports")
     p = sub("batch", "run one control command on several agents")
     p.add_argument("operation", choices=[c.value for c in ControlCommandType], metavar="COMMAND",
                    help=f"one of {', '.join(c.value for c in ControlCommandType)}")
-    p.add_argument("agents", type=_agent_id, nargs="+", metavar="AGENT", help="agent ids")
+    p.add_argument("agents", type=_agent_ref, nargs="+", metavar="AGENT", help="agent ids, prefixes or names")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     p.add_argument("--force", action="store_true", help="with pause: always SIGSTOP")
+    p = sub("wait", "block until the agents have ended; exit 0 if every one completed, 1 if any did not "
+                    "(failed or terminated), and say how each ended")
+    p.add_argument("agents", type=_agent_ref, nargs="+", metavar="AGENT", help="agent ids, prefixes or names")
+    p.add_argument("--wait-timeout", type=float, metavar="SECS", help="give up (exit 1) after this long "
+                                                                       "(default: wait as long as it takes)")
+    p = sub("top", "a live view of every server and agent (of the fleet, or of the one server): status, age, "
+                   "CPU, memory, output rate, server load; q or Ctrl-C to quit")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECS", help="refresh every SECS (default 1)")
+    p.add_argument("--once", action="store_true", help="print one view and exit (no terminal needed)")
 
 
 def connection(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,29 +237,81 @@ def connection(args: argparse.Namespace) -> dict[str, Any]:
     return {"endpoint": local(endpoint), "pub_endpoint": local(pub) if pub else None, **keys}
 
 
+#: commands that work on many agents at once: on one server, they run as on a fleet of one
+FLEET_WIDE = ("top", "wait")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one client command; returns the exit status (see EXIT_CODES)."""
     try:
         where = connection(args)
-        client = Client(ZmqRunnerConfig(**where, request_timeout_secs=args.timeout,
-                                        connection_timeout_secs=args.timeout, enable_heartbeat=False,
-                                        auto_reconnect=False))
-    except (_Usage, SecurityError) as exc:
+        fleet = fleet_of(args)
+        config = ZmqRunnerConfig(**where, request_timeout_secs=args.timeout, connection_timeout_secs=args.timeout,
+                                 enable_heartbeat=False, auto_reconnect=False)
+        if fleet is not None or args.command in FLEET_WIDE or getattr(args, "all", False):
+            from descartes_fast.cli.fleet_commands import run_fleet
+            return run_fleet(args, fleet, config)
+        if getattr(args, "server", None) or getattr(args, "label", None):
+            raise _Usage("--server and --label place a spawn in a fleet: give --fleet FILE")
+        client = Client(config)
+    except (_Usage, SecurityError, ValueError) as exc:  # (FleetFileError is a ValueError)
         return _fail(exc, 2)
-    endpoint = where["endpoint"]
-    try:
+
+    def command() -> int:
         client.connect()
+        _resolve_refs(client, args)
         return _HANDLERS[args.command](client, args)
+    try:
+        return guarded(command, where["endpoint"], bool(where["server_key"]))
+    finally:
+        client.close()
+
+
+def guarded(command: Callable[[], int], endpoint: str, curve: bool) -> int:
+    """Run *command*; its errors as messages and exit statuses (see EXIT_CODES)."""
+    try:
+        return command()
     except RequestTimeoutError as exc:
-        hint = ("a CURVE server does not answer a client whose key is not in its allowlist" if where["server_key"]
+        hint = ("a CURVE server does not answer a client whose key is not in its allowlist" if curve
                 else "if the server uses CURVE, give --server-key and --client-key")
         return _fail(f"the server at {endpoint} did not answer: {exc} ({hint})", 3)
     except ServerError as exc:
         return _fail(exc, 4 if str(exc).startswith("Agent not found") else 1)
     except (ClientError, _Usage) as exc:
         return _fail(exc, 2 if isinstance(exc, _Usage) else 1)
-    finally:
-        client.close()
+
+
+def fleet_of(args: argparse.Namespace) -> Any:
+    """The FleetSpec that --fleet, DESCARTES_FAST_FLEET or DESCARTES_FAST_SERVERS names; None for one server."""
+    path = args.fleet or os.environ.get("DESCARTES_FAST_FLEET")
+    if args.fleet and args.endpoint:
+        raise _Usage("--fleet and --endpoint: give one (a fleet, or one server)")
+    if path or (not args.endpoint and os.environ.get("DESCARTES_FAST_SERVERS")):
+        from descartes_fast.fleet import servers
+        return servers.load(path) if path else servers.from_env(os.environ["DESCARTES_FAST_SERVERS"])
+    return None
+
+
+def _resolve_refs(client: Client, args: argparse.Namespace) -> None:
+    """Agent names and id prefixes in *args* become ids (full ids need no request)."""
+    refs = [args.agent] if getattr(args, "agent", None) is not None else list(getattr(args, "agents", None) or [])
+    if not refs:
+        return
+    ids: list[uuid.UUID] = []
+    listed: list[AgentInfo] | None = None
+    for ref in refs:
+        try:
+            ids.append(uuid.UUID(ref))
+            continue
+        except ValueError:
+            pass
+        if listed is None:
+            listed = client.list_remote_agents()
+        ids.append(resolve(listed, ref))
+    if getattr(args, "agent", None) is not None:
+        args.agent = ids[0]
+    else:
+        args.agents = ids
 
 
 def _fail(error: object, code: int) -> int:
@@ -243,23 +335,37 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
-def _spawn(client: Client, args: argparse.Namespace) -> int:
-    env = {}
-    for item in args.env:
+def pairs(items: list[str], option: str) -> dict[str, str]:
+    """KEY=VALUE items of a repeatable option."""
+    out = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _Usage(f"--env wants KEY=VALUE, not {item!r}")
-        env[key] = value
-    info = client.spawn_remote(AgentConfig(name=args.name, model_backend=args.backend, task=args.task,
-                                           context=args.context, system_prompt=args.system_prompt,
-                                           environment=env, model=args.model, tool_level=args.tool_level),
-                                args.time_limit, _spawn_metadata(args))
+            raise _Usage(f"{option} wants KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out
+
+
+def spawn_config(args: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(name=args.name, model_backend=args.backend, task=args.task, context=args.context,
+                       system_prompt=args.system_prompt, environment=pairs(args.env, "--env"), model=args.model,
+                       tool_level=args.tool_level)
+
+
+def spawned(args: argparse.Namespace, info: AgentInfo, server: str | None = None) -> int:
     if args.quiet and not args.json:
         return _emit(args, None, str(info.id))
-    return _emit(args, _info(info), f"{info.id}  {info.status}  {info.model_backend}  {info.task}")
+    where = f"  on {server}" if server else ""
+    return _emit(args, {**_info(info), **({"server": server} if server else {})},
+                 f"{info.id}  {info.status}  {info.model_backend}  {info.task}{where}")
 
 
-def _spawn_metadata(args: argparse.Namespace) -> dict[str, str]:
+def _spawn(client: Client, args: argparse.Namespace) -> int:
+    info = client.spawn_remote(spawn_config(args), args.time_limit, spawn_metadata(args))
+    return spawned(args, info)
+
+
+def spawn_metadata(args: argparse.Namespace) -> dict[str, str]:
     given = {"resume": args.resume, "restart": args.restart, "max_restarts": args.max_restarts,
              "restart_backoff": args.restart_backoff, "rows": args.rows, "cols": args.cols}
     return {k: str(v) for k, v in given.items() if v is not None}

@@ -141,6 +141,7 @@ class _Member:
     placed: int = 0
     task: asyncio.Task[None] | None = None
     answered: asyncio.Event = field(default_factory=asyncio.Event)  # it answered, or failed to, once
+    heard: asyncio.Event = field(default_factory=asyncio.Event)  # a heartbeat of it has come
 
     @property
     def name(self) -> str:
@@ -215,6 +216,13 @@ class Fleet:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(m.answered.wait() for m in self._members.values())), wait)
 
+    async def heard(self, timeout: float) -> None:
+        """Wait (up to *timeout*) until a heartbeat of every reachable server has come: its load and
+        memory are known."""
+        waits = [m.heard.wait() for m in self._members.values() if m.state == ServerState.UP]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+
     def add(self, spec: ServerSpec) -> None:
         """Add a server at run time (it is reached in the background)."""
         if spec.name in self._members:
@@ -254,6 +262,13 @@ class Fleet:
                 await member.task
         await member.client.disconnect()
 
+    def spec_of(self, name: str) -> ServerSpec:
+        """How the server *name* is reached (its endpoints and key)."""
+        member = self._members.get(name)
+        if member is None:
+            raise FleetError(f"the fleet has no server named {name!r}")
+        return member.spec
+
     def servers(self) -> list[ServerView]:
         now = time.monotonic()
         return [ServerView(m.name, m.spec.endpoint, m.state, dict(m.facts), m.labels, len(m.agents),
@@ -285,6 +300,7 @@ class Fleet:
                 member.facts = dict(update.data) if isinstance(update.data, dict) else {}
                 member.placed = 0
                 member.last_seen = time.monotonic()
+                member.heard.set()
                 if member.state != ServerState.UP:
                     log.info("server %s is back", member.name)
                     with contextlib.suppress(ClientError):
@@ -366,6 +382,13 @@ class Fleet:
                              return_exceptions=True)
         out = [FleetAgent(info, m.name, m.state == ServerState.UP) for m in members for info in m.agents.values()
                if status is None or info.status == status]
+        return sorted(out, key=lambda a: (a.info.started_at, str(a.id)))
+
+    def known(self) -> list[FleetAgent]:
+        """The agents as the fleet knows them now, with no request: from the servers' last lists
+        and the status updates since. Sorted by start time."""
+        out = [FleetAgent(info, m.name, m.state == ServerState.UP) for m in self._members.values()
+               for info in m.agents.values()]
         return sorted(out, key=lambda a: (a.info.started_at, str(a.id)))
 
     async def locate(self, ref: str | uuid.UUID) -> tuple[AsyncClient, uuid.UUID, str]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from descartes_fast.client.config import ZmqRunnerConfig
-from descartes_fast.fleet.fleet import Fleet, FleetAgent, ServerView
+from descartes_fast.fleet.fleet import Fleet, FleetAgent, FleetChunk, FleetEvent, ServerView
 from descartes_fast.fleet.servers import FleetSpec, ServerSpec
 from descartes_fast.wire.schema import (
     AgentConfig,
@@ -83,6 +83,36 @@ class SyncFleet:
     def batch(self, refs: Iterable[str | uuid.UUID], command: ControlCommandType, payload: Any = None,
               fail_fast: bool = False) -> list[tuple[str, BatchAgentResult]]:
         return self.run(self.fleet.batch(list(refs), command, payload, fail_fast))
+
+    def locate(self, ref: str | uuid.UUID) -> tuple[uuid.UUID, str]:
+        """(agent id, server name) of the agent *ref* names (id, unique prefix or unique name)."""
+        _client, agent_id, server = self.run(self.fleet.locate(ref))
+        return agent_id, server
+
+    def events(self) -> Iterator[FleetEvent]:
+        return self._iterate(self.fleet.events())
+
+    def follow(self, refs: Iterable[str | uuid.UUID] | None = None, *, from_now: bool = False) -> Iterator[FleetChunk]:
+        return self._iterate(self.fleet.follow(None if refs is None else list(refs), from_now=from_now))
+
+    def _iterate(self, items: AsyncIterator[_T]) -> Iterator[_T]:
+        """An async iterator of the fleet's loop as a plain one (closed when left)."""
+        async def step() -> tuple[bool, _T | None]:
+            try:
+                return True, await items.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        try:
+            while True:
+                more, item = self.run(step())
+                if not more:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None and self._loop.is_running():
+                self.run(close())
 
     def wait(self, refs: Iterable[str | uuid.UUID], timeout: float | None = None) -> dict[str, dict[str, Any]]:
         return self.run(self.fleet.wait(list(refs), timeout))

@@ -126,8 +126,12 @@ class Controller:
     def _get_status(self, agent: Agent, args: dict, payload: Any) -> Any:
         """Rust's ``status``, and (ours) how and when the agent's processes ended."""
         size = agent.process.terminal_size()
-        terminal = {"terminal": {"rows": size[0], "cols": size[1]}} if size is not None else {}
-        return {"status": _DEBUG[agent.status], **agent.ending(), **terminal}
+        extra: dict[str, Any] = {"terminal": {"rows": size[0], "cols": size[1]}} if size is not None else {}
+        if agent.running:  # what it uses now (what `top` shows)
+            cpu, memory = agent.process.usage_now()
+            extra["usage"] = {"cpu_secs": round(cpu, 3) if cpu is not None else None, "memory_bytes": memory}
+        extra["output_bytes"] = sum(agent.facts(s).end_offset for s in LogStreamType)
+        return {"status": _DEBUG[agent.status], **agent.ending(), **extra}
 
     def _write_stdin(self, agent: Agent, args: dict, payload: Any) -> Any:
         raw = args.get("data")
