@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +241,52 @@ def test_a_dns_name_that_resolves_to_several_addresses(tmp_path, main_implementa
     found = resolve_dns(DnsSpec("localhost", 7000))
     assert found and all(s.endpoint.endswith(":7000") and s.pub_endpoint.endswith(":7001") for s in found)
     assert resolve_dns(DnsSpec("no-such-name.invalid", 7000)) == []
+
+
+def cli(fleet_file: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-m", "descartes_fast", *args, "--fleet", str(fleet_file)],
+                          capture_output=True, timeout=timeout, text=True)
+
+
+def test_the_cli_across_a_fleet(pair, tmp_path) -> None:
+    a, b = pair
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_text(f'[servers.a]\nendpoint = "{a.bind}"\npub_endpoint = "{a.pub}"\n\n'
+                          f'[servers.b]\nendpoint = "{b.bind}"\npub_endpoint = "{b.pub}"\n')
+    follow = subprocess.Popen([sys.executable, "-P", "-m", "descartes_fast", "logs", "--follow", "--all", "--fleet",
+                               str(fleet_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # (subscribed)
+        ids = {}
+        for name, task, where in (("one", "echo one-1; echo one-2", "a"), ("two", "echo two-1; exit 3", "b")):
+            proc = cli(fleet_file, "spawn", "sh", task, "--name", name, "--server", where, "--json")
+            assert proc.returncode == 0, proc.stderr
+            ids[name] = json.loads(proc.stdout)["id"]
+            assert json.loads(proc.stdout)["server"] == where
+        proc = cli(fleet_file, "spawn", "sh", "sleep 30", "--name", "gpu", "--label", "gpu=a100", "--json")
+        assert json.loads(proc.stdout)["server"] == "a"
+        proc = cli(fleet_file, "wait", "one")
+        assert proc.returncode == 0 and "completed  exit 0" in proc.stdout, proc.stdout + proc.stderr
+        proc = cli(fleet_file, "wait", "one", ids["two"][:8])
+        assert proc.returncode == 1 and "failed  exit 3" in proc.stdout, proc.stdout + proc.stderr
+        listed = json.loads(cli(fleet_file, "list", "--json").stdout)
+        assert {(x["name"], x["server"]) for x in listed} == {("one", "a"), ("two", "b"), ("gpu", "a")}
+        proc = cli(fleet_file, "status", "gpu", "--json")
+        assert json.loads(proc.stdout)["status"] == "running"
+        proc = cli(fleet_file, "batch", "stop", "gpu", "one")
+        assert proc.returncode == 0 and "2 ok, 0 failed" in proc.stdout, proc.stdout
+        health = json.loads(cli(fleet_file, "health", "--json").stdout)
+        assert [h["state"] for h in health] == ["up", "up"] and health[0]["labels"]["gpu"] == "a100"
+        top = cli(fleet_file, "top", "--once")
+        assert top.returncode == 0 and "servers" in top.stdout and "gpu" in top.stdout, top.stdout + top.stderr
+        assert cli(fleet_file, "status", "nosuch").returncode == 4
+        proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "list", "--fleet", str(fleet_file),
+                               "--endpoint", a.bind], capture_output=True, text=True)
+        assert proc.returncode == 2 and "give one" in proc.stderr
+        time.sleep(1)
+    finally:
+        follow.terminate()
+        out, _ = follow.communicate(10)
+    lines = out.splitlines()
+    assert "[a/one] one-1" in lines and "[a/one] one-2" in lines and "[b/two] two-1" in lines, out
+    assert len([x for x in lines if x.startswith("[a/one]")]) == 2  # every line once
