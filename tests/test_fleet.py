@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.server import Server
+from support.server import Server, server_env
 
 from descartes_fast.client.config import ZmqRunnerConfig
 from descartes_fast.fleet import (
@@ -235,12 +235,41 @@ def test_fleet_files_and_the_environment(tmp_path) -> None:
         from_env("10.0.0.1")
 
 
-def test_a_dns_name_that_resolves_to_several_addresses(tmp_path, main_implementation) -> None:
-    """localhost resolves here; the spec's resolution gives one server per address."""
+def test_a_fleet_named_by_a_dns_name(tmp_path, main_implementation) -> None:
+    """Every address the name resolves to is a server (localhost here: a real server on it)."""
     from descartes_fast.fleet.servers import DnsSpec, resolve_dns
-    found = resolve_dns(DnsSpec("localhost", 7000))
-    assert found and all(s.endpoint.endswith(":7000") and s.pub_endpoint.endswith(":7001") for s in found)
-    assert resolve_dns(DnsSpec("no-such-name.invalid", 7000)) == []
+    port = free_port()
+    (tmp_path / "d").mkdir()
+    server = Server(tmp_path / "d", main_implementation, bind=f"tcp://127.0.0.1:{port}",
+                    pub=f"tcp://127.0.0.1:{port + 1}")
+    try:
+        found = resolve_dns(DnsSpec("localhost", port))
+        assert found and all(s.endpoint.endswith(f":{port}") and s.pub_endpoint.endswith(f":{port + 1}")
+                             for s in found)
+        assert resolve_dns(DnsSpec("no-such-name.invalid", port)) == []
+        proc = subprocess.run([sys.executable, "-P", "-m", "descartes_fast", "spawn", "sh", "echo dns", "--json"],
+                              env={**server_env(main_implementation),
+                                   "DESCARTES_FAST_SERVERS": f"dns://localhost:{port}"},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["server"] == f"127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+def free_port() -> int:
+    """A port with the next one free too (a server's request and event ports)."""
+    import socket
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two free ports in a row")
 
 
 def cli(fleet_file: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:

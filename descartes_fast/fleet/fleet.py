@@ -33,7 +33,7 @@ from descartes_fast.client.async_client import AsyncClient
 from descartes_fast.client.config import ZmqRunnerConfig
 from descartes_fast.client.errors import ClientError, RequestTimeoutError, ServerError
 from descartes_fast.fleet import placement
-from descartes_fast.fleet.servers import FleetSpec, ServerSpec, from_env, load, resolve_dns
+from descartes_fast.fleet.servers import DnsSpec, FleetSpec, ServerSpec, from_env, load, resolve_dns
 from descartes_fast.wire.schema import (
     AgentConfig,
     AgentInfo,
@@ -209,7 +209,7 @@ class Fleet:
         for server in self.spec.servers:
             self.add(server)
         for name in self.spec.dns:
-            self._resolve(name)
+            await self._resolve(name)
         loop = asyncio.get_running_loop()
         self._watch = loop.create_task(self._watchdog())
         wait = timeout if timeout is not None else self.config.connection_timeout_secs
@@ -351,11 +351,12 @@ class Fleet:
             if self.spec.dns and now - resolved > self.dns_refresh_secs:
                 resolved = now
                 for name in self.spec.dns:
-                    self._resolve(name)
+                    await self._resolve(name)
 
-    def _resolve(self, dns: Any) -> None:
-        """Add the servers *dns*'s name resolves to now, and remove those it no longer does."""
-        found = {s.name: s for s in resolve_dns(dns)}
+    async def _resolve(self, dns: DnsSpec) -> None:
+        """Add the servers *dns*'s name resolves to now, and remove those it no longer does (the
+        lookup runs in a thread: the loop goes on meanwhile)."""
+        found = {s.name: s for s in await asyncio.to_thread(resolve_dns, dns)}
         before = self._dns_names.get(dns.name, set())
         for name in set(found) - before:
             if name not in self._members:

@@ -68,17 +68,18 @@ class Server:
 
     def __init__(self, tmp_path: Path, implementation: str, *flags: str, policy: str = "allow_extra_args = true",
                  log_level: str = "WARNING", curve: tuple[bytes, bytes, bytes] | None = None,
-                 config_tables: str = "") -> None:
+                 config_tables: str = "", bind: str | None = None, pub: str | None = None) -> None:
         """*curve*: (server public, client public, client secret) for every socket made here;
-        *config_tables*: TOML tables added to the config file."""
+        *config_tables*: TOML tables added to the config file; *bind*, *pub*: endpoints (default:
+        ipc:// in *tmp_path*)."""
         self.curve = curve
         self.implementation = implementation
         config = tmp_path / "server.toml"
         config.write_text(CONFIG.replace("allow_extra_args = true", policy) + "\n" + config_tables)
-        self.bind = f"ipc://{tmp_path}/req"
+        self.bind = bind or f"ipc://{tmp_path}/req"
         self.state_dir = tmp_path / "state"
         self.log_path = tmp_path / "server.log"
-        self.pub = f"ipc://{tmp_path}/pub"
+        self.pub = pub or f"ipc://{tmp_path}/pub"
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "descartes_fast", "serve", "--config", str(config), "--bind", self.bind,
              "--pub", self.pub, "--server-id", "test-server", "--log-level", log_level,
