@@ -90,8 +90,10 @@ def test_every_request_type(server) -> None:
     assert set(query.data) == {"stdout", "stdout_lines", "stderr", "stderr_lines", "output"}
     state = server.control(agent, C.GET_STATUS).data
     assert state == {"status": "Running", "pid": state["pid"], "exit_code": None, "signal": None, "ended_at": None,
-                     "processes_left": None, "reason": None, "cpu_secs": None, "max_rss_kib": None, "restarts": 0} \
-        and state["pid"] > 1
+                     "processes_left": None, "reason": None, "cpu_secs": None, "max_rss_kib": None, "restarts": 0,
+                     "output_bytes": 6 + 34 + 35} and state["pid"] > 1
+    usage = server.control(agent, C.GET_STATUS, {"usage": True}).data["usage"]  # read only when asked
+    assert set(usage) == {"cpu_secs", "memory_bytes"} and usage["cpu_secs"] >= 0
 
     listed = server.call(ListAgentsRequest("l"))
     assert isinstance(listed, ListAgentsResponse) and {a.id for a in listed.agents} == {agent, other}

@@ -36,7 +36,7 @@ async def _snapshot(fleet: Fleet) -> tuple[list[Any], list[tuple[FleetAgent, dic
             return {}
         try:
             client, agent_id = await fleet.client_of(agent.id)
-            return await asyncio.wait_for(client.agent_state(agent_id), 2.0)
+            return await asyncio.wait_for(client.agent_state(agent_id, usage=True), 2.0)
         except (TimeoutError, ClientError):
             return {}
     states = await asyncio.gather(*(state(a) for a in shown))

@@ -339,13 +339,14 @@ class AsyncClient:
         result = reply.data.get("result") if isinstance(reply.data, dict) else None
         return dict(result) if isinstance(result, dict) else {"rows": rows, "cols": cols}
 
-    async def agent_state(self, agent_id: uuid.UUID) -> dict[str, Any]:
+    async def agent_state(self, agent_id: uuid.UUID, usage: bool = False) -> dict[str, Any]:
         """What ``get_status`` answers: ``status`` (Rust's capitalised name) and, from a
         descartes_fast server, ``pid``, ``exit_code``, ``signal``, ``ended_at`` (ns) and
         ``processes_left`` (what is still running of the agent once it has ended), ``reason`` (of its
         last transition), ``cpu_secs`` and ``max_rss_kib`` (once ended), ``terminal`` (rows and
-        cols, if it runs under one), and a session's totals."""
-        reply = await self._command(agent_id, _C.GET_STATUS)
+        cols, if it runs under one), ``output_bytes``, a session's totals and, with *usage*, while
+        it runs: ``usage`` (its CPU seconds and memory bytes now)."""
+        reply = await self._command(agent_id, _C.GET_STATUS, {"usage": True} if usage else None)
         return dict(reply.data) if isinstance(reply.data, dict) else {}
 
     async def pause_agent(self, agent_id: uuid.UUID, force: bool = False) -> str:

@@ -132,9 +132,9 @@ class Client:
     def get_agent_status(self, agent_id: uuid.UUID) -> AgentStatus:
         return self._run(self._async.get_agent_status(agent_id))
 
-    def agent_state(self, agent_id: uuid.UUID) -> dict[str, Any]:
+    def agent_state(self, agent_id: uuid.UUID, usage: bool = False) -> dict[str, Any]:
         """What ``get_status`` answers (see :meth:`AsyncClient.agent_state`)."""
-        return self._run(self._async.agent_state(agent_id))
+        return self._run(self._async.agent_state(agent_id, usage))
 
     def pause_agent(self, agent_id: uuid.UUID, force: bool = False) -> str:
         """Pause; returns the mode the server used (``"cooperative"`` or ``"forced"``)."""

@@ -124,10 +124,11 @@ class Controller:
         return None if self.sup.kill(agent.id) else {"already": agent.status.value}
 
     def _get_status(self, agent: Agent, args: dict, payload: Any) -> Any:
-        """Rust's ``status``, and (ours) how and when the agent's processes ended."""
+        """Rust's ``status``, and (ours) how and when the agent's processes ended; with payload
+        ``{"usage": true}``, what it uses now (read from the kernel: asked for by ``top`` only)."""
         size = agent.process.terminal_size()
         extra: dict[str, Any] = {"terminal": {"rows": size[0], "cols": size[1]}} if size is not None else {}
-        if agent.running:  # what it uses now (what `top` shows)
+        if agent.running and args.get("usage") is True:
             cpu, memory = agent.process.usage_now()
             extra["usage"] = {"cpu_secs": round(cpu, 3) if cpu is not None else None, "memory_bytes": memory}
         extra["output_bytes"] = sum(agent.facts(s).end_offset for s in LogStreamType)
