@@ -17,6 +17,7 @@ TWINS: Final = {
     "frames": ("descartes_fast.wire._frames_py", "descartes_fast.wire._frames_c"),
     "dispatch": ("descartes_fast.wire._dispatch_py", "descartes_fast.wire._dispatch_c"),
     "lineindex": ("descartes_fast.agents._lineindex_py", "descartes_fast.agents._lineindex_c"),
+    "sessionscan": ("descartes_fast.agents._sessionscan_py", "descartes_fast.agents._sessionscan_c"),
 }
 #: the names each twin of an area provides (a parity test checks both)
 API: Final = {
@@ -25,6 +26,7 @@ API: Final = {
                "status_topic", "HEARTBEAT_TOPIC"),
     "dispatch": ("Dispatcher", "Requester", "LIBZMQ_DIRECT", "DIRECT_REASON"),
     "lineindex": ("scan", "line_ends", "split_lines", "find_record", "RECORD_FIELDS"),
+    "sessionscan": ("scan",),
 }
 
 _ON: Final = frozenset({"1", "true", "yes", "on"})

@@ -8,9 +8,9 @@ running totals (in ``get_status`` and the records). The output itself is never c
 only reads it. A line that is not JSON, or of a type the dialect does not know, is counted
 (``unparsed_lines``) and otherwise ignored.
 
-Cost: these CLIs write ``{"type":"<event>"`` first on every line, so a chunk's event types
-come from one regular-expression scan; only the few lines that matter (a session's start, a
-turn's end, a tool call) are decoded. A line written otherwise is decoded to be sure.
+Cost: these CLIs write ``{"type":"<event>"`` first on every line, so one scan of a chunk
+(:mod:`.sessionscan`, compiled) finds the few lines that matter (a session's start, a turn's
+end, a tool call), and only those are decoded. A line written otherwise is decoded to be sure.
 
 Token counts are normalised: ``input_tokens`` counts every input token of a turn, cached or
 not, and ``cached_input_tokens`` the part of them read from the provider's cache (OpenAI's
@@ -19,15 +19,15 @@ meaning; claude reports the parts separately and they are added up).
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
+from descartes_fast.agents.sessionscan import TYPE_FIRST, heads, scan
+
 __all__ = ["DIALECTS", "Dialect", "Session", "SessionEvent"]
 
-_TYPE_AFTER_NEWLINE: Final = re.compile(rb'\n\{"type":"([^"\\]{1,64})"')
-_TYPE_FIRST: Final = re.compile(rb'\{"type":"([^"\\]{1,64})"')
 _TOOL_INPUT_MAX: Final = 1024  # a tool call's input is in its event's data if its JSON is at most this long
 
 
@@ -64,35 +64,11 @@ class Session:
 
     def feed(self, data: bytes) -> list[SessionEvent]:
         """The events in *data*, whole lines as stored (the last one may lack its newline)."""
-        lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-        types = _TYPE_AFTER_NEWLINE.findall(data)
-        first = _TYPE_FIRST.match(data)
-        if first is not None:
-            types.append(first.group(1))
-        dialect = self.dialect
-        kinds = set(types)
-        if len(types) != lines or not kinds <= dialect.known:
+        starts = scan(data, *self.dialect.scan_table)  # where the lines worth decoding start
+        if starts is None:
             return self._lines(data)  # a line of another shape or type: look at each one
-        starts = set()  # where the lines worth decoding start
-        for kind in kinds & dialect.wanted:
-            if data.startswith(b'{"type":"' + kind + b'"'):
-                starts.add(0)
-            needle = b'\n{"type":"' + kind + b'"'
-            at = data.find(needle)
-            while at >= 0:
-                starts.add(at + 1)
-                at = data.find(needle, at + 1)
-        for marker in dialect.markers:
-            at = data.find(marker)
-            while at >= 0:
-                start = data.rfind(b"\n", 0, at) + 1
-                starts.add(start)
-                end = data.find(b"\n", at)
-                if end < 0:
-                    break
-                at = data.find(marker, end)
         events: list[SessionEvent] = []
-        for start in sorted(starts):
+        for start in starts:
             end = data.find(b"\n", start)
             events.extend(self._decode(data[start:end if end >= 0 else len(data)]))
         return events
@@ -103,7 +79,7 @@ class Session:
         for line in data.split(b"\n"):
             if not line.strip():
                 continue
-            got = _TYPE_FIRST.match(line)
+            got = TYPE_FIRST.match(line)
             if got is not None and got.group(1) in dialect.known and got.group(1) not in dialect.wanted \
                     and not any(m in line for m in dialect.markers):
                 continue
@@ -113,7 +89,7 @@ class Session:
     def _decode(self, line: bytes) -> list[SessionEvent]:
         """The events of one line (none, and counted, if it is not one of the dialect's)."""
         try:
-            event = json.loads(line)
+            event = _loads(line)
         except ValueError:  # (UnicodeDecodeError is one)
             self.unparsed_lines += 1
             return []
@@ -227,6 +203,21 @@ class Session:
         return self._usage(*(n - b for n, b in zip(now, before)))
 
 
+_JSON: Final = json.JSONDecoder()  # what json.loads runs
+
+
+def _loads(line: bytes) -> Any:
+    """``json.loads(line)``, with less around it for a line that starts with ``{"`` (which
+    json.loads reads as UTF-8)."""
+    if not line.startswith(b'{"'):
+        return json.loads(line)
+    text = line.decode("utf-8", "surrogatepass")
+    value, end = _JSON.raw_decode(text)
+    if end < len(text) and text[end:].strip(" \t\n\r"):
+        raise ValueError("not JSON: more after the value")
+    return value
+
+
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
@@ -242,6 +233,11 @@ class Dialect:
 
     def handle(self, session: Session, kind: str, event: dict[str, Any]) -> list[SessionEvent]:
         raise NotImplementedError
+
+    @functools.cached_property
+    def scan_table(self) -> tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...]]:
+        """*known*, *wanted* and *markers* as :func:`.sessionscan.scan` takes them (built once)."""
+        return heads(self.known), heads(self.wanted), tuple(self.markers)
 
 
 class Claude(Dialect):
