@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from descartes_fast.client.async_client import AsyncClient
 from descartes_fast.client.config import ZmqRunnerConfig
@@ -56,6 +56,8 @@ NIL = uuid.UUID(int=0)
 MISSED_HEARTBEATS = 3
 #: seconds between attempts to reach a server that did not answer at all yet
 _RETRY_SECS = 2.0
+#: seconds an update of an agent the fleet does not know waits for others before the list is read
+_REFRESH_DELAY = 0.1
 
 
 class FleetError(ClientError):
@@ -93,8 +95,7 @@ class ServerView:
     seen_secs_ago: float | None       # since its last heartbeat (None: none yet)
 
 
-@dataclass(frozen=True)
-class FleetAgent:
+class FleetAgent(NamedTuple):
     """An agent and the server that runs it (``reachable`` False: shown from what it said last)."""
 
     info: AgentInfo
@@ -142,6 +143,16 @@ class _Member:
     task: asyncio.Task[None] | None = None
     answered: asyncio.Event = field(default_factory=asyncio.Event)  # it answered, or failed to, once
     heard: asyncio.Event = field(default_factory=asyncio.Event)  # a heartbeat of it has come
+    refreshing: asyncio.Task[None] | None = None  # a list asked for because of agents it does not know yet
+    # (the agents dict, its size, its ids as text): for prefix lookups; the dict is held, so that
+    # a new one cannot be taken for it (agents are only added to a dict, or it is replaced)
+    _ids: tuple[dict[uuid.UUID, AgentInfo], int, list[tuple[str, uuid.UUID]]] | None = None
+
+    def id_texts(self) -> list[tuple[str, uuid.UUID]]:
+        """Its agents' ids as text (kept until its agents change: prefix lookups scan these)."""
+        if self._ids is None or self._ids[0] is not self.agents or self._ids[1] != len(self.agents):
+            self._ids = (self.agents, len(self.agents), [(str(i), i) for i in self.agents])
+        return self._ids[2]
 
     @property
     def name(self) -> str:
@@ -311,11 +322,18 @@ class Fleet:
             if known is not None and update.status is not None:
                 member.agents[update.agent_id] = dataclasses.replace(known, status=update.status)
             elif known is None:
-                with contextlib.suppress(ClientError):
-                    info = await client.get_remote_agent(update.agent_id)
-                    if info is not None:
-                        member.agents[info.id] = info
+                self._refresh_soon(member)  # (one list for the many agents a burst of spawns brings)
             self._tell(FleetEvent(member.name, update))
+
+    def _refresh_soon(self, member: _Member) -> asyncio.Task[None]:
+        """A list of the server's agents shortly (one for all the calls until it is read)."""
+        if member.refreshing is None or member.refreshing.done():
+            async def refresh() -> None:
+                await asyncio.sleep(_REFRESH_DELAY)
+                with contextlib.suppress(ClientError):
+                    await self._refresh(member)
+            member.refreshing = asyncio.get_running_loop().create_task(refresh())
+        return member.refreshing
 
     async def _refresh(self, member: _Member) -> None:
         """Read the server's agent list again (what it says replaces what it said)."""
@@ -383,14 +401,14 @@ class Fleet:
                              return_exceptions=True)
         out = [FleetAgent(info, m.name, m.state == ServerState.UP) for m in members for info in m.agents.values()
                if status is None or info.status == status]
-        return sorted(out, key=lambda a: (a.info.started_at, str(a.id)))
+        return sorted(out, key=lambda a: (a.info.started_at, a.info.id.int))
 
     def known(self) -> list[FleetAgent]:
         """The agents as the fleet knows them now, with no request: from the servers' last lists
         and the status updates since. Sorted by start time."""
         out = [FleetAgent(info, m.name, m.state == ServerState.UP) for m in self._members.values()
                for info in m.agents.values()]
-        return sorted(out, key=lambda a: (a.info.started_at, str(a.id)))
+        return sorted(out, key=lambda a: (a.info.started_at, a.info.id.int))
 
     async def locate(self, ref: str | uuid.UUID) -> tuple[AsyncClient, uuid.UUID, str]:
         """(client, agent id, server name) of the agent *ref* names: an id, a unique id prefix
@@ -411,14 +429,19 @@ class Fleet:
                                  "server(s) unreachable)")
 
     def _find(self, ref: str | uuid.UUID) -> list[tuple[_Member, AgentInfo]]:
+        members = list(self._members.values())
+        try:
+            exact = ref if isinstance(ref, uuid.UUID) else uuid.UUID(ref)
+        except ValueError:
+            exact = None
+        if exact is not None:
+            return [(m, m.agents[exact]) for m in members if exact in m.agents][:1]
         text = str(ref).lower()
-        pairs = [(m, info) for m in self._members.values() for info in m.agents.values()]
-        exact = [(m, i) for m, i in pairs if str(i.id) == text]
-        if exact:
-            return exact[:1]
-        by_prefix = [(m, i) for m, i in pairs if len(text) >= 4 and str(i.id).startswith(text)]
-        by_name = [(m, i) for m, i in pairs if i.name and i.name == str(ref)]
-        return by_prefix + [p for p in by_name if p not in by_prefix]
+        found = [(m, m.agents[i]) for m in members for t, i in m.id_texts() if t.startswith(text)] \
+            if len(text) >= 4 else []
+        ids = {info.id for _m, info in found}
+        return found + [(m, info) for m in members for info in m.agents.values()
+                        if info.name == ref and info.id not in ids]
 
     async def spawn(self, config: AgentConfig, *, server: str | None = None, labels: Mapping[str, str] | None = None,
                     timeout_secs: float | None = None, metadata: dict[str, str] | None = None) -> FleetAgent:
@@ -537,6 +560,8 @@ class Fleet:
                         and not update.status.is_terminal():
                     member = self._members.get(event.server)
                     if member is not None:
+                        if update.agent_id not in member.agents:  # (spawned by another client: its name)
+                            await self._refresh_soon(member)
                         info = member.agents.get(update.agent_id)
                         start(member.client, update.agent_id, event.server, info.name if info else "")
 
