@@ -1,15 +1,18 @@
 """The network-namespace harness (tests/support/netns.py): real servers on separate hosts, one
-client in the test process, a host cut off the network and healed; and that nothing is left."""
+client in a namespace of its own (the test's namespace gets no link or address), a host cut off
+the network and healed; and that nothing is left."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 from support import netns
-from support.netns import PREFIX, Network, netns_available, pids_in
+from support.netns import PREFIX, SUBNET, Network, netns_available, pids_in
 from support.procs import alive
 
 from descartes_fast.client import Client, RequestTimeoutError
@@ -48,8 +51,10 @@ def test_two_hosts_one_cut_off_and_healed(make_network, main_implementation) -> 
     a, b = net.hosts
     servers = [net.serve(a, main_implementation), net.serve(b, main_implementation, curve=False)]
     assert [s.health["security"] for s in servers] == ["curve", "none"]
+    ours = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    assert SUBNET not in ours and net.token not in ours  # the test's own namespace is untouched
     clients = [Client(s.client_config(request_timeout_secs=1.0, connection_timeout_secs=5.0,
-                                      enable_heartbeat=False)) for s in servers]
+                                      enable_heartbeat=False), context=net.context) for s in servers]
     try:
         for client in clients:
             client.connect()
@@ -106,7 +111,7 @@ def test_a_client_cannot_connect_to_a_cut_host(make_network, main_implementation
     (host,) = net.hosts
     server = net.serve(host, main_implementation)
     host.cut()
-    client = Client(server.client_config(connection_timeout_secs=0.5, enable_heartbeat=False))
+    client = Client(server.client_config(connection_timeout_secs=0.5, enable_heartbeat=False), context=net.context)
     try:
         with pytest.raises(RequestTimeoutError, match="no answer from"):
             client.connect()
@@ -115,3 +120,18 @@ def test_a_client_cannot_connect_to_a_cut_host(make_network, main_implementation
         assert client.health_check().healthy
     finally:
         client.close()
+
+
+def test_the_cli_from_the_client_namespace(make_network, main_implementation) -> None:
+    """The CLI run where the clients are (``ip netns exec``) drives a server on another host."""
+    net = make_network(1)
+    server = net.serve(net.hosts[0], main_implementation, curve=False)
+    cli = (sys.executable, "-P", "-m", "descartes_fast")
+    spawned = net.client_run(*cli, "spawn", "sh", "echo from-afar", "--endpoint", server.bind, "--json")
+    assert spawned.returncode == 0, spawned.stderr
+    agent = json.loads(spawned.stdout)["id"]
+    logs = net.client_run(*cli, "logs", agent, "--follow", "--endpoint", server.bind)
+    assert (logs.returncode, logs.stdout) == (0, "from-afar\n"), logs.stderr
+    here = subprocess.run([*cli, "health", "--endpoint", server.bind, "--timeout", "1"], capture_output=True,
+                          text=True, timeout=30)
+    assert here.returncode != 0  # not from the test's own namespace: the host is not reachable there

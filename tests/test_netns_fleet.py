@@ -1,6 +1,6 @@
 """A fleet across real hosts: servers in separate network namespaces (tests/support/netns.py),
 each with its own state directory and CURVE key, one client key allowed on all of them, the
-Fleet in the test process. Placement by load, labels and backends; a follow across the fleet
+Fleet in a client namespace (its sockets in the network's context). Placement by load, labels and backends; a follow across the fleet
 that gets every line once; a host cut off mid-run and healed (its agents unreachable, then back
 with their output intact); a server killed and restarted (its agents re-adopted, found by id);
 a client key no server knows, refused by every one. Skipped (with the reason) where network
@@ -76,7 +76,7 @@ def test_a_fleet_across_hosts(make_network, main_implementation, tmp_path) -> No
     config = ZmqRunnerConfig(request_timeout_secs=3, connection_timeout_secs=10, follow_resume_secs=120)
 
     async def go() -> None:
-        async with Fleet.from_file(path, config) as fleet:
+        async with Fleet.from_file(path, config, context=net.context) as fleet:
             await fleet.heard(5)
             assert {v.name: v.state for v in fleet.servers()} == dict.fromkeys((h0, h1, h2), ServerState.UP)
             # placement: by load, labels, backends
@@ -138,7 +138,8 @@ def test_a_fleet_across_hosts(make_network, main_implementation, tmp_path) -> No
         # a client key that no server knows: refused by every one
         stranger = tuple(Path(p) for p in keygen("stranger", tmp_path / "stranger"))
         path2 = fleet_file(tmp_path / "stranger.toml", net, stranger[1])
-        async with Fleet.from_file(path2, ZmqRunnerConfig(request_timeout_secs=1, connection_timeout_secs=1)) as other:
+        async with Fleet.from_file(path2, ZmqRunnerConfig(request_timeout_secs=1, connection_timeout_secs=1),
+                                   context=net.context) as other:
             await asyncio.sleep(1)
             assert {v.state for v in other.servers()} == {ServerState.UNREACHABLE}
             with pytest.raises(NoServerError, match="unreachable"):

@@ -87,11 +87,15 @@ _LOG_STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream
 class AsyncClient:
     """An asyncio client; see the module docstring. Use ``async with AsyncClient(config):``."""
 
-    def __init__(self, config: ZmqRunnerConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: ZmqRunnerConfig | None = None, *, context: zmq.Context | None = None,
+                 **overrides: Any) -> None:
+        """*config* with *overrides* (field names of :class:`ZmqRunnerConfig`); *context*: the
+        ZeroMQ context its sockets are made in (default: pyzmq's shared one), e.g. one with more
+        I/O threads, or whose I/O threads run in another network namespace."""
         # a copy: the caller's config is not changed (and unknown names raise TypeError)
         self.config = dataclasses.replace(config or ZmqRunnerConfig(), **overrides)
         self._curve = curve_keys(self.config)
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = context if context is not None else zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._io: Any = None  # the Requester twin on _sock
         self._sub: zmq.Socket | None = None

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+import zmq
+
 from descartes_fast.client.async_client import AsyncClient
 from descartes_fast.client.config import ZmqRunnerConfig
 from descartes_fast.wire.schema import (
@@ -36,11 +38,13 @@ _T = TypeVar("_T")
 class Client:
     """The same API as :class:`AsyncClient`, synchronous. ``with Client(endpoint=...) as c:``."""
 
-    def __init__(self, config: ZmqRunnerConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: ZmqRunnerConfig | None = None, *, context: zmq.Context | None = None,
+                 **overrides: Any) -> None:
+        """As :class:`AsyncClient` takes them."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="descartes-fast-client", daemon=True)
         self._thread.start()
-        self._async = AsyncClient(config, **overrides)
+        self._async = AsyncClient(config, context=context, **overrides)
         self.config = self._async.config
 
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import zmq
+
 from descartes_fast.client.async_client import AsyncClient
 from descartes_fast.client.config import ZmqRunnerConfig
 from descartes_fast.client.errors import ClientError, RequestTimeoutError, ServerError
@@ -187,16 +189,18 @@ class Fleet:
     """Servers driven as one; see the module docstring. ``async with Fleet.from_file(path) as fleet:``.
 
     *config* gives what every server's client shares (``client_key``, timeouts); each server's
-    endpoint, event endpoint and key come from its :class:`ServerSpec`."""
+    endpoint, event endpoint and key come from its :class:`ServerSpec`; *context*: the ZeroMQ
+    context of their sockets (see :class:`AsyncClient`)."""
 
     def __init__(self, spec: FleetSpec | Iterable[ServerSpec], config: ZmqRunnerConfig | None = None, *,
-                 spawn_attempts: int = 3, dns_refresh_secs: float = 30.0) -> None:
+                 spawn_attempts: int = 3, dns_refresh_secs: float = 30.0, context: zmq.Context | None = None) -> None:
         self.spec = spec if isinstance(spec, FleetSpec) else FleetSpec(tuple(spec))
         given = {k: v for k, v in self.spec.client.items() if v is not None}
         self.config = dataclasses.replace(config or ZmqRunnerConfig(), **given, enable_heartbeat=False,
                                           auto_reconnect=False)
         self.spawn_attempts = max(1, spawn_attempts)
         self.dns_refresh_secs = dns_refresh_secs
+        self.context = context  # the ZeroMQ context of every server's client (None: pyzmq's shared one)
         self._members: dict[str, _Member] = {}
         self._listeners: list[asyncio.Queue[FleetEvent | None]] = []
         self._watch: asyncio.Task[None] | None = None
@@ -238,7 +242,7 @@ class Fleet:
         """Add a server at run time (it is reached in the background)."""
         if spec.name in self._members:
             raise FleetError(f"the fleet has a server named {spec.name!r} already")
-        client = AsyncClient(self.config, endpoint=spec.endpoint, pub_endpoint=spec.pub_endpoint,
+        client = AsyncClient(self.config, context=self.context, endpoint=spec.endpoint, pub_endpoint=spec.pub_endpoint,
                              server_key=spec.server_key or self.config.server_key)
         member = self._members[spec.name] = _Member(spec, client)
         member.task = asyncio.get_running_loop().create_task(self._run(member))

@@ -1,33 +1,36 @@
 """Hosts in network namespaces, each running a real ``descartes-fast-server``: for fleet tests
 (one client, many servers, hosts that drop off the network and come back).
 
-Topology (everything but one veth end lives in namespaces the test made)::
+Topology (every link and address is in a namespace the test made; the test's own namespace
+is not changed at all)::
 
-    test process (its own namespace)                 bridge namespace df-<tok>-br
-      df<tok> 10.77.X.254/24  <--veth-->  uplink --- br0 --- p0 <--veth--> eth0 10.77.X.1/24  (df-<tok>-0)
-                                                          --- p1 <--veth--> eth0 10.77.X.2/24  (df-<tok>-1)
-                                                          ...
+    client namespace df-<tok>-c                       bridge namespace df-<tok>-br
+      eth0 10.77.0.254/24  <--veth-->  uplink --- br0 --- p0 <--veth--> eth0 10.77.0.1/24  (df-<tok>-0)
+                                                       --- p1 <--veth--> eth0 10.77.0.2/24  (df-<tok>-1)
+                                                       ...
 
-The test process (and so a ``Client`` in it) reaches every host directly, on one L2 segment:
-no routing, no forwarding sysctl, nothing changed in its namespace but the one link ``df<tok>``
-(and the on-link route its address brings). ``X`` is a /24 of 10.77.0.0/16 that no route or
-address of the test's namespace, and no other live run, uses. :meth:`Host.cut` sets the host's
-port on the bridge down (a cable pulled at the switch: the host itself notices nothing, packets
-to and from it are dropped, no RST); :meth:`Host.heal` sets it up again.
+The test's clients are in the client namespace: :attr:`Network.context` is a ZeroMQ context whose
+I/O threads (the ones that open its TCP connections) were started by a thread that had entered
+that namespace (``setns``), so every socket made in it, from any thread of the test, connects
+from there; pass it as ``Client(..., context=net.context)`` or ``Fleet(..., context=...)``. The
+client reaches every host directly, on one L2 segment: no routing, no forwarding sysctl. Each
+run has namespaces of its own, so all runs use the same addresses. :meth:`Host.cut` sets the
+host's port on the bridge down (a cable pulled at the switch: the host itself notices nothing,
+packets to and from it are dropped, no RST); :meth:`Host.heal` sets it up again.
 
 Ownership: a run claims a token ``<tok>`` (6 hex digits) by holding an flock on
 ``/run/descartes-fast-netns/<tok>`` while it lives. At the start of every run (and in
 :func:`netns_available`), every marker there whose lock is free is a run that crashed: its
-namespaces (``df-<tok>-*``), the processes still in them and its link are removed. Namespaces
+namespaces (``df-<tok>-*``) and the processes still in them are removed. Namespaces
 named ``df-...`` without a marker are not ours and are never touched; a live run's are left
 alone, so runs may go in parallel.
 
 Cleanup (:meth:`Network.close`, also on an exception): the servers first (SIGTERM, which stops
 their agents; then SIGTERM to a keeper still holding this state dir, which ends its agents),
-then SIGKILL to every process still in one of the namespaces (a keeper or an agent the test
-left: ``ip netns pids``), then the client link (which takes its peer), then the namespaces
-(their veths and the bridge go with them), then the marker. It checks that nothing of it is
-left in ``ip netns list`` and ``ip link`` and raises if something is.
+the client context (its sockets closed), then SIGKILL to every process still in one of the
+namespaces (a keeper or an agent the test left: ``ip netns pids``), then the namespaces (their
+veths and the bridge go with them), then the marker. It checks that nothing of it is left in
+``ip netns list`` and raises if something is.
 
 Servers run as ``ip netns exec df-<tok>-<i> python -P -m descartes_fast serve ...`` with the
 settings of :mod:`support.server` (its CONFIG: backends ``sh``, ``cat``, ``py``), bound to
@@ -35,23 +38,23 @@ settings of :mod:`support.server` (its CONFIG: backends ``sh``, ``cat``, ``py``)
 with CURVE keys (:class:`Keys`) or ``--insecure``. ``ip netns exec`` also gives the server a
 mount namespace with a fresh /sys (no cgroup2 mount there), so its agents are contained by
 process group (health says ``containment``); pass ``--containment`` among the flags to insist.
-Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) and iproute2; :func:`netns_available` says why not.
+Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN), iproute2 and ``setns(2)``; :func:`netns_available`
+says why not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
-import ipaddress
 import os
-import random
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,12 +70,13 @@ from descartes_fast.wire.curve import keygen, load_public_key, load_secret_key
 from descartes_fast.wire.schema import HealthCheckRequest, HealthCheckResponse
 from support.server import CONFIG, Server, server_env
 
-__all__ = ["Host", "Keys", "Network", "NetnsError", "NetnsServer", "make_network", "netns_available", "pids_in",
-           "sweep_stale"]
+__all__ = ["Host", "Keys", "Network", "NetnsError", "NetnsServer", "context_in", "make_network", "netns_available",
+           "pids_in", "run_in", "sweep_stale"]
 
 PREFIX = "df-"
 MARKS = Path("/run/descartes-fast-netns")
-SUBNET = "10.77"
+SUBNET = "10.77.0"  # hosts .1, .2, ...; the client .254
+CLONE_NEWNET = 0x40000000
 REQ_PORT, PUB_PORT = 5555, 5556
 _IP_TIMEOUT = 15.0
 
@@ -123,34 +127,65 @@ def _kill_all_in(ns: str, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def _link_exists(name: str) -> bool:
-    return _ip("link", "show", "dev", name, check=False).returncode == 0
-
-
 def _remove(token: str) -> list[str]:
-    """Remove everything of run *token*: processes in its namespaces, its link, its namespaces.
+    """Remove everything of run *token*: the processes in its namespaces, then the namespaces.
     Returns what is still there afterwards (empty when all is gone)."""
-    mine = [ns for ns in _namespaces() if ns.startswith(f"{PREFIX}{token}-")]
+    mine = _mine(token)
     for ns in mine:
         _kill_all_in(ns)
-    link = f"df{token}"
-    if _link_exists(link):  # before the namespaces: their destruction is asynchronous
-        _ip("link", "del", "dev", link, check=False)
     for ns in mine:
         _ip("netns", "del", ns, check=False)
     deadline = time.monotonic() + 5
     while True:
-        left = [ns for ns in _namespaces() if ns.startswith(f"{PREFIX}{token}-")]
-        left += [link] if _link_exists(link) else []
+        left = _mine(token)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.02)
 
 
+def run_in(ns: str, *argv: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run *argv* in namespace *ns* (``ip netns exec``), its output captured as text."""
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _mine(token: str) -> list[str]:
+    """The namespaces of run *token*."""
+    return [ns for ns in _namespaces() if ns.startswith(f"{PREFIX}{token}-")]
+
+
+def context_in(ns: str) -> zmq.Context:
+    """A new ZeroMQ context whose I/O threads run in network namespace *ns*: a thread enters it
+    (``setns``, which moves that thread only) and makes the context's first socket, which starts
+    the I/O threads there; they open every TCP connection of the context's sockets."""
+    made: dict[str, Any] = {}
+
+    def enter_and_make() -> None:
+        try:
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            ctx = zmq.Context()
+            ctx.socket(zmq.PAIR).close(linger=0)
+            made["context"] = ctx
+        except BaseException as exc:  # raised in the caller's thread
+            made["error"] = exc
+
+    thread = threading.Thread(target=enter_and_make, name=f"enter-{ns}")
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise made["error"]
+    return made["context"]
+
+
 class _Claim:
     """A run's token, held by an flock on its marker file for as long as the run lives."""
 
-    def __init__(self, subnet: int | None = None) -> None:
+    def __init__(self) -> None:
         MARKS.mkdir(mode=0o755, parents=True, exist_ok=True)
         sweep_stale()
         while True:
@@ -165,25 +200,7 @@ class _Claim:
             os.rename(scratch, final)
             break
         self.token, self.fd, self.path = token, fd, final
-        self.subnet = subnet if subnet is not None else self._free_subnet()
-        os.write(fd, f"pid {os.getpid()}\nsubnet {SUBNET}.{self.subnet}.0/24\n".encode())
-
-    def _free_subnet(self) -> int:
-        """A third octet X such that nothing here (routes, addresses) nor any other run uses 10.77.X.0/24."""
-        taken: set[int] = set()
-        for mark in MARKS.iterdir():
-            if mark != self.path:
-                with contextlib.suppress(OSError):
-                    taken.update(int(x) for x in re.findall(rf"subnet {SUBNET}\.(\d+)\.", mark.read_text()))
-        seen = _ip("-4", "route", "show", "table", "all", check=False).stdout + _ip("-4", "-o", "addr").stdout
-        nets = [ipaddress.ip_network(m, strict=False) for m in re.findall(r"\d+\.\d+\.\d+\.\d+(?:/\d+)?", seen)]
-        candidates = list(range(1, 255))
-        random.shuffle(candidates)
-        for x in candidates:
-            net = ipaddress.ip_network(f"{SUBNET}.{x}.0/24")
-            if x not in taken and not any(n.overlaps(net) and n.prefixlen > 0 for n in nets):
-                return x
-        raise NetnsError(f"no free /24 in {SUBNET}.0.0/16")
+        os.write(fd, f"pid {os.getpid()}\n".encode())
 
     def release(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -234,7 +251,7 @@ def netns_available() -> str | None:
         return "no `ip` command (iproute2) on PATH"
     claim = None
     try:
-        claim = _Claim(subnet=0)
+        claim = _Claim()
         ns = f"{PREFIX}{claim.token}-probe"
         _ip("netns", "add", ns)
         _ip("link", "add", "name", "p0", "type", "veth", "peer", "name", "p1", ns=ns)
@@ -245,6 +262,7 @@ def netns_available() -> str | None:
                                text=True, timeout=_IP_TIMEOUT)
         if probe.returncode != 0:
             raise NetnsError(f"`ip netns exec` failed: {probe.stderr.strip()}")
+        context_in(ns).destroy(linger=0)
     except (NetnsError, OSError, subprocess.SubprocessError) as exc:
         return f"cannot create network namespaces here: {exc}"
     finally:
@@ -313,17 +331,12 @@ class Host:
         line = _ip("-o", "link", "show", "dev", self.port, ns=self.network.bridge).stdout
         return "UP" not in line.split("<", 1)[1].split(">", 1)[0].split(",")
 
-    def run(self, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        """Run *argv* in the host's namespace (``ip netns exec``)."""
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True,
-                              timeout=kw.pop("timeout", 30), **kw)
-
 
 class NetnsServer(Server):
     """A descartes-fast-server in *host*'s namespace, bound to the host's address, state and log
     in *directory*. With *keys*, CURVE (the client of *keys* is the one allowed); without,
     ``--insecure``. :class:`Server`'s sockets (``call``, ``spawn``, ``control``, ...) work on it,
-    from the test process. ``stop()`` (SIGTERM), ``kill()`` (SIGKILL: the keeper and its agents
+    from the client namespace (they are made in the network's context). ``stop()`` (SIGTERM), ``kill()`` (SIGKILL: the keeper and its agents
     run on), ``restart()`` (on the same state dir: it adopts what the keeper holds), ``close()``."""
 
     def __init__(self, host: Host, directory: Path, implementation: str, *flags: str,
@@ -341,7 +354,8 @@ class NetnsServer(Server):
         self.log_path = directory / "server.log"
         self.flags = [*(keys.server_flags() if keys else ["--insecure"]), *flags]
         self.log_level, self.ready_timeout = log_level, ready_timeout
-        self.ctx = zmq.Context()
+        assert host.network.context is not None
+        self.ctx = host.network.context  # (the network's: its connections come from the client namespace)
         self.proc: subprocess.Popen[bytes] | None = None  # type: ignore[assignment]
         self.starts = 0
         self.start()
@@ -355,7 +369,7 @@ class NetnsServer(Server):
                 *self.flags]
 
     def start(self) -> None:
-        """Start the server (again) and wait until it answers a health check from the test process."""
+        """Start the server (again) and wait until it answers a health check from the client namespace."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         with self.log_path.open("a") as log:
@@ -444,34 +458,38 @@ class NetnsServer(Server):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             finally:
-                self.ctx.destroy(linger=0)
+                self.req.close(linger=0)
         return code
 
 
 class Network:
-    """*n* hosts in namespaces on one bridge, reachable from the test process (module docstring).
-    ``with Network(2, tmp_path) as net:``; servers started with :meth:`serve` are closed first."""
+    """*n* hosts in namespaces on one bridge, and a client namespace on it (module docstring).
+    ``with Network(2, tmp_path) as net:``; servers started with :meth:`serve` are closed first.
+    :attr:`context`: the ZeroMQ context of the test's clients (its connections come from the
+    client namespace); :meth:`client_run` runs a command there."""
 
     def __init__(self, n: int, directory: Path) -> None:
         self.directory = directory
         self.servers: list[NetnsServer] = []
         self.hosts: list[Host] = []
         self._claim: _Claim | None = _Claim()
+        self.context: zmq.Context | None = None
         try:
-            token, x = self._claim.token, self._claim.subnet
-            self.token = token
-            self.bridge = f"{PREFIX}{token}-br"
-            self.link = f"df{token}"
-            self.client_address = f"{SUBNET}.{x}.254"
-            _ip("netns", "add", self.bridge)
-            for args in (("link", "set", "dev", "lo", "up"),
-                         ("link", "add", "name", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"),
-                         ("link", "set", "dev", "br0", "up")):
+            self.token = token = self._claim.token
+            self.bridge, self.client_ns = f"{PREFIX}{token}-br", f"{PREFIX}{token}-c"
+            self.client_address = f"{SUBNET}.254"
+            for ns in (self.bridge, self.client_ns):
+                _ip("netns", "add", ns)
+                _ip("link", "set", "dev", "lo", "up", ns=ns)
+            for args in (("link", "add", "name", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"),
+                         ("link", "set", "dev", "br0", "up"),
+                         ("link", "add", "name", "uplink", "type", "veth", "peer", "name", "eth0", "netns",
+                          self.client_ns),
+                         ("link", "set", "dev", "uplink", "master", "br0", "up")):
                 _ip(*args, ns=self.bridge)
-            _ip("link", "add", "name", self.link, "type", "veth", "peer", "name", "uplink", "netns", self.bridge)
-            _ip("link", "set", "dev", "uplink", "master", "br0", "up", ns=self.bridge)
-            _ip("addr", "add", f"{self.client_address}/24", "dev", self.link)
-            _ip("link", "set", "dev", self.link, "up")
+            _ip("addr", "add", f"{self.client_address}/24", "dev", "eth0", ns=self.client_ns)
+            _ip("link", "set", "dev", "eth0", "up", ns=self.client_ns)
+            self.context = context_in(self.client_ns)
             for _ in range(n):
                 self.add_host()
         except BaseException:
@@ -479,9 +497,8 @@ class Network:
             raise
 
     def add_host(self) -> Host:
-        assert self._claim is not None
         i = len(self.hosts)
-        ns, port, address = f"{PREFIX}{self.token}-{i}", f"p{i}", f"{SUBNET}.{self._claim.subnet}.{i + 1}"
+        ns, port, address = f"{PREFIX}{self.token}-{i}", f"p{i}", f"{SUBNET}.{i + 1}"
         _ip("netns", "add", ns)
         _ip("link", "set", "dev", "lo", "up", ns=ns)
         _ip("link", "add", "name", port, "type", "veth", "peer", "name", "eth0", "netns", ns, ns=self.bridge)
@@ -506,10 +523,13 @@ class Network:
         self.servers.append(server)
         return server
 
+    def client_run(self, *argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run *argv* in the client namespace (``ip netns exec``), e.g. the CLI."""
+        return run_in(self.client_ns, *argv, **kw)
+
     def leftovers(self) -> list[str]:
-        """What of this network is still in ``ip netns list`` and ``ip link``."""
-        left = [ns for ns in _namespaces() if ns.startswith(f"{PREFIX}{self.token}-")]
-        return left + ([self.link] if _link_exists(self.link) else [])
+        """What of this network is still in ``ip netns list``."""
+        return _mine(self.token)
 
     def close(self) -> None:
         """Remove everything (see the module docstring); raises NetnsError if something is left."""
@@ -520,6 +540,9 @@ class Network:
             except BaseException as exc:  # go on: the namespaces must go in any case
                 errors.append(exc)
         self.servers.clear()
+        if self.context is not None:
+            self.context.destroy(linger=0)
+            self.context = None
         if self._claim is None:
             return
         claim, self._claim = self._claim, None
