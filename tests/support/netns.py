@@ -333,11 +333,12 @@ class Host:
 
 
 class NetnsServer(Server):
-    """A descartes-fast-server in *host*'s namespace, bound to the host's address, state and log
-    in *directory*. With *keys*, CURVE (the client of *keys* is the one allowed); without,
+    """A descartes-fast-server in *host*'s namespace, bound to the host's address, state and log in
+    *directory*. With *keys*, CURVE (the client of *keys* is the one allowed); without,
     ``--insecure``. :class:`Server`'s sockets (``call``, ``spawn``, ``control``, ...) work on it,
-    from the client namespace (they are made in the network's context). ``stop()`` (SIGTERM), ``kill()`` (SIGKILL: the keeper and its agents
-    run on), ``restart()`` (on the same state dir: it adopts what the keeper holds), ``close()``."""
+    from the client namespace (they are made in the network's context). ``stop()`` (SIGTERM),
+    ``kill()`` (SIGKILL: the keeper and its agents run on), ``restart()`` (on the same state dir: it
+    adopts what the keeper holds), ``close()``."""
 
     def __init__(self, host: Host, directory: Path, implementation: str, *flags: str,
                  keys: Keys | None = None, policy: str = "allow_extra_args = true", log_level: str = "INFO",
