@@ -2,8 +2,8 @@
 with its own state directory and CURVE key, one client key allowed on all of them, the Fleet in a
 client namespace (its sockets in the network's context). Placement by load, labels and backends; a
 follow across the fleet that gets every line once; a host cut off mid-run and healed (its agents
-unreachable, then back with their output intact); a server killed and restarted (its agents re-
-adopted, found by id); a client key no server knows, refused by every one. Skipped (with the reason)
+unreachable, then back with their output intact); a server killed and restarted (its agents
+re-adopted, found by id); a client key no server knows, refused by every one. Skipped (with the reason)
 where network namespaces cannot be made."""
 
 from __future__ import annotations
