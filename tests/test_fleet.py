@@ -294,16 +294,20 @@ def test_the_cli_across_a_fleet(pair, tmp_path) -> None:
             assert json.loads(proc.stdout)["server"] == where
         proc = cli(fleet_file, "spawn", "sh", "sleep 30", "--name", "gpu", "--label", "gpu=a100", "--json")
         assert json.loads(proc.stdout)["server"] == "a"
+        # each command a fleet of its own: placed by the servers' lists, newer than their last heartbeats
+        proc = cli(fleet_file, "spawn", "sh", "sleep 30", "--name", "anywhere", "--json")
+        assert json.loads(proc.stdout)["server"] == "b", proc.stdout + proc.stderr
         proc = cli(fleet_file, "wait", "one")
         assert proc.returncode == 0 and "completed  exit 0" in proc.stdout, proc.stdout + proc.stderr
         proc = cli(fleet_file, "wait", "one", ids["two"][:8])
         assert proc.returncode == 1 and "failed  exit 3" in proc.stdout, proc.stdout + proc.stderr
         listed = json.loads(cli(fleet_file, "list", "--json").stdout)
-        assert {(x["name"], x["server"]) for x in listed} == {("one", "a"), ("two", "b"), ("gpu", "a")}
+        assert {(x["name"], x["server"]) for x in listed} == {("one", "a"), ("two", "b"), ("gpu", "a"),
+                                                                 ("anywhere", "b")}
         proc = cli(fleet_file, "status", "gpu", "--json")
         assert json.loads(proc.stdout)["status"] == "running"
-        proc = cli(fleet_file, "batch", "stop", "gpu", "one")
-        assert proc.returncode == 0 and "2 ok, 0 failed" in proc.stdout, proc.stdout
+        proc = cli(fleet_file, "batch", "stop", "gpu", "one", "anywhere")
+        assert proc.returncode == 0 and "3 ok, 0 failed" in proc.stdout, proc.stdout
         health = json.loads(cli(fleet_file, "health", "--json").stdout)
         assert [h["state"] for h in health] == ["up", "up"] and health[0]["labels"]["gpu"] == "a100"
         top = cli(fleet_file, "top", "--once")

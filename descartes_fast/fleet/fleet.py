@@ -271,6 +271,8 @@ class Fleet:
         await self.close()
 
     async def _close_member(self, member: _Member) -> None:
+        if member.refreshing is not None:
+            member.refreshing.cancel()
         if member.task is not None:
             member.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -340,9 +342,12 @@ class Fleet:
         return member.refreshing
 
     async def _refresh(self, member: _Member) -> None:
-        """Read the server's agent list again (what it says replaces what it said)."""
+        """Read the server's agent list again (what it says replaces what it said; its count of
+        active agents is newer than the last heartbeat's, which placement goes by)."""
         agents = await self._call(member, member.client.list_remote_agents())
         member.agents = {a.id: a for a in agents}
+        member.facts = {**member.facts, "active_agents": sum(not a.status.is_terminal() for a in agents)}
+        member.placed = 0
 
     def _set_state(self, member: _Member, state: ServerState) -> None:
         if member.state != state:
