@@ -93,7 +93,7 @@ def test_every_request_type(server) -> None:
                      "processes_left": None, "reason": None, "cpu_secs": None, "max_rss_kib": None, "restarts": 0,
                      "output_bytes": 6 + 34 + 35} and state["pid"] > 1
     usage = server.control(agent, C.GET_STATUS, {"usage": True}).data["usage"]  # read only when asked
-    assert set(usage) == {"cpu_secs", "memory_bytes"} and usage["cpu_secs"] >= 0
+    assert set(usage) == {"cpu_secs", "memory_bytes"} and usage["cpu_secs"] >= 0 and usage["memory_bytes"] > 0
 
     listed = server.call(ListAgentsRequest("l"))
     assert isinstance(listed, ListAgentsResponse) and {a.id for a in listed.agents} == {agent, other}

@@ -205,11 +205,18 @@ class AgentProcess:
 
     def usage_now(self) -> tuple[float | None, int | None]:
         """While it runs: (CPU seconds used so far, bytes of memory in use): of its cgroup where it
-        has one, else of its main process (/proc); None where the system does not say."""
+        has one, else of its main process (/proc; so is the memory of a cgroup without the memory
+        controller); None where the system does not say."""
         if self.cgroups is not None:
             cpu, memory = self.cgroups.current(self.id)
-            if cpu is not None:
+            if cpu is not None and memory is not None:
                 return cpu / 1e6, memory
+            if cpu is not None:
+                return cpu / 1e6, self._proc_usage()[1]
+        return self._proc_usage()
+
+    def _proc_usage(self) -> tuple[float | None, int | None]:
+        """(CPU seconds, resident bytes) of its main process, from /proc."""
         try:
             with open(f"/proc/{self.pid}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
