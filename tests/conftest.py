@@ -8,22 +8,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-
-
-def keepers() -> dict[int, str]:
-    """Running keepers: pid -> state directory."""
-    found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"descartes_fast.agents.keeper" in args and b"--state-dir" in args:
-            found[int(entry.name)] = args[args.index(b"--state-dir") + 1].decode()
-    return found
+from support.procs import keepers
 
 
 @pytest.fixture(autouse=True)

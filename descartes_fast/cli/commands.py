@@ -41,6 +41,7 @@ from descartes_fast.wire.schema import (
     AgentStatus,
     CommandResponse,
     ControlCommandType,
+    StatusUpdate,
     ZmqOutputStream,
 )
 
@@ -588,13 +589,21 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit_update(args: argparse.Namespace, update: StatusUpdate, server: str | None = None) -> None:
+    """One status update, as JSON or a line (prefixed with its *server* in a fleet)."""
+    facts = {"agent_id": str(update.agent_id), "type": update.update_type.value,
+             "status": update.status.value if update.status else None, "message": update.message,
+             "data": update.data, "timestamp_ns": update.timestamp}
+    line = f"{update.agent_id}  {update.update_type.value:<16} {update.status or '-':<11} {update.message or ''}"
+    if server is not None:
+        facts, line = {"server": server, **facts}, f"{server}  {line}"
+    _emit(args, facts, line)
+
+
 def _events(client: Client, args: argparse.Namespace) -> int:
     seen = 0
     for update in client.subscribe_status_updates(args.agent):
-        _emit(args, {"agent_id": str(update.agent_id), "type": update.update_type.value,
-                     "status": update.status.value if update.status else None, "message": update.message,
-                     "data": update.data, "timestamp_ns": update.timestamp},
-              f"{update.agent_id}  {update.update_type.value:<16} {update.status or '-':<11} {update.message or ''}")
+        _emit_update(args, update)
         seen += 1
         if args.count is not None and seen >= args.count:
             break

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from descartes_fast.cli import commands
-from descartes_fast.cli.commands import _emit, _fail, _table, _Usage, guarded
+from descartes_fast.cli.commands import _emit, _emit_update, _fail, _table, _Usage, guarded
 from descartes_fast.client import Client, ZmqRunnerConfig
 from descartes_fast.client.errors import RequestTimeoutError
 from descartes_fast.fleet import AgentNotFoundError, AmbiguousAgentError, FleetSpec, ServerSpec, ServerState, SyncFleet
@@ -131,11 +131,7 @@ def _events(fleet: SyncFleet, args: argparse.Namespace) -> int:
             state = event.server_state.value if event.server_state else "?"
             _emit(args, {"server": event.server, "server_state": state}, f"{event.server}  server {state}")
         else:
-            u = event.update
-            _emit(args, {"server": event.server, "agent_id": str(u.agent_id), "type": u.update_type.value,
-                         "status": u.status.value if u.status else None, "message": u.message, "data": u.data,
-                         "timestamp_ns": u.timestamp},
-                  f"{event.server}  {u.agent_id}  {u.update_type.value:<16} {u.status or '-':<11} {u.message or ''}")
+            _emit_update(args, event.update, event.server)
         seen += 1
         if args.count is not None and seen >= args.count:
             break

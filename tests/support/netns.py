@@ -68,6 +68,7 @@ from descartes_fast.client import ZmqRunnerConfig
 from descartes_fast.wire import codec
 from descartes_fast.wire.curve import keygen, load_public_key, load_secret_key
 from descartes_fast.wire.schema import HealthCheckRequest, HealthCheckResponse
+from support.procs import alive, keepers
 from support.server import CONFIG, Server, server_env
 
 __all__ = ["Host", "Keys", "Network", "NetnsError", "NetnsServer", "context_in", "make_network", "netns_available",
@@ -102,14 +103,6 @@ def _namespaces() -> list[str]:
 def pids_in(ns: str) -> list[int]:
     out = _ip("netns", "pids", ns, check=False).stdout
     return [int(p) for p in out.split() if p.isdigit()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _kill_all_in(ns: str, timeout: float = 10.0) -> None:
@@ -419,19 +412,7 @@ class NetnsServer(Server):
 
     def keeper_pids(self) -> list[int]:
         """Keepers of this server's state dir (found by their command line in /proc)."""
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if (b"descartes_fast.agents.keeper" in args and b"--state-dir" in args
-                    and args[args.index(b"--state-dir") + 1] == os.fsencode(self.state_dir)):
-                found.append(int(entry.name))
-        return [pid for pid in found if _alive(pid)]
+        return [pid for pid, state in keepers().items() if state == str(self.state_dir) and alive(pid)]
 
     def client_config(self, **overrides: Any) -> ZmqRunnerConfig:
         """A client config for this server (endpoints, and the keys if CURVE)."""
@@ -453,7 +434,7 @@ class NetnsServer(Server):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 10
-                while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+                while any(alive(p) for p in pids) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 for pid in pids:
                     with contextlib.suppress(ProcessLookupError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["LOOP", "alive", "live_group_members", "paused", "proc_state", "rss_kib"]
+__all__ = ["LOOP", "alive", "keepers", "live_group_members", "paused", "proc_state", "rss_kib"]
 
 #: a loop that forks nothing: a shell looping on `sleep` is often caught by SIGSTOP inside
 #: vfork (dash vforks), where it shows state D, not T, until the stopped child is continued
@@ -18,6 +18,22 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):  # (gone before, or between the open and the read)
         return False
+
+
+def keepers() -> dict[int, str]:
+    """Running keepers: pid -> state directory (from their command lines)."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"descartes_fast.agents.keeper" in args and b"--state-dir" in args:
+            found[int(entry.name)] = os.fsdecode(args[args.index(b"--state-dir") + 1])
+    return found
 
 
 def live_group_members(pgid: int) -> list[int]:
