@@ -12,6 +12,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.procs import alive, paused
@@ -34,14 +35,18 @@ CONTAINMENTS = [pytest.param("cgroup", marks=pytest.mark.skipif(not HAVE_CGROUPS
                                                                 "hierarchy on this machine")), "process-group"]
 
 
-def writer(lines: int, sha_file: Path, sigpipe: str) -> str:
+def writer(lines: int, sha_file: Path, sigpipe: str, gate: Path | None = None) -> str:
     """A chatty agent: *lines* numbered lines, paced so that they span a crash, then the sha256 of
     all it wrote into *sha_file*. *sigpipe*: ``default`` (a closed pipe kills it, as it kills most
-    programs) or ``ignore`` (as Node.js does: the write fails and it exits 1)."""
+    programs) or ``ignore`` (as Node.js does: the write fails and it exits 1). With *gate*, the
+    second half waits until that file exists (so that it is written after a crash the test made)."""
+    wait = (f"    if i == {lines // 2}:\n"
+            f"        while not os.path.exists({str(gate)!r}):\n"
+            f"            time.sleep(0.01)\n") if gate is not None else ""
     return (f"import hashlib, os, signal, sys, time\n"
             f"signal.signal(signal.SIGPIPE, signal.SIG_{'DFL' if sigpipe == 'default' else 'IGN'})\n"
             f"h = hashlib.sha256()\n"
-            f"for i in range({lines}):\n"
+            f"for i in range({lines}):\n" + wait +
             f"    line = b'%08d %s\\n' % (i, b'x' * 60)\n"
             f"    h.update(line)\n"
             f"    try:\n"
@@ -105,9 +110,10 @@ def facts(server: Server) -> tuple[int, str]:
 def test_kill_9_of_the_server_loses_no_agent_and_no_output(implementation, tmp_path, containment) -> None:
     first = Server(tmp_path, implementation, "--containment", containment)
     assert first.call(HealthCheckRequest("h")).metadata["containment"] == containment
+    gate = tmp_path / "crashed"  # the chatty ones write their second half while no server runs
     kinds = {
-        "chatty": first.spawn("py", writer(40_000, tmp_path / "chatty.sha", "default")),
-        "nodejs": first.spawn("py", writer(40_000, tmp_path / "nodejs.sha", "ignore")),
+        "chatty": first.spawn("py", writer(40_000, tmp_path / "chatty.sha", "default", gate)),
+        "nodejs": first.spawn("py", writer(40_000, tmp_path / "nodejs.sha", "ignore", gate)),
         "silent": first.spawn("sh", "sleep 300"),
         "stubborn": first.spawn("sh", "trap '' TERM; echo ready; sleep 300"),
         "setsid": first.spawn("sh", "setsid sleep 300 & echo $!; sleep 300"),
@@ -123,6 +129,7 @@ def test_kill_9_of_the_server_loses_no_agent_and_no_output(implementation, tmp_p
 
     kill9(first)
     crashed = time.time_ns()
+    gate.touch()
     assert all(alive(pids[n]) for n in ("chatty", "nodejs", "silent", "stubborn", "setsid", "stdin"))
     until(lambda: not alive(pids["gap"]))  # it exits while no server runs
     time.sleep(0.5)  # the chatty ones fill their pipes and wait
@@ -174,11 +181,13 @@ def test_kill_9_of_the_server_loses_no_agent_and_no_output(implementation, tmp_p
 
 def test_a_planned_upgrade_with_keep_agents_loses_nothing(implementation, tmp_path) -> None:
     old = Server(tmp_path, implementation, "--keep-agents")
-    chatty = old.spawn("py", writer(30_000, tmp_path / "chatty.sha", "default"))
+    gate = tmp_path / "upgrading"  # the second half is written while no server runs
+    chatty = old.spawn("py", writer(30_000, tmp_path / "chatty.sha", "default", gate))
     silent = old.spawn("sh", "sleep 300")
     until(lambda: len(stdout_of(old, chatty)) > 50_000)
     pids = [status_data(old, a)["pid"] for a in (chatty, silent)]
     assert old.close() == 0  # SIGTERM with --keep-agents: the server exits, the agents run on
+    gate.touch()
     assert all(alive(p) for p in pids)
     new = restart(old, tmp_path)  # the next version, without the flag
     try:
@@ -269,7 +278,8 @@ def test_a_follower_across_a_crash_and_restart_gets_every_line_once(main_impleme
     from descartes_fast.client import AsyncClient, ZmqRunnerConfig
 
     first = Server(tmp_path, main_implementation)
-    agent = first.spawn("py", writer(40_000, tmp_path / "chatty.sha", "default"))
+    gate = tmp_path / "crashed"  # the second half of the output is written while no server runs
+    agent = first.spawn("py", writer(40_000, tmp_path / "chatty.sha", "default", gate))
     servers = [first]
 
     async def follow() -> tuple[bytes, int, float]:
@@ -287,16 +297,22 @@ def test_a_follower_across_a_crash_and_restart_gets_every_line_once(main_impleme
                 if crashed_at is None and len(got) > 200_000:
                     kill9(first)
                     crashed_at = time.monotonic()
+                    gate.touch()
                     while client.is_connected():  # within two heartbeat intervals of the crash
                         await asyncio.sleep(0.05)
                     noticed = time.monotonic() - crashed_at
-                    back = asyncio.ensure_future(restart_later())  # the follow waits meanwhile
+                    back = asyncio.ensure_future(restart_later(replay))  # the follow waits meanwhile
             assert back is not None
             await back
             return bytes(got), replay.resumed, noticed
 
-    async def restart_later() -> None:  # after the follow's quiet poll (5 s): its reads go unanswered
-        await asyncio.sleep(6.5)
+    async def restart_later(replay: Any) -> None:
+        # only once a read of the follow (its quiet poll, 5 s) went unanswered and was asked again: a
+        # fixed wait raced with it on a loaded machine (a read sent just before the restart is answered)
+        deadline = time.monotonic() + 60
+        while not replay.resumed:
+            assert time.monotonic() < deadline, "no read of the follow went unanswered"
+            await asyncio.sleep(0.05)
         servers.append(await asyncio.to_thread(restart, first, tmp_path))
 
     try:
