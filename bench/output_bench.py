@@ -278,20 +278,21 @@ def read_back(tmp: Path, rounds: int) -> dict:
 
 def _claude_writer(lines: int, blocks: int) -> tuple[str, int]:
     """A program writing *blocks* blocks of *lines* lines of claude's stream-json (assistant text,
-    a tool call every 50 lines, a result every 500), and the bytes of one block."""
+    a tool call every 50 lines, a result every 500), and the bytes of one block. Every tool call
+    has an id of its own (the block's number and the line's), as a real session's have."""
     def line(event: dict) -> bytes:
         return json.dumps(event, separators=(",", ":")).encode() + b"\n"
     text = line({"type": "assistant", "message": {"id": "msg_01", "type": "message", "role": "assistant",
                                                   "content": [{"type": "text", "text": "t" * 170}]},
                  "session_id": "s-1"})
-    tool = line({"type": "assistant", "message": {"content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash",
+    tool = line({"type": "assistant", "message": {"content": [{"type": "tool_use", "id": "toolu_%04d", "name": "Bash",
                                                                "input": {"command": "ls"}}]}, "session_id": "s-1"})
     result = line({"type": "result", "subtype": "success", "is_error": False, "session_id": "s-1",
                    "total_cost_usd": 0.01, "usage": {"input_tokens": 100, "output_tokens": 20}})
     size = sum(len(result if i % 500 == 499 else tool if i % 50 == 49 else text) for i in range(lines))
     script = (f"import sys\nw = sys.stdout.buffer.write\nt, u, r = {text!r}, {tool!r}, {result!r}\n"
-              f"b = b''.join(r if i % 500 == 499 else u if i % 50 == 49 else t for i in range({lines}))\n"
-              f"for _ in range({blocks}): w(b)\n")
+              f"b = b''.join(r if i % 500 == 499 else u % (i % 10000) if i % 50 == 49 else t for i in range({lines}))\n"
+              f"for k in range({blocks}): w(b.replace(b'\"toolu_', b'\"t%05d' % k))\n")
     return script, size
 
 

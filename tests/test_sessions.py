@@ -42,6 +42,16 @@ def test_claude_turn_session_tool_and_totals() -> None:
     assert Session.restore(DIALECTS["claude"], s.state()).totals() == s.totals()
 
 
+def test_a_tool_call_is_counted_once_and_its_id_kept_only_for_its_turn() -> None:
+    s = Session(DIALECTS["claude"])
+    tool = CLAUDE_TURN.split(b"\n")[2] + b"\n"
+    assert [e.kind for e in s.feed(tool + tool)] == ["tool_call"]  # the same block again: once
+    for turn in range(1000):  # a long session: the ids it remembers do not grow with it
+        s.feed(CLAUDE_TURN.replace(b'"tu1"', b'"tu-%d"' % turn))
+        assert len(s._open_tools) == 0
+    assert s.tool_calls == 1001 and s.turns == 1000
+
+
 def test_unknown_and_malformed_lines_are_counted_never_fatal() -> None:
     s = Session(DIALECTS["claude"])
     got = s.feed(b"not json\n" + lines({"type": "mystery"}, {"no": "type"}, [1, 2]) + b'{"type":"result","usage":7}\n'

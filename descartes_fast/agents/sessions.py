@@ -60,7 +60,7 @@ class Session:
     resumed: bool = False          # this process resumed the session (its first total may carry on)
     seen_usage: tuple[int, int, int] = (0, 0, 0)  # codex: the thread's running totals, last seen
     _cost_told: float = field(default=0.0, repr=False)  # cost_usd at the end of the last turn
-    _open_tools: set[str] = field(default_factory=set, repr=False)
+    _open_tools: set[str] = field(default_factory=set, repr=False)  # tool ids of this turn (counted once)
 
     def feed(self, data: bytes) -> list[SessionEvent]:
         """The events in *data*, whole lines as stored (the last one may lack its newline)."""
@@ -169,6 +169,7 @@ class Session:
             self.turns += 1
         else:
             self.failed_turns += 1
+        self._open_tools.clear()  # a later turn's tools have ids of their own: the set stays small
         n = self.turns + self.failed_turns
         cost = f", ${self.cost_usd:.4f} in all" if self.cost_usd is not None else ""
         text = (f"turn {n} completed" if ok else f"turn {n} failed: {why or 'error'}") + \
