@@ -35,13 +35,21 @@ CONTAINMENTS = [pytest.param("cgroup", marks=pytest.mark.skipif(not HAVE_CGROUPS
                                                                 "hierarchy on this machine")), "process-group"]
 
 
+LINE_BYTES = len(b"%08d %s\n" % (0, b"x" * 60))  # each line of writer()
+
+
+def half_written(sha_file: Path) -> Path:
+    """The file a gated writer() makes when it has written its first half and waits."""
+    return Path(f"{sha_file}.half")
+
+
 def writer(lines: int, sha_file: Path, sigpipe: str, gate: Path | None = None) -> str:
     """A chatty agent: *lines* numbered lines, paced so that they span a crash, then the sha256 of
     all it wrote into *sha_file*. *sigpipe*: ``default`` (a closed pipe kills it, as it kills most
     programs) or ``ignore`` (as Node.js does: the write fails and it exits 1). With *gate*, the
     second half waits until that file exists (so that it is written after a crash the test made)."""
     wait = (f"    if i == {lines // 2}:\n"
-            f"        open({str(sha_file) + '.half'!r}, 'w').close()\n"
+            f"        open({str(half_written(sha_file))!r}, 'w').close()\n"
             f"        while not os.path.exists({str(gate)!r}):\n"
             f"            time.sleep(0.01)\n") if gate is not None else ""
     return (f"import hashlib, os, signal, sys, time\n"
@@ -63,8 +71,8 @@ def at_the_gate(server: Server, agent: uuid.UUID, lines: int, sha_file: Path) ->
     """The *writer* waits at its gate and the server has stored its first half: a ``kill -9`` now
     comes between two reads of the server. (One that comes after a read and before the store's
     write loses what that read got: README, "Agents outlive the server".)"""
-    until(lambda: Path(str(sha_file) + ".half").exists())
-    until(lambda: len(stdout_of(server, agent)) == lines // 2 * 70)
+    until(half_written(sha_file).exists)
+    until(lambda: len(stdout_of(server, agent)) == lines // 2 * LINE_BYTES)
 
 
 def stdout_of(server: Server, agent: uuid.UUID) -> bytes:
