@@ -8,6 +8,7 @@ The model of a stream is all its bytes; its lines end at each ``\\n`` and after 
 from __future__ import annotations
 
 import os
+import select
 import struct
 from pathlib import Path
 
@@ -165,17 +166,40 @@ def check(log: StreamLog, model: Model) -> None:
     assert log.lines(facts.first_line, 1000) == texts[facts.first_line:]
 
 
+class Pipe:
+    """A pipe the store takes from as the server does (non-blocking, spliced)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+
+    def through(self, log: StreamLog, block: bytes) -> list:
+        os.write(self.w, block)
+        taken, chunks = log.take(self.r, 1 << 16, 1) if block else (0, [])
+        assert taken == len(block)
+        return chunks
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
 @_SETTINGS
 @given(appends=blocks, finish=st.booleans(), segment_bytes=st.sampled_from([40, 100, 10_000]))
-def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends, finish, segment_bytes) -> None:
+@pytest.mark.parametrize("how", ["append", "take"])
+def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends, finish, segment_bytes,
+                                                      how) -> None:
     tmp = tmp_path_factory.mktemp("s")
     sizes: list[int] = []
     log = open_log(tmp, segment_bytes, sizes)
     model = Model()
     seen: list[tuple[int, bytes]] = []
+    pipe = Pipe()
     for block in appends:
-        seen += [(chunk.sequence, chunk.data) for chunk in log.append(block, 1)]
+        chunks = log.append(block, 1) if how == "append" else pipe.through(log, block)
+        seen += [(chunk.sequence, chunk.data) for chunk in chunks]
         model.append(block)
+    pipe.close()
     if finish:
         chunk = log.finish(2)
         model.finish()
@@ -269,3 +293,90 @@ def test_a_read_takes_as_many_small_chunks_as_fit(tmp_path) -> None:
     page = log.read(sequence=10, max_bytes=100, max_chunks=20)
     assert (page.sequence, len(page.chunk_ends), page.offset) == (10, 20, 20)
     log.close_files()
+
+
+def test_take_splices_from_a_pipe_and_reads_what_is_no_pipe(tmp_path) -> None:
+    log = open_log(tmp_path / "a", 1 << 20, [])
+    pipe = Pipe()
+    os.close(pipe.w)
+    pipe.w = os.open(os.devnull, os.O_WRONLY)
+    assert log.take(pipe.r, 100, 1) == (0, [])  # the end of an empty pipe: no file is made for it
+    assert not (tmp_path / "a").exists() and log._splice
+    pipe.close()
+    pipe = Pipe()
+    assert [c.data for c in pipe.through(log, b"ok\n")] == [b"ok\n"]  # spliced into the file made now
+    pipe.close()
+    master, slave = os.openpty()
+    try:
+        os.write(slave, b"ask> ")
+        select.select([master], [], [], 5)
+        taken, chunks = log.take(master, 100, 1)  # a terminal's master: splice refuses it, so it is read
+        assert (taken, chunks, log.carry, log._splice) == (5, [], 5, False)
+        assert log.cut(2).data == b"ask> "
+        assert log.lines(0, 10) == ["ok", "ask> "]
+    finally:
+        os.close(master)
+        os.close(slave)
+    log.close_files()
+
+
+@pytest.mark.parametrize("copied", [0, 2, None], ids=["nothing-copied", "half-copied", "copied-not-cut"])
+def test_a_crash_within_a_roll_loses_and_repeats_nothing(tmp_path, monkeypatch, copied) -> None:
+    """The roll writes the unfinished line into the next segment, then cuts it from the last; a
+    crash anywhere in between is settled by the reopen."""
+    import descartes_fast.agents.store as store
+
+    log = open_log(tmp_path, 40, [])
+    data = b"0123456\n" + b"unf"  # a chunk and its index records fill the segment: 'unf' moves along
+    real_write = store.StreamLog._write
+
+    class Crash(BaseException):
+        pass
+
+    def write(self, seg, chunk):
+        if seg.number == 1:
+            if copied is not None:
+                real_write(self, seg, chunk[:copied])  # (a crash in the middle of the copy)
+                raise Crash
+            real_write(self, seg, chunk)
+            monkeypatch.setattr(store.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(Crash()))
+        else:
+            real_write(self, seg, chunk)
+
+    monkeypatch.setattr(store.StreamLog, "_write", write)
+    with pytest.raises(Crash):
+        log.append(data, 1)
+    monkeypatch.undo()
+    again = StreamLog.reopen(tmp_path, "stdout", tail_bytes=0, segment_bytes=40, ended=True, on_size=lambda n: None,
+                             line_max=LINE_MAX, chunk_max=CHUNK_MAX)
+    whole, offset = bytearray(), None
+    while (page := again.read(offset=offset)).data:
+        whole += page.data
+        offset = page.chunk_ends[-1]
+    assert bytes(whole) == data
+    assert [p.stat().st_size for p in sorted(tmp_path.glob("*.log"))] == [8, 3]
+    again.close_files()
+
+
+def test_what_take_got_from_a_pipe_is_in_the_file_before_this_process_sees_it(tmp_path, monkeypatch) -> None:
+    """A crash right after the read of a pipe (before anything was indexed) loses nothing."""
+    log = open_log(tmp_path, 1 << 20, [])
+    pipe = Pipe()
+    pipe.through(log, b"first\n")
+
+    class Crash(BaseException):
+        pass
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    monkeypatch.setattr(StreamLog, "_pieces", crash)
+    os.write(pipe.w, b"second line\nand a half")
+    with pytest.raises(Crash):
+        log.take(pipe.r, 1 << 16, 1)
+    monkeypatch.undo()
+    pipe.close()
+    again = StreamLog.reopen(tmp_path, "stdout", tail_bytes=0, segment_bytes=1 << 20, ended=True,
+                             on_size=lambda n: None, line_max=64, chunk_max=CHUNK_MAX * 8)
+    assert again.lines(0, 10) == ["first", "second line", "and a half"]
+    again.close_files()

@@ -75,8 +75,10 @@ class PipeBudget:
 #: this process's budget (the kernel's limit is per user, so one count per process)
 PIPES = PipeBudget.from_kernel()
 
-#: ``on_output(stream, data)``: *data* as read, ``b""`` once at the end of the stream
-OutputCallback = Callable[[LogStreamType, bytes], None]
+#: ``on_output(stream, fd, most)``: take at most *most* bytes of the pipe *fd* (where they are
+#: kept) and say how many, 0 at its end (raises :class:`BlockingIOError` when it has none now);
+#: ``on_output(stream, None, 0)`` once when the stream has ended
+OutputCallback = Callable[[LogStreamType, "int | None", int], int]
 #: ``on_exit(exit_code, usage)``: the process has been reaped (its pipes are drained first)
 ExitCallback = Callable[[int, "resource.struct_rusage"], None]
 
@@ -398,25 +400,24 @@ class AgentProcess:
             return False
         fd = self._pipes[stream]
         capacity = self._capacity[stream]
+        assert self._on_output is not None and self._loop is not None
         try:
-            data = os.read(fd, capacity if capacity < READ_SLICE else READ_SLICE)
+            taken = self._on_output(stream, fd, capacity if capacity < READ_SLICE else READ_SLICE)
         except BlockingIOError:
             return False
-        except OSError:
-            data = b""
-        assert self._on_output is not None and self._loop is not None
-        if data:
-            if len(data) == capacity < PIPE_SIZE:  # the pipe was full: the writer waits for us
+        except OSError:  # (a terminal's master once its last user has gone: EIO)
+            taken = 0
+        if taken:
+            if taken == capacity < PIPE_SIZE:  # the pipe was full: the writer waits for us
                 self._capacity[stream] = PIPES.grow(fd, capacity)
                 self._grown[stream] += self._capacity[stream] - capacity
-            self._on_output(stream, data)
             return True
         self._loop.remove_reader(fd)
         os.close(fd)
         self._open.discard(stream)
         PIPES.release(self._grown[stream])
         self._grown[stream] = 0
-        self._on_output(stream, b"")
+        self._on_output(stream, None, 0)
         self._release_if_done()
         return False
 

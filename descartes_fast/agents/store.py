@@ -8,6 +8,10 @@ Layout of the state directory (``--state-dir``)::
                                           record per chunk: (end offset, end line, time ns)
     agents/<agent-id>/stderr.000000.log   ... and so on, segment by segment
 
+Bytes reach the log before this process sees them: the kernel moves each read of a pipe into
+the log file (``splice``), which is then read back to be indexed and published, so a crash
+loses no byte it read (a reopen indexes what the file holds past its index).
+
 A *chunk* is what one read of the agent's pipe completed: everything up to its last line end
 (an unfinished line waits for its end), at most ``CHUNK_MAX`` bytes (a larger read completes
 several chunks, so an event on PUB has a size the server can budget for). Chunks are numbered
@@ -24,11 +28,14 @@ oldest finished agents go first, then the oldest segments of the largest live on
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import shutil
 import struct
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -222,6 +229,11 @@ def _pread_exact(fd: int, n: int, offset: int, nowait: bool = False) -> bytes:
     return data
 
 
+def _pending(fd: int) -> int:
+    """Bytes the pipe *fd* holds now."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 def _columns(raw: bytes | memoryview) -> tuple[list[int], list[int]]:
     """The end offsets and times of packed index records."""
     if sys.byteorder == "little":
@@ -249,6 +261,8 @@ class StreamLog:
         self._log_fd: int | None = None
         self._idx_fd: int | None = None
         self.carry = 0       # bytes of the unfinished line (written, in no chunk yet)
+        self._unindexed = 0  # bytes in the log after the unfinished line, of a read being indexed
+        self._splice = hasattr(os, "splice")  # until a descriptor says it is no pipe
         self.ended = False
         self.dropped_segments = 0
 
@@ -258,11 +272,12 @@ class StreamLog:
         return self.directory / f"{self.name}.{number:06d}.{suffix}"
 
     def _open_segment(self, number: int, offset: int, line: int, sequence: int) -> _Segment:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         if not self._segments:  # the agent's directory is made with its first byte (most spawns have none)
             self.directory.mkdir(mode=0o700, exist_ok=True)
-        self._log_fd = os.open(self._path(number, "log"), flags, 0o600)
-        self._idx_fd = os.open(self._path(number, "idx"), flags, 0o600)
+        # the log is written at explicit offsets (splice cannot write to an O_APPEND file) and read back
+        new = os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # (a crash may have left a file of this number behind)
+        self._log_fd = os.open(self._path(number, "log"), os.O_RDWR | new, 0o600)
+        self._idx_fd = os.open(self._path(number, "idx"), os.O_WRONLY | os.O_APPEND | new, 0o600)
         os.write(self._idx_fd, RECORD.pack(offset, line, sequence))
         seg = _Segment(number, offset, line, sequence, offset, line, sequence, 0)
         self._segments.append(seg)
@@ -272,9 +287,8 @@ class StreamLog:
     def _resume(self) -> _Segment:
         """Append to the last segment again (after a reopen)."""
         seg = self._segments[-1]
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-        self._log_fd = os.open(self._path(seg.number, "log"), flags)
-        self._idx_fd = os.open(self._path(seg.number, "idx"), flags)
+        self._log_fd = os.open(self._path(seg.number, "log"), os.O_RDWR | os.O_CLOEXEC)
+        self._idx_fd = os.open(self._path(seg.number, "idx"), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         return seg
 
     def _close_writer(self) -> None:
@@ -293,32 +307,70 @@ class StreamLog:
         assert self._log_fd is not None
         view = memoryview(data)
         while view:
-            view = view[os.write(self._log_fd, view):]
-        seg.written += len(data)
+            n = os.pwrite(self._log_fd, view, seg.written)
+            seg.written += n
+            view = view[n:]
         self._on_size(len(data))
+
+    def _writer(self) -> _Segment:
+        """The segment being written, its files open (at the first write, and the first after a reopen)."""
+        if self._log_fd is None:
+            return self._resume() if self._segments else self._open_segment(0, 0, 0, 0)
+        return self._segments[-1]
 
     # -- writing (on the event loop) --
 
+    def take(self, fd: int, most: int, now_ns: int) -> tuple[int, list[Chunk]]:
+        """Move at most *most* bytes of the pipe *fd* into the log; how many (0 at its end) and the
+        chunks they complete. From a pipe the kernel moves them (``splice``), so a crash of this
+        process after the read loses nothing: the bytes are in the file before they are in this
+        process. From what is no pipe (a terminal's master) they are read, then written.
+        Raises :class:`BlockingIOError` when *fd* has nothing now."""
+        if self._splice and (self._log_fd is not None or _pending(fd)):  # (no file before the first byte)
+            seg = self._writer()
+            assert self._log_fd is not None
+            try:
+                n = os.splice(fd, self._log_fd, most, offset_dst=seg.written)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._splice = False  # not a pipe
+            else:
+                if not n:
+                    return 0, []
+                data = _pread_exact(self._log_fd, n, seg.written)
+                seg.written += n
+                self._on_size(n)
+                return n, self._pieces(data, now_ns, stored=True)
+        data = os.read(fd, most)
+        return len(data), self.append(data, now_ns)
+
     def append(self, data: bytes, now_ns: int) -> list[Chunk]:
         """Store *data* as read from the pipe; the chunks it completes (none until a line ends)."""
+        return self._pieces(data, now_ns, stored=False)
+
+    def _pieces(self, data: bytes, now_ns: int, stored: bool) -> list[Chunk]:
         if len(data) <= self._piece:
-            chunk = self._append(data, now_ns)
+            chunk = self._append(data, now_ns, stored)
             return [] if chunk is None else [chunk]
         chunks = []
         for start in range(0, len(data), self._piece):
-            chunk = self._append(data[start:start + self._piece], now_ns)
+            piece = data[start:start + self._piece]
+            if stored:  # in the file already, after this piece: a roll moves them along
+                self._unindexed = max(0, len(data) - start - self._piece)
+            chunk = self._append(piece, now_ns, stored)
             if chunk is not None:
                 chunks.append(chunk)
+        self._unindexed = 0
         return chunks
 
-    def _append(self, data: bytes, now_ns: int) -> Chunk | None:
+    def _append(self, data: bytes, now_ns: int, stored: bool = False) -> Chunk | None:
+        """Index *data* (and write it, unless it is *stored* already)."""
         if not data:
             return None
-        if self._log_fd is None:  # the first append, or the first after a reopen
-            seg = self._resume() if self._segments else self._open_segment(0, 0, 0, 0)
-        else:
-            seg = self._segments[-1]
-        self._write(seg, data)
+        seg = self._segments[-1] if stored else self._writer()
+        if not stored:
+            self._write(seg, data)
         lines, cut = scan(data, self.carry, self.line_max)
         # the unfinished line so far is the newest bytes of the ring: take it before they are overwritten
         carried = self._ring.read(seg.end_offset, self.carry) if lines and self.carry else b""
@@ -358,17 +410,26 @@ class StreamLog:
         return Chunk(sequence, chunk)
 
     def _roll(self, seg: _Segment) -> None:
-        """Start the next segment; the unfinished line moves into it (a segment holds whole chunks)."""
-        carried = self._ring.read(seg.end_offset, self.carry) if self.carry else b""
-        if carried:
-            assert self._log_fd is not None
-            os.ftruncate(self._log_fd, seg.end_offset - seg.start_offset)
-            seg.written -= len(carried)
-            self._on_size(-len(carried))
-        self._close_writer()
-        nxt = self._open_segment(seg.number + 1, seg.end_offset, seg.end_line, seg.end_sequence)
-        if carried:
-            self._write(nxt, carried)
+        """Start the next segment (a segment holds whole chunks): the bytes after its last chunk
+        (the unfinished line, and the rest of a read being indexed) move into it. They are written
+        there first and cut from here after, so a crash in between leaves them twice, never
+        nowhere (a reopen cuts the first copy: :meth:`_settle_roll`)."""
+        assert self._log_fd is not None and self._idx_fd is not None
+        moved = self.carry + self._unindexed
+        kept = seg.end_offset - seg.start_offset
+        tail = _pread_exact(self._log_fd, moved, kept) if moved else b""
+        log_fd = self._log_fd
+        os.close(self._idx_fd)
+        self._log_fd = self._idx_fd = None
+        try:
+            nxt = self._open_segment(seg.number + 1, seg.end_offset, seg.end_line, seg.end_sequence)
+            if tail:
+                self._write(nxt, tail)
+                os.ftruncate(log_fd, kept)
+                seg.written = kept
+                self._on_size(-moved)
+        finally:
+            os.close(log_fd)
 
     def drop_oldest(self) -> int:
         """Drop the oldest segment whole (never the one being written); the bytes it freed."""
@@ -539,6 +600,8 @@ class StreamLog:
             if seg is not None:
                 log._segments.append(seg)
                 on_size(seg.size)
+        for seg, nxt in zip(log._segments, log._segments[1:]):
+            log._settle_roll(seg, nxt)
         if log._segments:
             log._recover_tail(ended)
         log.ended = ended
@@ -564,6 +627,25 @@ class StreamLog:
                                 else (start_offset, start_line))
         return _Segment(number, start_offset, start_line, start_sequence, end_offset, end_line,
                         start_sequence + count, written)
+
+    def _settle_roll(self, seg: _Segment, nxt: _Segment) -> None:
+        """A crash within a roll left bytes after the last chunk of *seg*: they belong at the start
+        of *nxt*. Finish their copy where it was cut short, then cut them from *seg*."""
+        kept = seg.end_offset - seg.start_offset
+        extra = seg.written - kept
+        if extra <= 0:
+            return
+        with open(self._path(seg.number, "log"), "r+b") as old:
+            old.seek(kept)
+            tail = old.read(extra)
+            if nxt.written < extra:  # (nothing else is in *nxt* then: no chunk came after the roll)
+                with open(self._path(nxt.number, "log"), "r+b") as new:
+                    new.write(tail)
+                self._on_size(extra - nxt.written)
+                nxt.written = extra
+            old.truncate(kept)
+        seg.written = kept
+        self._on_size(-extra)
 
     def _recover_tail(self, ended: bool) -> None:
         """Bytes of the last segment after its last record (a crash came between the two writes)."""
@@ -620,11 +702,12 @@ class AgentOutput:
     def size(self) -> int:
         return sum(s.size for s in self.streams.values())
 
-    def append(self, stream: LogStreamType, data: bytes) -> list[Chunk]:
-        chunks = self.streams[stream].append(data, time.time_ns())
+    def take(self, stream: LogStreamType, fd: int, most: int) -> tuple[int, list[Chunk]]:
+        """What the pipe *fd* of *stream* holds, moved into the store (:meth:`StreamLog.take`)."""
+        taken, chunks = self.streams[stream].take(fd, most, time.time_ns())
         if self.size > self.store.agent_bytes:
             self.shrink(self.size - self.store.agent_bytes)
-        return chunks
+        return taken, chunks
 
     def finish(self) -> list[tuple[LogStreamType, Chunk]]:
         """The agent has ended: the chunks its unfinished lines became."""

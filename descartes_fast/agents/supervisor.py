@@ -716,7 +716,7 @@ class Supervisor:
     def _watch(self, agent: Agent, loop: asyncio.AbstractEventLoop) -> None:
         """Hear the agent's output and exit; its wall-clock and memory limits."""
         assert isinstance(agent.process, AgentProcess)
-        agent.process.watch(loop, lambda stream, data: self._on_output(agent, stream, data),
+        agent.process.watch(loop, lambda stream, fd, most: self._on_output(agent, stream, fd, most),
                             lambda code, usage: self._on_exit(agent, code, usage))
         limits = agent.limits
         # one wall clock for all its processes, from its start (an adopted agent: what is left of it)
@@ -756,23 +756,23 @@ class Supervisor:
                              f"{policy.cpu_secs}, open_files = {policy.open_files}): {exc.strerror}") from None
         return process
 
-    def _on_output(self, agent: Agent, stream: LogStreamType, data: bytes) -> None:
-        """Output as read from a pipe: stored, and what it completes (whole lines) published;
-        at the end of a stream (``b""``) its unfinished line becomes a line. Of a terminal, each
-        read is published whole (a prompt has no newline)."""
+    def _on_output(self, agent: Agent, stream: LogStreamType, fd: int | None, most: int) -> int:
+        """Output waiting in a pipe: moved into the store (how many bytes), and what it completes
+        (whole lines) published; at the end of a stream (*fd* None) its unfinished line becomes a
+        line. Of a terminal, each read is published whole (a prompt has no newline)."""
         session = agent.session if stream == LogStreamType.STDOUT else None
-        if data:
-            chunks = agent.output.append(stream, data)
+        if fd is None:
+            last = agent.output[stream].finish(time.time_ns())
+            taken, chunks = 0, [] if last is None else [last]
+        else:
+            taken, chunks = agent.output.take(stream, fd, most)
             if agent.process.pty and (rest := agent.output[stream].cut(time.time_ns())) is not None:
                 chunks.append(rest)
-            for chunk in chunks:
-                self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
-                if session is not None and (events := session.feed(chunk.data)):
-                    self._session_events(agent, events)
-        elif (last := agent.output[stream].finish(time.time_ns())) is not None:
-            self.listener.on_output(agent, stream, last.data, last.sequence)
-            if session is not None and (events := session.feed(last.data)):
+        for chunk in chunks:
+            self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
+            if session is not None and (events := session.feed(chunk.data)):
                 self._session_events(agent, events)
+        return taken
 
     def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
         if not self._goes_on(agent, exit_code, usage):
