@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +22,7 @@ from descartes_fast.client import (
     ZmqRunnerConfig,
 )
 from descartes_fast.wire import codec
+from descartes_fast.wire.frames import log_topic, pub_frame
 from descartes_fast.wire.schema import (
     AgentConfig,
     AgentStatus,
@@ -30,6 +33,7 @@ from descartes_fast.wire.schema import (
     HealthCheckRequest,
     HealthCheckResponse,
     LogStreamMessage,
+    LogStreamType,
     StatusUpdateType,
     ZmqOutputStream,
 )
@@ -175,6 +179,42 @@ class LateStub:
                                       if isinstance(request, ControlCommand) else
                                       HealthCheckResponse(request.request_id, True, "1.0.0"))
             self.sock.send_multipart(frames)
+
+
+def test_a_publisher_faster_than_decoding_does_not_starve_the_clients_loop(server, tmp_path) -> None:
+    # a publisher of its own process floods 16 KiB log chunks (decoding one costs far more than
+    # sending it); the client once decoded for as long as frames were there, and nothing else on
+    # its loop ran
+    endpoint = f"ipc://{tmp_path}/flood"  # (the server's own is pub)
+    agent = uuid.uuid4()
+    frame = pub_frame(log_topic(agent), codec.encode(LogStreamMessage(agent, LogStreamType.STDOUT,
+                                                                      b"x" * 16383 + b"\n", 1, 0)))
+    (tmp_path / "frame").write_bytes(frame)
+    flood = subprocess.Popen([sys.executable, "-c",
+                              f"import time, zmq\nframe = open({str(tmp_path / 'frame')!r}, 'rb').read()\n"
+                              f"pub = zmq.Context().socket(zmq.PUB)\npub.bind({endpoint!r})\n"
+                              f"end = time.monotonic() + 15\n"  # (a starved client sees the end of it)
+                              f"while time.monotonic() < end:\n    pub.send(frame)\n"])
+
+    async def main() -> tuple[int, int]:
+        config = ZmqRunnerConfig(endpoint=server.bind, pub_endpoint=endpoint, request_timeout_secs=10)
+        async with AsyncClient(config) as client:
+            logs = await client.stream_logs(agent)
+            while logs.queue.empty():  # the flood is heard
+                await asyncio.sleep(0.01)
+            ticks, started, heard = 0, time.monotonic(), logs.queue.qsize()
+            while time.monotonic() - started < 2.0:
+                await asyncio.sleep(0.01)  # the caller's own work, beside the flood
+                ticks += 1
+            return ticks, logs.queue.qsize() - heard
+
+    try:
+        ticks, heard = run(main())
+    finally:
+        flood.kill()
+        flood.wait()
+    assert ticks >= 20, ticks  # about 200 without the flood; 1 when the loop was starved
+    assert heard > 0  # and the flood was heard meanwhile
 
 
 def test_a_late_reply_is_not_taken_for_the_next_call() -> None:

@@ -35,20 +35,22 @@ CONTAINMENTS = [pytest.param("cgroup", marks=pytest.mark.skipif(not HAVE_CGROUPS
                                                                 "hierarchy on this machine")), "process-group"]
 
 
-def writer(lines: int, sha_file: Path, sigpipe: str, gate: Path | None = None) -> str:
+def writer(lines: int, sha_file: Path, sigpipe: str, gate: Path | None = None, cap: int | None = None) -> str:
     """A chatty agent: numbered lines as fast as it can (a short sleep every 50), then the sha256
     of all it wrote into *sha_file*. *sigpipe*: ``default`` (a closed pipe kills it, as it kills
     most programs) or ``ignore`` (as Node.js does: the write fails and it exits 1). Without
     *gate*, *lines* lines; with it, it writes on until that file exists (the test makes it right
     after a crash), then *lines* more: the crash comes in the middle of its output, while the
     server reads it (and a read can be on its way to the store), and the rest is written while no
-    server runs."""
+    server runs. With *cap* too, it waits for the gate after *cap* lines (a slow reader keeps up)."""
     until_gate = f"os.path.exists({str(gate)!r})" if gate is not None else "True"
+    wait = (f"    while i == {cap} and not {until_gate}:\n"
+            f"        time.sleep(0.01)\n") if cap is not None else ""
     return (f"import hashlib, os, signal, sys, time\n"
             f"signal.signal(signal.SIGPIPE, signal.SIG_{'DFL' if sigpipe == 'default' else 'IGN'})\n"
             f"h = hashlib.sha256()\n"
             f"i, end = 0, None\n"
-            f"while end is None or i < end:\n"
+            f"while end is None or i < end:\n" + wait +
             f"    if end is None and i % 50 == 0:\n"
             f"        time.sleep(0.001)\n"
             f"        if {until_gate}:\n"
@@ -290,7 +292,8 @@ def test_a_follower_across_a_crash_and_restart_gets_every_line_once(main_impleme
 
     first = Server(tmp_path, main_implementation)
     gate = tmp_path / "crashed"  # the rest of the output is written while no server runs
-    agent = first.spawn("py", writer(40_000, tmp_path / "chatty.sha", "default", gate))
+    # (the pure twins' client decodes slower than the agent writes: it waits for the crash after 20,000 lines)
+    agent = first.spawn("py", writer(40_000, tmp_path / "chatty.sha", "default", gate, cap=20_000))
     servers = [first]
 
     async def follow() -> tuple[bytes, int, float]:

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
@@ -80,6 +81,8 @@ _C = ControlCommandType
 #: server publishes the end, a Rust one never does
 _POLL_OURS = 5.0
 _POLL_OTHERS = 1.0
+#: the time PUB frames are decoded for in one turn of the loop, at most (and one more frame; see _on_event)
+_EVENT_SECS_PER_TURN = 0.005
 _LOG_STREAMS = {ZmqOutputStream.STDOUT: (LogStreamType.STDOUT,), ZmqOutputStream.STDERR: (LogStreamType.STDERR,),
                 ZmqOutputStream.BOTH: (LogStreamType.STDOUT, LogStreamType.STDERR)}
 
@@ -560,8 +563,15 @@ class AsyncClient:
                 self._sub.setsockopt(zmq.UNSUBSCRIBE, sub.topic)
 
     def _on_event(self) -> None:
+        """Take what the SUB socket holds for ``_EVENT_SECS_PER_TURN`` at most, then let the loop
+        turn: a publisher faster than decoding must not starve it (the callers' own work, the
+        follows that consume these). The rest waits for the next turn (libzmq's descriptor does
+        not signal again for frames already there)."""
         sock = self._sub
-        while sock is not None and has_input(sock):
+        until = time.monotonic() + _EVENT_SECS_PER_TURN
+        while True:
+            if sock is None or sock.closed or not has_input(sock):
+                return
             frame = sock.recv(zmq.NOBLOCK)
             try:
                 topic, payload = parse_pub_frame(frame)
@@ -573,6 +583,9 @@ class AsyncClient:
                     for sub in subs:
                         if isinstance(message, sub.kind):
                             sub.offer(message)
+            if time.monotonic() >= until:
+                break
+        self._loop.call_soon(self._on_event)
 
 
 def _request_ids() -> Iterator[str]:
