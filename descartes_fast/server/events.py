@@ -87,8 +87,11 @@ class EventPublisher:
 
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
                   event: dict[str, Any] | None = None) -> None:
-        """A status update; *event*: what the agent's session said (its data, merged in)."""
-        log.info("agent %s: %s (%s)", agent.id, agent.status, message)
+        """A status update; *event*: what the agent's session said (its data, merged in). Logged
+        at INFO, but a tool call at DEBUG (a busy session makes hundreds a minute)."""
+        level = logging.DEBUG if event is not None and event.get("event") == "tool_call" else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "agent %s: %s (%s)", agent.id, agent.status, message)
         if event is not None and self.metrics is not None:
             self._count(agent.config.model_backend, event)
         if self.sock is None:
