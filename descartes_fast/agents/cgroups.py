@@ -103,12 +103,22 @@ def _mount_of(path: Path) -> Path | None:
 def _read(path: Path) -> str | None:
     """The contents of a cgroup file; ``None`` if it (or its cgroup) is gone."""
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         if e.errno in _GONE:
             return None
         raise
+    try:
+        parts = []
+        while part := os.read(fd, 1 << 16):
+            parts.append(part)
+        return b"".join(parts).decode("ascii", "replace")
+    except OSError as e:
+        if e.errno in _GONE:
+            return None
+        raise
+    finally:
+        os.close(fd)
 
 
 def _write(path: Path, data: str) -> None:
