@@ -380,3 +380,25 @@ def test_what_take_got_from_a_pipe_is_in_the_file_before_this_process_sees_it(tm
                              on_size=lambda n: None, line_max=64, chunk_max=CHUNK_MAX * 8)
     assert again.lines(0, 10) == ["first", "second line", "and a half"]
     again.close_files()
+
+
+def test_a_log_that_cannot_be_written_is_an_error_not_the_end_of_the_stream(tmp_path, monkeypatch) -> None:
+    import errno
+
+    import descartes_fast.agents.store as store
+
+    log = open_log(tmp_path, 1 << 20, [])
+    pipe = Pipe()
+    pipe.through(log, b"first\n")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "splice", full)
+    os.write(pipe.w, b"second\n")
+    with pytest.raises(OSError, match="No space"):
+        log.take(pipe.r, 1 << 16, 1)
+    monkeypatch.undo()
+    assert [c.data for c in log.take(pipe.r, 1 << 16, 1)[1]] == [b"second\n"]  # still in the pipe, taken now
+    pipe.close()
+    log.close_files()

@@ -76,7 +76,8 @@ class PipeBudget:
 PIPES = PipeBudget.from_kernel()
 
 #: ``on_output(stream, fd, most)``: take at most *most* bytes of the pipe *fd* (where they are
-#: kept) and say how many, 0 at its end (raises :class:`BlockingIOError` when it has none now);
+#: kept) and say how many, 0 at its end or when reading it fails (raises :class:`BlockingIOError`
+#: when it has none now; an error of where they are kept is raised);
 #: ``on_output(stream, None, 0)`` once when the stream has ended
 OutputCallback = Callable[[LogStreamType, "int | None", int], int]
 #: ``on_exit(exit_code, usage)``: the process has been reaped (its pipes are drained first)
@@ -405,8 +406,6 @@ class AgentProcess:
             taken = self._on_output(stream, fd, capacity if capacity < READ_SLICE else READ_SLICE)
         except BlockingIOError:
             return False
-        except OSError:  # (a terminal's master once its last user has gone: EIO)
-            taken = 0
         if taken:
             if taken == capacity < PIPE_SIZE:  # the pipe was full: the writer waits for us
                 self._capacity[stream] = PIPES.grow(fd, capacity)

@@ -324,8 +324,9 @@ class StreamLog:
         """Move at most *most* bytes of the pipe *fd* into the log; how many (0 at its end) and the
         chunks they complete. From a pipe the kernel moves them (``splice``), so a crash of this
         process after the read loses nothing: the bytes are in the file before they are in this
-        process. From what is no pipe (a terminal's master) they are read, then written.
-        Raises :class:`BlockingIOError` when *fd* has nothing now."""
+        process. From what is no pipe (a terminal's master) they are read, then written; a
+        failed read is the end (0). Raises :class:`BlockingIOError` when *fd* has nothing now, and
+        what writing the log raised."""
         if self._splice and (self._log_fd is not None or _pending(fd)):  # (no file before the first byte)
             seg = self._writer()
             assert self._log_fd is not None
@@ -342,7 +343,12 @@ class StreamLog:
                 seg.written += n
                 self._on_size(n)
                 return n, self._pieces(data, now_ns, stored=True)
-        data = os.read(fd, most)
+        try:
+            data = os.read(fd, most)
+        except BlockingIOError:
+            raise
+        except OSError:  # the end of what *fd* gives (a terminal's master once its last user has gone: EIO)
+            return 0, []
         return len(data), self.append(data, now_ns)
 
     def append(self, data: bytes, now_ns: int) -> list[Chunk]:
