@@ -100,7 +100,7 @@ def _mount_of(path: Path) -> Path | None:
     return Path(max(points, key=len)) if points else None
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str) -> str | None:
     """The contents of a cgroup file; ``None`` if it (or its cgroup) is gone."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -121,7 +121,7 @@ def _read(path: Path) -> str | None:
         os.close(fd)
 
 
-def _write(path: Path, data: str) -> None:
+def _write(path: str, data: str) -> None:
     """Write *data* to an existing cgroup file in one write (no O_CREAT, no O_TRUNC: cgroupfs files only)."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -155,7 +155,9 @@ class AgentCgroups:
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
         self.hierarchy = hierarchy
-        self._home: Path | None = None  # the caller's own cgroup.procs (see spawn_into)
+        self._base = str(base)  # (the hot paths build plain strings: a pathlib join costs more than the read)
+        self._home: str | None = None  # the caller's own cgroup.procs (see spawn_into)
+        self._peak = True  # whether memory.peak may exist (see usage)
 
     @classmethod
     def create(cls, name: str, mounts: Sequence[str] = MOUNTS) -> AgentCgroups | None:
@@ -174,11 +176,19 @@ class AgentCgroups:
         _check_name(agent_id)
         return self.base / agent_id
 
+    def _file(self, agent_id: str, name: str) -> str:
+        """The path of the agent's cgroup file *name*."""
+        _check_name(agent_id)
+        return f"{self._base}/{agent_id}/{name}"
+
     def make(self, agent_id: str) -> Path:
         """Create the agent's cgroup (if missing) and return its directory."""
-        path = self.path(agent_id)
-        path.mkdir(exist_ok=True)
-        return path
+        _check_name(agent_id)
+        try:
+            os.mkdir(f"{self._base}/{agent_id}")
+        except FileExistsError:
+            pass
+        return self.base / agent_id
 
     def spawn_into(self, agent_id: str, spawn: Callable[[], T]) -> T:
         """Call *spawn* (which starts a child process with fork/posix_spawn) while the calling process sits in the
@@ -190,10 +200,10 @@ class AgentCgroups:
             hierarchy = self.hierarchy or _mount_of(self.base)
             if hierarchy is None:
                 raise LookupError(f"{self.base} is not on a cgroup2 mount")
-            self._home = own_cgroup(hierarchy) / "cgroup.procs"
+            self._home = str(own_cgroup(hierarchy) / "cgroup.procs")
         home = self._home
         pid = str(os.getpid())
-        _write(self.path(agent_id) / "cgroup.procs", pid)
+        _write(self._file(agent_id, "cgroup.procs"), pid)
         try:
             return spawn()
         finally:
@@ -202,11 +212,10 @@ class AgentCgroups:
     def _control(self, agent_id: str, file: str, value: str) -> bool:
         """Write *value* to the agent's control *file*; False if the cgroup is gone (a missing file in a present
         cgroup means an unsupported kernel and raises)."""
-        path = self.path(agent_id)
         try:
-            _write(path / file, value)
+            _write(self._file(agent_id, file), value)
         except OSError as e:
-            if e.errno in _GONE and not path.is_dir():
+            if e.errno in _GONE and not self.path(agent_id).is_dir():
                 return False
             raise
         return True
@@ -237,14 +246,14 @@ class AgentCgroups:
     def frozen(self, agent_id: str) -> bool:
         """Whether the agent's cgroup is frozen ("frozen 1" in cgroup.events: the truth, since a frozen task shows
         state S in /proc); False if gone."""
-        return _keyed(_read(self.path(agent_id) / "cgroup.events"), "frozen") == "1"
+        return _keyed(_read(self._file(agent_id, "cgroup.events")), "frozen") == "1"
 
     def populated(self, agent_id: str) -> bool:
         """Whether any live process is in the agent's cgroup ("populated 1" in cgroup.events); False if gone."""
-        return _keyed(_read(self.path(agent_id) / "cgroup.events"), "populated") == "1"
+        return _keyed(_read(self._file(agent_id, "cgroup.events")), "populated") == "1"
 
     def _pids(self, agent_id: str) -> list[int]:
-        return [int(line) for line in (_read(self.path(agent_id) / "cgroup.procs") or "").split()]
+        return [int(line) for line in (_read(self._file(agent_id, "cgroup.procs")) or "").split()]
 
     def count(self, agent_id: str) -> int:
         """The number of processes in the agent's cgroup (cgroup.procs); 0 if gone."""
@@ -252,23 +261,27 @@ class AgentCgroups:
 
     def usage(self, agent_id: str) -> tuple[int | None, int | None]:
         """(CPU time used in µs, ``usage_usec`` of cpu.stat; peak memory in bytes, memory.peak): each None if the
-        file is absent (memory.peak needs the memory controller enabled) or the cgroup is gone."""
-        path = self.path(agent_id)
-        cpu = _keyed(_read(path / "cpu.stat"), "usage_usec")
-        peak = (_read(path / "memory.peak") or "").strip()
+        file is absent (memory.peak needs the memory controller enabled) or the cgroup is gone. Once memory.peak
+        is missing from a cgroup that exists, it is not looked for again (the controller is enabled for the agents'
+        cgroups when *base* is made, or not at all)."""
+        stat = _read(self._file(agent_id, "cpu.stat"))
+        cpu = _keyed(stat, "usage_usec")
+        peak = (_read(self._file(agent_id, "memory.peak")) or "").strip() if self._peak else ""
+        if stat is not None and not peak:
+            self._peak = False
         return (int(cpu) if cpu else None, int(peak) if peak.isdigit() else None)
 
     def current(self, agent_id: str) -> tuple[int | None, int | None]:
         """(CPU time used so far in µs; memory in use now in bytes, memory.current): None where absent."""
-        path = self.path(agent_id)
-        cpu = _keyed(_read(path / "cpu.stat"), "usage_usec")
-        now = (_read(path / "memory.current") or "").strip()
+        cpu = _keyed(_read(self._file(agent_id, "cpu.stat")), "usage_usec")
+        now = (_read(self._file(agent_id, "memory.current")) or "").strip()
         return (int(cpu) if cpu else None, int(now) if now.isdigit() else None)
 
     def remove(self, agent_id: str) -> bool:
         """Remove the agent's cgroup once empty; False if it is still populated (or has children) or is absent."""
         try:
-            os.rmdir(self.path(agent_id))
+            _check_name(agent_id)
+            os.rmdir(f"{self._base}/{agent_id}")
         except OSError as e:
             if e.errno in _GONE or e.errno in (errno.EBUSY, errno.ENOTEMPTY):
                 return False
