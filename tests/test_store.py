@@ -17,11 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from descartes_fast import _impl
-from descartes_fast.agents.store import RECORD, StreamLog
+from descartes_fast.agents.lineindex import LINE_MAX as LINE_MAX_REAL
+from descartes_fast.agents.store import CHUNK_MAX as CHUNK_MAX_REAL
+from descartes_fast.agents.store import HOLD_SECS, RECORD, StreamLog
 
 LINE_MAX = 8  # small, so that long lines and forced ends are everywhere
 CHUNK_MAX = 20  # and appends are cut into pieces of 12
 #: DESCARTES_STORE_SCALE=20 for a long soak
+HOLD_NS = int(HOLD_SECS * 1e9)
 _SETTINGS = settings(max_examples=int(150 * float(os.environ.get("DESCARTES_STORE_SCALE", "1"))), deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -173,9 +176,9 @@ class Pipe:
         self.r, self.w = os.pipe()
         os.set_blocking(self.r, False)
 
-    def through(self, log: StreamLog, block: bytes) -> list:
+    def through(self, log: StreamLog, block: bytes, now_ns: int = 1, hold: bool = False) -> list:
         os.write(self.w, block)
-        taken, chunks = log.take(self.r, 1 << 16, 1) if block else (0, [])
+        taken, chunks = log.take(self.r, 1 << 16, now_ns, hold) if block else (0, [])
         assert taken == len(block)
         return chunks
 
@@ -185,26 +188,39 @@ class Pipe:
 
 
 @_SETTINGS
-@given(appends=blocks, finish=st.booleans(), segment_bytes=st.sampled_from([40, 100, 10_000]))
-@pytest.mark.parametrize("how", ["append", "take"])
-def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends, finish, segment_bytes,
+@given(appends=blocks, finish=st.booleans(), segment_bytes=st.sampled_from([40, 100, 10_000]),
+       paces=st.lists(st.sampled_from(["soon", "late", "timer"]), min_size=1))
+@pytest.mark.parametrize("how", ["append", "take", "hold"])
+def test_appends_reads_and_rolls_agree_with_the_model(tmp_path_factory, appends, finish, segment_bytes, paces,
                                                       how) -> None:
+    """*how*: appended, taken from a pipe, or taken holding (reads that come *soon* after the last
+    chunks are held, a *late* one releases them, and so does the holder's *timer*)."""
     tmp = tmp_path_factory.mktemp("s")
     sizes: list[int] = []
     log = open_log(tmp, segment_bytes, sizes)
     model = Model()
     seen: list[tuple[int, bytes]] = []
     pipe = Pipe()
-    for block in appends:
-        chunks = log.append(block, 1) if how == "append" else pipe.through(log, block)
+    now, held = 1, bytearray()  # (what the store holds, as the model knows it: one block once released)
+    for i, block in enumerate(appends):
+        pace = paces[i % len(paces)]
+        now += HOLD_NS if pace == "late" else 1
+        if how == "append":
+            chunks = log.append(block, now)
+        else:
+            chunks = pipe.through(log, block, now, hold=how == "hold")
+            if pace == "timer":
+                chunks += log.release(now)
         seen += [(chunk.sequence, chunk.data) for chunk in chunks]
-        model.append(block)
+        held += block
+        if not log.held:
+            model.append(bytes(held))
+            held.clear()
     pipe.close()
     if finish:
-        chunk = log.finish(2)
+        seen += [(chunk.sequence, chunk.data) for chunk in log.finish(now + 1)]
+        model.append(bytes(held))
         model.finish()
-        if chunk is not None:
-            seen.append((chunk.sequence, chunk.data))
     # the chunks handed out are the stream, numbered 0, 1, 2, ...
     assert [s for s, _ in seen] == list(range(len(seen)))
     assert all(len(d) <= CHUNK_MAX for _, d in seen)
@@ -262,11 +278,13 @@ def test_reopen_after_a_crash_keeps_every_byte(tmp_path_factory, appends, ended,
         whole += page.data
         offset = page.chunk_ends[-1]
     assert bytes(whole) == bytes(data[:facts.end_offset])
-    if not ended:  # and it goes on where it stopped
-        again.append(extra, 3)
+    if not ended:  # and it goes on where it stopped, the chunks it hands out as they are stored
+        before = facts.end_offset
+        chunks = again.append(extra, 3)
         data += extra
         ends = model_line_ends(bytes(data), LINE_MAX)
         assert again.facts().end_offset == (ends[-1] if ends else 0)
+        assert b"".join(c.data for c in chunks) == bytes(data[before:again.facts().end_offset])
     again.close_files()
 
 
@@ -276,8 +294,8 @@ def test_a_line_longer_than_the_maximum_is_split_not_lost(tmp_path) -> None:
     chunks = log.append(blob, 1)  # 12 forced line ends of 8 bytes, in chunks of at most CHUNK_MAX
     assert b"".join(c.data for c in chunks) == blob[:96] and max(len(c.data) for c in chunks) <= CHUNK_MAX
     assert log.facts().end_line == 12 and log.carry == 4
-    chunk = log.finish(2)
-    assert chunk is not None and chunk.data == blob[96:]
+    [chunk] = log.finish(2)
+    assert chunk.data == blob[96:]
     assert log.facts().end_line == 13 and log.facts().end_offset == 100
     assert log.lines(0, 100) == [blob[i:i + 8].decode() for i in range(0, 100, 8)]
     log.close_files()
@@ -379,6 +397,33 @@ def test_what_take_got_from_a_pipe_is_in_the_file_before_this_process_sees_it(tm
     again = StreamLog.reopen(tmp_path, "stdout", tail_bytes=0, segment_bytes=1 << 20, ended=True,
                              on_size=lambda n: None, line_max=64, chunk_max=CHUNK_MAX * 8)
     assert again.lines(0, 10) == ["first", "second line", "and a half"]
+    again.close_files()
+
+
+def test_reads_close_together_become_one_chunk_and_a_crash_loses_none_of_what_was_held(tmp_path) -> None:
+    """Reads within HOLD_SECS of the last chunks are held (in the file, not indexed): they come
+    out as one chunk when a read comes late, or at a release; a crash meanwhile loses none."""
+    log = StreamLog(tmp_path, "stdout", tail_bytes=0, segment_bytes=1 << 20, on_size=lambda n: None)
+    pipe = Pipe()
+    assert [c.data for c in pipe.through(log, b"quiet before\n", 0, hold=True)] == [b"quiet before\n"]
+    assert pipe.through(log, b"a\n", 1, hold=True) == [] and pipe.through(log, b"b\n", 2, hold=True) == []
+    assert log.held == 4 and log.facts().end_line == 1
+    assert [c.data for c in pipe.through(log, b"c\n", 1 + HOLD_NS, hold=True)] == [b"a\nb\nc\n"]
+    assert pipe.through(log, b"d\n", 2 + HOLD_NS, hold=True) == []
+    assert [c.data for c in log.release(3 + HOLD_NS)] == [b"d\n"] and not log.held  # (the holder's timer)
+    big = b"x" * 1000 + b"\n"
+    chunks = [c for _ in range(200) for c in pipe.through(log, big, 4 + HOLD_NS, hold=True)]
+    assert 0 < log.held < CHUNK_MAX_REAL - LINE_MAX_REAL  # held: less than a chunk's worth
+    assert len(chunks) <= 6 and max(len(c.data) for c in chunks) <= CHUNK_MAX_REAL  # 200 reads: 3 releases
+    held = log.held
+    pipe.through(log, b"and a half", 5 + HOLD_NS, hold=True)
+    log.close_files()  # the server dies here
+    pipe.close()
+    again = StreamLog.reopen(tmp_path, "stdout", tail_bytes=0, segment_bytes=1 << 20, ended=True,
+                             on_size=lambda n: None)
+    lines = again.lines(0, 1000)
+    assert lines[:5] == ["quiet before", "a", "b", "c", "d"] and lines[5:-1] == [big[:-1].decode()] * 200
+    assert lines[-1] == "and a half" and held
     again.close_files()
 
 

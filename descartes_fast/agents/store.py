@@ -59,6 +59,10 @@ MAX_READ_CHUNKS: Final = 16384  # chunks described in one read (their ends and t
 _READ_AHEAD: Final = 4 << 20  # bytes the kernel is asked to bring in after each read from a file
 #: the most bytes in one chunk: an unfinished line (under LINE_MAX) and the piece of a read it ends in
 CHUNK_MAX: Final = 2 * LINE_MAX
+#: how long reads that follow each other closely are held (in the log, not indexed yet) to become
+#: one chunk, at most (see StreamLog.take): the latency a busy stream's chunks have at worst
+HOLD_SECS: Final = 0.005
+_HOLD_NS: Final = int(HOLD_SECS * 1e9)
 
 
 class StoreError(Exception):
@@ -262,6 +266,8 @@ class StreamLog:
         self._idx_fd: int | None = None
         self.carry = 0       # bytes of the unfinished line (written, in no chunk yet)
         self._unindexed = 0  # bytes in the log after the unfinished line, of a read being indexed
+        self._held = 0  # bytes in the log after the unfinished line that take() holds back (not indexed yet)
+        self._released_ns = -_HOLD_NS  # when take() (or release) last indexed what it held
         self._splice = hasattr(os, "splice")  # until a descriptor says it is no pipe
         self.ended = False
         self.dropped_segments = 0
@@ -320,13 +326,19 @@ class StreamLog:
 
     # -- writing (on the event loop) --
 
-    def take(self, fd: int, most: int, now_ns: int) -> tuple[int, list[Chunk]]:
+    def take(self, fd: int, most: int, now_ns: int, hold: bool = False) -> tuple[int, list[Chunk]]:
         """Move at most *most* bytes of the pipe *fd* into the log; how many (0 at its end) and the
         chunks they complete. From a pipe the kernel moves them (``splice``), so a crash of this
         process after the read loses nothing: the bytes are in the file before they are in this
         process. From what is no pipe (a terminal's master) they are read, then written; a
         failed read is the end (0). Raises :class:`BlockingIOError` when *fd* has nothing now, and
-        what writing the log raised."""
+        what writing the log raised.
+
+        With *hold*, bytes from a pipe that come within ``HOLD_SECS`` of the last chunks are held
+        back (stored, not indexed) until a chunk's worth is there or a read comes later than that:
+        a busy stream makes few big chunks, not one per read; the first read after a quiet spell
+        is indexed at once. Whoever holds must call :meth:`release` within ``HOLD_SECS`` when
+        :attr:`held` is left non-zero. A reopen indexes what a crash left held."""
         if self._splice and (self._log_fd is not None or _pending(fd)):  # (no file before the first byte)
             seg = self._writer()
             assert self._log_fd is not None
@@ -339,10 +351,12 @@ class StreamLog:
             else:
                 if not n:
                     return 0, []
-                data = _pread_exact(self._log_fd, n, seg.written)
                 seg.written += n
                 self._on_size(n)
-                return n, self._pieces(data, now_ns, stored=True)
+                self._held += n
+                if hold and self._held < self._piece and now_ns - self._released_ns < _HOLD_NS:
+                    return n, []
+                return n, self.release(now_ns)
         try:
             data = os.read(fd, most)
         except BlockingIOError:
@@ -351,9 +365,23 @@ class StreamLog:
             return 0, []
         return len(data), self.append(data, now_ns)
 
+    @property
+    def held(self) -> int:
+        """Bytes stored but held back from indexing by :meth:`take`."""
+        return self._held
+
+    def release(self, now_ns: int) -> list[Chunk]:
+        """Index what :meth:`take` holds: the chunks it completes."""
+        if not self._held or self._log_fd is None:
+            return []
+        seg = self._segments[-1]
+        held, self._held = self._held, 0
+        self._released_ns = now_ns
+        return self._pieces(_pread_exact(self._log_fd, held, seg.written - held), now_ns, stored=True)
+
     def append(self, data: bytes, now_ns: int) -> list[Chunk]:
         """Store *data* as read from the pipe; the chunks it completes (none until a line ends)."""
-        return self._pieces(data, now_ns, stored=False)
+        return self.release(now_ns) + self._pieces(data, now_ns, stored=False)
 
     def _pieces(self, data: bytes, now_ns: int, stored: bool) -> list[Chunk]:
         if len(data) <= self._piece:
@@ -387,14 +415,18 @@ class StreamLog:
         self.carry = len(data) - cut
         return self._record(carried + data[:cut] if carried else data[:cut], lines, now_ns)
 
-    def finish(self, now_ns: int) -> Chunk | None:
-        """The agent has ended: its unfinished line becomes a line (the chunk, if any)."""
+    def finish(self, now_ns: int) -> list[Chunk]:
+        """The agent has ended: what is held, and its unfinished line as a line (the chunks)."""
         self.ended = True
-        return self.cut(now_ns)
+        chunks = self.release(now_ns)
+        last = self.cut(now_ns)
+        return chunks if last is None else chunks + [last]
 
     def cut(self, now_ns: int) -> Chunk | None:
         """The unfinished line becomes a line now (the chunk, if any): what a terminal shows
-        without a newline (a prompt) is not held back."""
+        without a newline (a prompt) is not held back. Nothing may be held (see :meth:`take`)."""
+        if self._held:
+            raise StoreError("cut() with bytes held: release() them first")
         if not self.carry:
             return None
         seg = self._segments[-1]
@@ -676,8 +708,10 @@ class StreamLog:
                     self._record_recovered(seg, len(rest) - cut, 1, now)
                 else:
                     self.carry = len(rest) - cut
-                    self._ring.end = seg.end_offset
-                    self._ring.append(rest[cut:])  # the unfinished line, for when it is finished
+            # (the ring starts after the last chunk, also when the rest was whole lines)
+            self._ring.end = seg.end_offset
+            if self.carry:
+                self._ring.append(rest[cut:])  # the unfinished line, for when it is finished
         finally:
             os.close(self._idx_fd)
             self._idx_fd = None
@@ -708,9 +742,9 @@ class AgentOutput:
     def size(self) -> int:
         return sum(s.size for s in self.streams.values())
 
-    def take(self, stream: LogStreamType, fd: int, most: int) -> tuple[int, list[Chunk]]:
+    def take(self, stream: LogStreamType, fd: int, most: int, hold: bool = False) -> tuple[int, list[Chunk]]:
         """What the pipe *fd* of *stream* holds, moved into the store (:meth:`StreamLog.take`)."""
-        taken, chunks = self.streams[stream].take(fd, most, time.time_ns())
+        taken, chunks = self.streams[stream].take(fd, most, time.time_ns(), hold)
         if self.size > self.store.agent_bytes:
             self.shrink(self.size - self.store.agent_bytes)
         return taken, chunks
@@ -720,9 +754,7 @@ class AgentOutput:
         now = time.time_ns()
         out = []
         for stream, log in self.streams.items():
-            chunk = log.finish(now)
-            if chunk is not None:
-                out.append((stream, chunk))
+            out += [(stream, chunk) for chunk in log.finish(now)]
         return out
 
     def resume(self) -> None:

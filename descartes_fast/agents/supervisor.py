@@ -49,7 +49,7 @@ from descartes_fast.agents.process import AgentProcess, EndedProcess, StdinClose
 from descartes_fast.agents.records import AgentRecord, config_json
 from descartes_fast.agents.sessions import DIALECTS, Session, SessionEvent
 from descartes_fast.agents.state import StateDir
-from descartes_fast.agents.store import AgentOutput, Facts, StreamLog
+from descartes_fast.agents.store import HOLD_SECS, AgentOutput, Chunk, Facts, StreamLog
 from descartes_fast.wire.schema import (
     AgentConfig,
     AgentInfo,
@@ -759,20 +759,37 @@ class Supervisor:
     def _on_output(self, agent: Agent, stream: LogStreamType, fd: int | None, most: int) -> int:
         """Output waiting in a pipe: moved into the store (how many bytes), and what it completes
         (whole lines) published; at the end of a stream (*fd* None) its unfinished line becomes a
-        line. Of a terminal, each read is published whole (a prompt has no newline)."""
-        session = agent.session if stream == LogStreamType.STDOUT else None
+        line. Of a terminal, each read is published whole (a prompt has no newline); of a pipe,
+        reads that follow each other closely are held to become one chunk, for ``HOLD_SECS`` at
+        most (:meth:`StreamLog.take`)."""
+        log = agent.output[stream]
         if fd is None:
-            last = agent.output[stream].finish(time.time_ns())
-            taken, chunks = 0, [] if last is None else [last]
-        else:
+            taken, chunks = 0, log.finish(time.time_ns())
+        elif agent.process.pty:
             taken, chunks = agent.output.take(stream, fd, most)
-            if agent.process.pty and (rest := agent.output[stream].cut(time.time_ns())) is not None:
+            if (rest := log.cut(time.time_ns())) is not None:
                 chunks.append(rest)
+        else:
+            held = log.held
+            taken, chunks = agent.output.take(stream, fd, most, hold=True)
+            if log.held and not held:  # (a release is due once HOLD_SECS have passed)
+                asyncio.get_running_loop().call_later(HOLD_SECS, self._release, agent, stream)
+        self._publish(agent, stream, chunks)
+        return taken
+
+    def _release(self, agent: Agent, stream: LogStreamType) -> None:
+        """What the store has held of *stream* for HOLD_SECS becomes chunks."""
+        log = agent.output[stream]
+        if log.held:
+            self._publish(agent, stream, log.release(time.time_ns()))
+
+    def _publish(self, agent: Agent, stream: LogStreamType, chunks: list[Chunk]) -> None:
+        """Tell the listener (and the agent's session) of new *chunks* of *stream*."""
+        session = agent.session if stream == LogStreamType.STDOUT else None
         for chunk in chunks:
             self.listener.on_output(agent, stream, chunk.data, chunk.sequence)
             if session is not None and (events := session.feed(chunk.data)):
                 self._session_events(agent, events)
-        return taken
 
     def _on_exit(self, agent: Agent, exit_code: int, usage: resource.struct_rusage) -> None:
         if not self._goes_on(agent, exit_code, usage):
