@@ -276,6 +276,43 @@ def test_follows_before_during_and_after_get_every_line_once(tmp_path, main_impl
         server.close()
 
 
+def test_log_chunks_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_path, main_implementation) -> None:
+    import zmq
+
+    from descartes_fast.wire import codec
+    from descartes_fast.wire.frames import log_topic, parse_pub_frame
+
+    server = Server(tmp_path, main_implementation)
+    gate = tmp_path / "go"
+    script = (f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
+              "for i in range(2000):\n    print(f'line {i:05d}', flush=True)\n")
+    try:
+        with client(server) as c:
+            wanted, unwanted = spawn_py(c, script, "wanted"), spawn_py(c, script, "unwanted")
+            sub = server.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, log_topic(wanted))
+            time.sleep(0.3)  # the subscription reaches the server
+            before = int(c.health_check().metadata["log_chunks_unsent"])
+            gate.touch()
+            wait_ended(c, wanted)
+            wait_ended(c, unwanted)
+            got = []
+            while sub.poll(500):
+                topic, payload = parse_pub_frame(sub.recv())
+                assert topic == log_topic(wanted)
+                got.append(codec.decode(payload))
+            sub.close()
+            unsent = int(c.health_check().metadata["log_chunks_unsent"]) - before
+            stored = b"".join(chunk.data for chunk in c.stored_output(unwanted))
+        expected = "".join(f"line {i:05d}\n" for i in range(2000)).encode()
+        assert [m.sequence for m in got] == list(range(len(got)))  # every chunk of the wanted one, live
+        assert b"".join(m.data for m in got) == expected and {m.agent_id for m in got} == {wanted}
+        assert unsent >= 1  # the other's were not sent (nobody wanted them), and are stored all the same
+        assert stored == expected
+    finally:
+        server.close()
+
+
 def test_a_slow_follower_loses_nothing_though_live_chunks_are_dropped_on_the_way(tmp_path,
                                                                                   main_implementation) -> None:
     # live chunks are dropped at the server (a PUB queue of 20 messages) and in the client (a

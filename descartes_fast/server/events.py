@@ -53,6 +53,7 @@ class EventPublisher:
         self.endpoint: str | None = None
         #: topic prefixes someone subscribes to (XPUB tells the first subscribe and the last unsubscribe)
         self.topics: set[bytes] = set()
+        self._wanted: dict[bytes, bool] = {}  # log topic -> whether a prefix in topics matches it (cleared on change)
         self._left = False  # a subscription has ended since the last heartbeat
         #: the server's metrics (--metrics), told of restarts and session usage; None when off
         self.metrics: Metrics | None = None
@@ -81,9 +82,26 @@ class EventPublisher:
     # -- the supervisor's Listener --
 
     def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None:
-        """A chunk the output store has just stored as number *sequence* of its stream."""
-        if self.sock is not None:
-            self.publish(log_topic(agent.id), LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
+        """A chunk the output store has just stored as number *sequence* of its stream: published
+        if someone subscribes to its topic, else neither encoded nor sent (counted in
+        ``log_chunks_unsent``; the store has it for whoever asks later)."""
+        if self.sock is None:
+            return
+        topic = log_topic(agent.id)
+        if not self._is_wanted(topic):
+            self.take_subscriptions()  # (a subscription may be waiting unread)
+            if not self._is_wanted(topic):
+                self._stats["log_chunks_unsent"] += 1
+                return
+        self.publish(topic, LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
+
+    def _is_wanted(self, topic: bytes) -> bool:
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            if len(self._wanted) >= 4096:  # (topics of agents long gone)
+                self._wanted.clear()
+            wanted = self._wanted[topic] = any(topic.startswith(prefix) for prefix in self.topics)
+        return wanted
 
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
                   event: dict[str, Any] | None = None) -> None:
@@ -135,8 +153,10 @@ class EventPublisher:
             note: bytes = sock.recv(zmq.NOBLOCK)
             if note[:1] == b"\x01":
                 self.topics.add(note[1:])
+                self._wanted.clear()
             elif note[:1] == b"\x00":
                 self.topics.discard(note[1:])
+                self._wanted.clear()
                 self._left = True
 
     async def heartbeats(self, server_id: str, interval: float, facts: Callable[[], dict[str, Any]]) -> None:
