@@ -2,8 +2,8 @@
 
     python -m bench [--quick] [--json OUT] [--compare OLD.json] [--plot OUT.png]
 
-It runs ``codec_ratios.py``, ``server_bench.py``, ``client_bench.py``, ``pubsub_bench.py``, ``output_bench.py``
-and ``abuse_bench.py``
+It runs ``codec_ratios.py``, ``server_bench.py``, ``client_bench.py``, ``pubsub_bench.py``, ``output_bench.py``,
+``live_bench.py`` and ``abuse_bench.py``
 (each in its own process, one after the other), checks each measured ratio against ``bench/targets.toml``,
 prints one table of measured value, reference, ratio, target and PASS/FAIL, and writes
 everything as JSON (default ``bench-results.json``). ``--compare OLD.json`` shows, for every
@@ -29,7 +29,8 @@ from report import TARGETS, Row, machine, print_targets  # noqa: E402
 
 #: script -> extra arguments for --quick
 SCRIPTS = {"codec_ratios.py": ["--rounds", "5"], "server_bench.py": ["--quick"], "client_bench.py": ["--quick"],
-           "pubsub_bench.py": ["--quick"], "output_bench.py": ["--quick"], "abuse_bench.py": ["--quick"]}
+           "pubsub_bench.py": ["--quick"], "output_bench.py": ["--quick"], "live_bench.py": ["--quick"],
+           "abuse_bench.py": ["--quick"]}
 #: a ratio this much worse than in the compared run counts as a regression
 REGRESSION = 0.05
 

@@ -190,7 +190,7 @@ class OurServer:
                           '[backends.sleep]\ncommand = ["sleep", "600"]\nstdin = "null"\n'
                           f'[backends.python]\ncommand = ["{sys.executable}", "-c", "{{task}}"]\nstdin = "null"\n'
                           + backends)
-        self.endpoint = endpoint or f"tcp://127.0.0.1:{_port()}"
+        self.endpoint, self.pub = endpoint or f"tcp://127.0.0.1:{_port()}", pub
         args = [sys.executable, "-P", "-m", "descartes_fast", "serve", "--bind", self.endpoint, "--pub", pub,
                 "--config", str(config), "--log-level", "WARNING", "--max-agents", "5000", "--stop-grace", "1",
                 "--state-dir", str(state or tmp / f"state-{_port()}")]
