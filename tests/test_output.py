@@ -313,6 +313,40 @@ def test_log_chunks_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_
         server.close()
 
 
+def test_status_updates_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_path,
+                                                                                 main_implementation) -> None:
+    import zmq
+
+    from descartes_fast.wire import codec
+    from descartes_fast.wire.frames import parse_pub_frame, status_topic
+
+    server = Server(tmp_path, main_implementation)
+    try:
+        with client(server) as c:
+            sub = server.socket(zmq.SUB)
+            gate = tmp_path / "go"
+            script = f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
+            wanted, unwanted = spawn_py(c, script, "wanted"), spawn_py(c, script, "unwanted")
+            sub.setsockopt(zmq.SUBSCRIBE, status_topic(wanted))
+            time.sleep(0.3)  # the subscription reaches the server
+            before = int(c.health_check().metadata["status_updates_unsent"])
+            gate.touch()
+            wait_ended(c, wanted)
+            wait_ended(c, unwanted)
+            got = []
+            while sub.poll(500):
+                topic, payload = parse_pub_frame(sub.recv())
+                assert topic == status_topic(wanted)
+                got.append(codec.decode(payload))
+            sub.close()
+            unsent = int(c.health_check().metadata["status_updates_unsent"]) - before
+        assert {m.agent_id for m in got} == {wanted}
+        assert got and got[-1].status == AgentStatus.COMPLETED and got[-1].data["exit_code"] == 0
+        assert unsent >= 1  # the other's end was not sent: nobody wanted it
+    finally:
+        server.close()
+
+
 def test_a_slow_follower_loses_nothing_though_live_chunks_are_dropped_on_the_way(tmp_path,
                                                                                   main_implementation) -> None:
     # live chunks are dropped at the server (a PUB queue of 20 messages) and in the client (a

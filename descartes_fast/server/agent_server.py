@@ -125,7 +125,7 @@ class AgentServer:
         #: the backends a spawn may ask for here (told in heartbeats and health)
         self._offered = [n for n in config.backends.names() if allowed is None or n in allowed]
         self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_overflows": 0,
-                      "log_chunks_unsent": 0, "disconnects": 0, "handshake_failures": 0}
+                      "log_chunks_unsent": 0, "status_updates_unsent": 0, "disconnects": 0, "handshake_failures": 0}
         self._ctx = zmq.Context()
         self.events = EventPublisher(self._ctx.socket(zmq.XPUB) if config.pub else None, self.codec.encode,
                                      self.stats)

@@ -37,6 +37,8 @@ log = logging.getLogger("descartes_fast.server")
 
 #: the agent id of server heartbeats
 NIL = uuid.UUID(int=0)
+#: how often at most an event nobody subscribes to has the subscriptions read before it is given up
+_LOOK_NS = 1_000_000
 
 
 class EventPublisher:
@@ -55,6 +57,8 @@ class EventPublisher:
         self.topics: set[bytes] = set()
         self._wanted: dict[bytes, bool] = {}  # log topic -> whether a prefix in topics matches it (cleared on change)
         self._left = False  # a subscription has ended since the last heartbeat
+        self._topics: dict[uuid.UUID, tuple[bytes, bytes]] = {}  # agent id -> its topics (see _topics_of)
+        self._looked_ns = 0  # when _wants last read the subscriptions (time.monotonic_ns)
         #: the server's metrics (--metrics), told of restarts and session usage; None when off
         self.metrics: Metrics | None = None
 
@@ -87,13 +91,33 @@ class EventPublisher:
         ``log_chunks_unsent``; the store has it for whoever asks later)."""
         if self.sock is None:
             return
-        topic = log_topic(agent.id)
-        if not self._is_wanted(topic):
-            self.take_subscriptions()  # (a subscription may be waiting unread)
-            if not self._is_wanted(topic):
-                self._stats["log_chunks_unsent"] += 1
-                return
+        topic = self._topics_of(agent.id)[0]
+        if not self._wants(topic):
+            self._stats["log_chunks_unsent"] += 1
+            return
         self.publish(topic, LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
+
+    def _topics_of(self, agent_id: uuid.UUID) -> tuple[bytes, bytes]:
+        """The topics of the agent's log chunks and of its status updates (made once)."""
+        topics = self._topics.get(agent_id)
+        if topics is None:
+            if len(self._topics) >= 4096:  # (agents long gone)
+                self._topics.clear()
+            topics = self._topics[agent_id] = (log_topic(agent_id), status_topic(agent_id))
+        return topics
+
+    def _wants(self, topic: bytes) -> bool:
+        """Whether a subscription matches *topic* (where libzmq would send it). Before a no,
+        subscriptions that have come are read, once per millisecond at most (the socket's FD
+        does not tell of those that came while it was sending, and reading costs microseconds)."""
+        if self._is_wanted(topic):
+            return True
+        now = time.monotonic_ns()
+        if now - self._looked_ns < _LOOK_NS:
+            return False
+        self._looked_ns = now
+        self.take_subscriptions()
+        return self._is_wanted(topic)
 
     def _is_wanted(self, topic: bytes) -> bool:
         wanted = self._wanted.get(topic)
@@ -106,7 +130,8 @@ class EventPublisher:
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
                   event: dict[str, Any] | None = None) -> None:
         """A status update; *event*: what the agent's session said (its data, merged in). Logged
-        at INFO, but a tool call at DEBUG (a busy session makes hundreds a minute)."""
+        at INFO, but a tool call at DEBUG (a busy session makes hundreds a minute); published
+        if someone subscribes to its topic, else only counted (``status_updates_unsent``)."""
         level = logging.DEBUG if event is not None and event.get("event") == "tool_call" else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "agent %s: %s (%s)", agent.id, agent.status, message)
@@ -114,10 +139,13 @@ class EventPublisher:
             self._count(agent.config.model_backend, event)
         if self.sock is None:
             return
+        topic = self._topics_of(agent.id)[1]
+        if not self._wants(topic):  # (nobody would get it: libzmq sends nothing nobody subscribes to)
+            self._stats["status_updates_unsent"] += 1
+            return
         data = {**agent.ending(), "pause_mode": agent.pause_mode.value if agent.pause_mode else None,
                 **(event or {})}
-        self.publish(status_topic(agent.id),
-                     StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))
+        self.publish(topic, StatusUpdate(agent.id, kind, agent.status, message, data, timestamp=time.time_ns()))
 
     def _count(self, backend: str, event: dict[str, Any]) -> None:
         """Restarts, tokens and cost for the metrics (--metrics)."""
