@@ -7,9 +7,12 @@ The model of a stream is all its bytes; its lines end at each ``\\n`` and after 
 
 from __future__ import annotations
 
+import errno
 import os
 import select
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 from descartes_fast import _impl
 from descartes_fast.agents.lineindex import LINE_MAX as LINE_MAX_REAL
 from descartes_fast.agents.store import CHUNK_MAX as CHUNK_MAX_REAL
-from descartes_fast.agents.store import HOLD_SECS, RECORD, StreamLog
+from descartes_fast.agents.store import HOLD_SECS, RECORD, StreamLog, WouldBlock
 
 LINE_MAX = 8  # small, so that long lines and forced ends are everywhere
 CHUNK_MAX = 20  # and appends are cut into pieces of 12
@@ -447,3 +450,39 @@ def test_a_log_that_cannot_be_written_is_an_error_not_the_end_of_the_stream(tmp_
     assert [c.data for c in log.take(pipe.r, 1 << 16, 1)[1]] == [b"second\n"]  # still in the pipe, taken now
     pipe.close()
     log.close_files()
+
+
+def _reads_without_waiting_or_says_so(log: StreamLog, want: bytes) -> None:
+    try:
+        assert log.read(offset=0, nowait=True).data == want
+    except WouldBlock:  # (then the server reads it on a worker thread)
+        pass
+    assert log.read(offset=0).data == want
+
+
+def test_a_file_system_that_cannot_read_without_waiting_makes_reads_go_to_a_thread(tmp_path, monkeypatch) -> None:
+    # tmpfs refuses RWF_NOWAIT (EOPNOTSUPP): a state directory there made every output read fail
+    shm = Path("/dev/shm")
+    places = [tmp_path / "disk"]
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        places.append(Path(tempfile.mkdtemp(dir=shm)))
+    try:
+        for where in places:
+            where.mkdir(exist_ok=True)
+            log = open_log(where, 1 << 20, [])
+            log.append(b"one\ntwo\n", 1)
+            _reads_without_waiting_or_says_so(log, b"one\ntwo\n")
+            log.close_files()
+
+        def refuse(*args):
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        monkeypatch.setattr(os, "preadv", refuse)
+        log = open_log(tmp_path / "refused", 1 << 20, [])
+        log.append(b"three\n", 2)
+        with pytest.raises(WouldBlock):
+            log.read(offset=0, nowait=True)
+        assert log.read(offset=0).data == b"three\n"
+        log.close_files()
+    finally:
+        for where in places[1:]:
+            shutil.rmtree(where, ignore_errors=True)

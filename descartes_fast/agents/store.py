@@ -224,6 +224,10 @@ def _pread_exact(fd: int, n: int, offset: int, nowait: bool = False) -> bytes:
             got = os.preadv(fd, [buf], offset, _NOWAIT)
         except BlockingIOError:
             raise WouldBlock from None
+        except OSError as exc:  # a file system that cannot read so (tmpfs on this kernel: EOPNOTSUPP)
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+            raise WouldBlock from None
         if got != n:
             raise WouldBlock
         return bytes(buf)
