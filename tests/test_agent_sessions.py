@@ -8,6 +8,7 @@ import functools
 import itertools
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -197,3 +198,51 @@ def test_metrics_count_restarts_tokens_and_cost_by_backend(tmp_path: Path) -> No
         assert value(got, "descartes_fast_restarts_total", backend="sh") == 2
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("how", ["kill -9", "--keep-agents", "SIGTERM"])
+def test_a_session_waiting_for_its_next_turn_outlives_the_server(main_implementation, tmp_path: Path,
+                                                                 how: str) -> None:
+    # a CLI that runs one process per turn has no process between turns: the records alone hold it
+    old = Server(tmp_path, main_implementation, *(["--keep-agents"] if how == "--keep-agents" else []),
+                 config_tables=fakes())
+    agent = spawn(old, "codex-session", "first turn", env={"DESCARTES_FAKE_STATE_DIR": str(tmp_path / "fake")})
+    first = turns_done(old, agent, 1)
+    if how == "kill -9":
+        old.proc.send_signal(signal.SIGKILL)
+        old.proc.wait(10)
+        old.ctx.destroy(linger=0)
+    else:
+        assert old.close() == 0
+    new = Server(tmp_path, main_implementation, config_tables=fakes())
+    try:
+        back = state(new, agent)
+        if how == "SIGTERM":  # a plain stop ends every agent, this one too
+            assert back["agent_status"] == AgentStatus.TERMINATED and back["reason"] == "server shutdown"
+            return
+        assert back["agent_status"] == AgentStatus.IDLE, back
+        assert (back["session_id"], back["turns"], back["input_tokens"]) == (first["session_id"], 1, 100)
+        assert new.control(agent, C.CUSTOM_ACTION, {"action": "say", "params": {"text": "second turn"}}).success
+        second = turns_done(new, agent, 2)
+        assert second["session_id"] == first["session_id"] and second["input_tokens"] == 200
+        assert new.control(agent, C.CUSTOM_ACTION, {"action": "say", "params": {"end": True}}).success
+        until(lambda: state(new, agent)["agent_status"] == AgentStatus.COMPLETED)
+    finally:
+        new.close()
+
+
+def test_an_agent_whose_restart_was_due_when_the_server_was_killed_is_lost_and_says_so(main_implementation,
+                                                                                       tmp_path: Path) -> None:
+    old = Server(tmp_path, main_implementation)
+    agent = spawn(old, "sh", "exit 3", restart="on-failure", restart_backoff="60")
+    until(lambda: state(old, agent)["restarts"] == 1, seen=lambda: state(old, agent))
+    old.proc.send_signal(signal.SIGKILL)
+    old.proc.wait(10)
+    old.ctx.destroy(linger=0)
+    new = Server(tmp_path, main_implementation)
+    try:
+        back = state(new, agent)
+        assert back["agent_status"] == AgentStatus.FAILED and back["exit_code"] == 3
+        assert back["reason"] == "lost: the server stopped before its next process started"
+    finally:
+        new.close()

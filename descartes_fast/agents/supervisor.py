@@ -97,6 +97,8 @@ _PAST_KEPT: Final = 64  # agents of the records (evicted from memory, or of an e
 #: the reason given to agents that were running when the previous server stopped, and that its
 #: keeper no longer holds (the keeper was killed, or the machine restarted)
 LOST: Final = "lost: the server stopped while it ran, and its keeper no longer holds it"
+#: the reason given to an agent whose restart was due when the server stopped (nothing is left to restart)
+BETWEEN_LOST: Final = "lost: the server stopped before its next process started"
 #: the reason given to live agents when the keeper goes away under this server
 KEEPER_LOST: Final = "lost: the keeper (the agents' parent process) went away"
 
@@ -334,6 +336,8 @@ class Supervisor:
             if isinstance(agent.process, AgentProcess):
                 agent.exited = loop.create_future()
                 self._watch(agent, loop)
+            elif agent.exited is None and not agent.status.is_terminal():  # (a session waiting again)
+                agent.exited = loop.create_future()
 
     # -- registry --
 
@@ -361,8 +365,9 @@ class Supervisor:
 
     def _load_records(self) -> None:
         """At start: what an earlier run left. Agents that had not ended are adopted from the
-        keeper, which still holds them (a crash or an upgrade), or else marked lost; finished ones
-        come back into memory within the retention limits (so they are listed again)."""
+        keeper, which still holds them (a crash or an upgrade), or else marked lost; a session
+        that waited for its next turn waits again; one whose restart was due is marked lost;
+        finished ones come back into memory within the retention limits (so they are listed again)."""
         records = self.state.records
         held = dict(self.keeper.held)
         now = time.time_ns()
@@ -391,8 +396,20 @@ class Supervisor:
                         stray.id, stray.pid)
             AgentProcess(stray, self.keeper).abandon()
         horizon = now - int(self.retention * 1e9)
-        kept = [r for r in records.ended() if (r.ended_at or 0) > horizon][-self.max_retained:]
-        for record in kept:
+        kept = []
+        for record in records.ended():
+            if not record.status.is_terminal():  # none of its processes ran: between two of them
+                waiting = self._waiting_again(record)
+                if waiting is not None:
+                    back.append(waiting)
+                    continue
+                record.status, record.reason = AgentStatus.FAILED, BETWEEN_LOST
+                records.put(record)
+                log.warning("agent %s (%s) was about to start its next process when the previous server stopped: "
+                            "%s", record.id, record.config.model_backend, record.reason)
+            if (record.ended_at or 0) > horizon:
+                kept.append(record)
+        for record in kept[-self.max_retained:]:
             back.append(self._from_record(record, self.state.store.open(record.id, ended=True)))
             self._finished.append(record.id)
         for agent in sorted(back, key=lambda a: a.started_at):  # listed in spawn order, as before
@@ -400,6 +417,29 @@ class Supervisor:
             self._track(agent)
         if self.keeper.held:
             log.info("adopted %d agent(s) from the keeper", sum(isinstance(a.process, AgentProcess) for a in back))
+
+    def _waiting_again(self, record: AgentRecord) -> Agent | None:
+        """A session of an earlier run that waited for its next turn (``idle``, no process: a CLI
+        that runs one process per turn) waits again, its session and totals as they were; None
+        for anything else (or a backend that no longer runs one process per turn)."""
+        if record.status != AgentStatus.IDLE:
+            return None
+        try:
+            launch = self.backends.resolve(record.config.model_backend, allow_program_cli=True).build(record.config)
+        except (BackendError, ProgramCliDisabled):
+            return None
+        if launch.turns != "process":
+            return None
+        agent = Agent(record.id, record.config, launch,
+                      EndedProcess(record.pid, record.exit_code, record.cpu_secs, record.max_rss_kib),
+                      record.started_at, self.state.store.open(record.id, ended=True), None,
+                      Limits.of(self.policy, None), record.owner, status=record.status, reason=record.reason)
+        agent.restore(record.session)
+        if agent.session is None:
+            return None
+        log.info("agent %s (%s) waits again for its next turn in session %s", agent.id, record.config.model_backend,
+                 agent.session.session_id)
+        return agent
 
     def _adopt(self, record: AgentRecord, held: Held) -> Agent:
         """An agent of an earlier run that its keeper still holds: running, or ended since."""
@@ -1089,6 +1129,9 @@ class Supervisor:
             if agent.status != AgentStatus.TERMINATED:
                 agent.reason = "server shutdown"
                 self._set(agent, AgentStatus.TERMINATED, "server shutdown", StatusUpdateType.TERMINATED)
+        for agent in list(self._agents.values()):  # a session waiting for its next turn, a restart not yet due
+            if agent.between_processes:
+                self._end_between(agent, "server shutdown")
         self._memory.close()
         self._queries.shutdown(wait=False, cancel_futures=True)
         futures = [asyncio.shield(a.exited) for a in live if a.exited is not None]
