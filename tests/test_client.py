@@ -199,6 +199,8 @@ def test_a_publisher_faster_than_decoding_does_not_starve_the_clients_loop(serve
     async def main() -> tuple[int, int]:
         config = ZmqRunnerConfig(endpoint=server.bind, pub_endpoint=endpoint, request_timeout_secs=10)
         async with AsyncClient(config) as client:
+            assert client.server_metadata is not None
+            client.server_metadata["log_forms"] = "rust"  # as from a server with the Rust form only (slow to decode)
             logs = await client.stream_logs(agent)
             while logs.queue.empty():  # the flood is heard
                 await asyncio.sleep(0.01)

@@ -28,7 +28,7 @@ from support.waiting import until
 
 from descartes_fast.client import AsyncClient, Client, ServerError, ZmqRunnerConfig
 from descartes_fast.server.config import MAX_EVENT_BYTES
-from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamType, ZmqOutputStream
+from descartes_fast.wire.schema import AgentConfig, AgentStatus, LogStreamMessage, LogStreamType, ZmqOutputStream
 
 PY = sys.executable
 MiB = 1 << 20
@@ -276,33 +276,43 @@ def test_follows_before_during_and_after_get_every_line_once(tmp_path, main_impl
         server.close()
 
 
-def test_log_chunks_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_path, main_implementation) -> None:
+def _one_of_two_wanted(server: Server, c, tmp_path, lines: int, topic_of, counter: str):
+    """Two agents that print *lines* lines once a gate opens; a SUB subscribed to *topic_of* the
+    first: the first's id, the second's, the messages the SUB got (each checked to be on the
+    first's topic), and how much health's *counter* grew meanwhile."""
     import zmq
 
     from descartes_fast.wire import codec
-    from descartes_fast.wire.frames import log_topic, parse_pub_frame
+    from descartes_fast.wire.frames import parse_pub_frame
 
-    server = Server(tmp_path, main_implementation)
     gate = tmp_path / "go"
     script = (f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
-              "for i in range(2000):\n    print(f'line {i:05d}', flush=True)\n")
+              f"for i in range({lines}):\n    print(f'line {{i:05d}}', flush=True)\n")
+    wanted, unwanted = spawn_py(c, script, "wanted"), spawn_py(c, script, "unwanted")
+    sub = server.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, topic_of(wanted))
+    time.sleep(0.3)  # the subscription reaches the server
+    before = int(c.health_check().metadata[counter])
+    gate.touch()
+    wait_ended(c, wanted)
+    wait_ended(c, unwanted)
+    got = []
+    while sub.poll(500):
+        topic, payload = parse_pub_frame(sub.recv())
+        assert topic == topic_of(wanted)
+        got.append(codec.decode(payload))
+    sub.close()
+    return wanted, unwanted, got, int(c.health_check().metadata[counter]) - before
+
+
+def test_log_chunks_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_path, main_implementation) -> None:
+    from descartes_fast.wire.frames import log_topic
+
+    server = Server(tmp_path, main_implementation)
     try:
         with client(server) as c:
-            wanted, unwanted = spawn_py(c, script, "wanted"), spawn_py(c, script, "unwanted")
-            sub = server.socket(zmq.SUB)
-            sub.setsockopt(zmq.SUBSCRIBE, log_topic(wanted))
-            time.sleep(0.3)  # the subscription reaches the server
-            before = int(c.health_check().metadata["log_chunks_unsent"])
-            gate.touch()
-            wait_ended(c, wanted)
-            wait_ended(c, unwanted)
-            got = []
-            while sub.poll(500):
-                topic, payload = parse_pub_frame(sub.recv())
-                assert topic == log_topic(wanted)
-                got.append(codec.decode(payload))
-            sub.close()
-            unsent = int(c.health_check().metadata["log_chunks_unsent"]) - before
+            wanted, unwanted, got, unsent = _one_of_two_wanted(server, c, tmp_path, 2000, log_topic,
+                                                               "log_chunks_unsent")
             stored = b"".join(chunk.data for chunk in c.stored_output(unwanted))
         expected = "".join(f"line {i:05d}\n" for i in range(2000)).encode()
         assert [m.sequence for m in got] == list(range(len(got)))  # every chunk of the wanted one, live
@@ -313,33 +323,70 @@ def test_log_chunks_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_
         server.close()
 
 
-def test_status_updates_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_path,
-                                                                                 main_implementation) -> None:
+def test_each_form_of_log_chunks_is_written_only_for_its_subscribers_and_both_say_the_same(
+        tmp_path, main_implementation) -> None:
     import zmq
 
     from descartes_fast.wire import codec
-    from descartes_fast.wire.frames import parse_pub_frame, status_topic
+    from descartes_fast.wire.frames import log_topic, parse_pub_frame
+    from descartes_fast.wire.logchunks import bin_topic, decode_chunk
+
+    server = Server(tmp_path, main_implementation)
+    script = ("import os, sys, time\nwhile not os.path.exists(sys.argv[-1]):\n    time.sleep(0.01)\n"
+              "for i in range(2000):\n    print(f'line {i:05d}', flush=True)\n")
+    expected = "".join(f"line {i:05d}\n" for i in range(2000)).encode()
+
+    def counts(c) -> tuple[int, int]:
+        metadata = c.health_check().metadata
+        return int(metadata["log_chunks_rust_form"]), int(metadata["log_chunks_bin_form"])
+
+    def received(sub, decode) -> list:
+        got = []
+        while sub.poll(500):
+            got.append(decode(parse_pub_frame(sub.recv())[1]))
+        sub.close()
+        return got
+
+    try:
+        with client(server) as c:
+            for forms in (("rust", "bin"), ("bin",), ("everything",)):
+                gate = tmp_path / "-".join(forms)
+                agent = spawn_py(c, script.replace("sys.argv[-1]", repr(str(gate))), "-".join(forms))
+                subs = {}
+                for form in forms:
+                    subs[form] = server.socket(zmq.SUB)
+                    subs[form].setsockopt(zmq.SUBSCRIBE, {"rust": log_topic(agent), "bin": bin_topic(agent),
+                                                          "everything": b""}[form])
+                time.sleep(0.3)  # the subscriptions reach the server
+                before = counts(c)
+                gate.touch()
+                wait_ended(c, agent)
+                got = {form: [m for m in received(sub, decode_chunk if form == "bin" else codec.decode)
+                              if isinstance(m, LogStreamMessage)] for form, sub in subs.items()}
+                rust, binary = (after - was for after, was in zip(counts(c), before))
+                for form, messages in got.items():
+                    assert [m.sequence for m in messages] == list(range(len(messages))), form
+                    assert b"".join(m.data for m in messages) == expected, form
+                    assert {m.agent_id for m in messages} == {agent}, form
+                if forms == ("rust", "bin"):
+                    assert [(m.sequence, m.data) for m in got["rust"]] == [(m.sequence, m.data) for m in got["bin"]]
+                    assert rust == binary == len(got["bin"])
+                elif forms == ("bin",):  # nobody wanted the Rust form: it was not encoded
+                    assert rust == 0 and binary == len(got["bin"])
+                else:  # a subscriber to everything is not taken to want the bin form
+                    assert rust == len(got["everything"]) and binary == 0
+    finally:
+        server.close()
+
+
+def test_status_updates_nobody_subscribes_to_are_not_sent_and_a_subscribers_are(tmp_path,
+                                                                                 main_implementation) -> None:
+    from descartes_fast.wire.frames import status_topic
 
     server = Server(tmp_path, main_implementation)
     try:
         with client(server) as c:
-            sub = server.socket(zmq.SUB)
-            gate = tmp_path / "go"
-            script = f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.01)\n"
-            wanted, unwanted = spawn_py(c, script, "wanted"), spawn_py(c, script, "unwanted")
-            sub.setsockopt(zmq.SUBSCRIBE, status_topic(wanted))
-            time.sleep(0.3)  # the subscription reaches the server
-            before = int(c.health_check().metadata["status_updates_unsent"])
-            gate.touch()
-            wait_ended(c, wanted)
-            wait_ended(c, unwanted)
-            got = []
-            while sub.poll(500):
-                topic, payload = parse_pub_frame(sub.recv())
-                assert topic == status_topic(wanted)
-                got.append(codec.decode(payload))
-            sub.close()
-            unsent = int(c.health_check().metadata["status_updates_unsent"]) - before
+            wanted, _, got, unsent = _one_of_two_wanted(server, c, tmp_path, 0, status_topic, "status_updates_unsent")
         assert {m.agent_id for m in got} == {wanted}
         assert got and got[-1].status == AgentStatus.COMPLETED and got[-1].data["exit_code"] == 0
         assert unsent >= 1  # the other's end was not sent: nobody wanted it

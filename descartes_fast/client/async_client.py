@@ -39,6 +39,7 @@ from descartes_fast.wire import codec
 from descartes_fast.wire.curve import curve_client
 from descartes_fast.wire.errors import ProtocolError
 from descartes_fast.wire.frames import log_topic, parse_pub_frame, status_topic
+from descartes_fast.wire.logchunks import BIN_PREFIX, bin_topic, decode_chunk
 from descartes_fast.wire.readiness import has_input
 from descartes_fast.wire.schema import (
     AgentConfig,
@@ -478,8 +479,11 @@ class AsyncClient:
         return await self._subscribe(topic, StatusUpdate, agent_id)
 
     async def stream_logs(self, agent_id: uuid.UUID) -> Subscription[LogStreamMessage]:
-        """The agent's log chunks as they are published (``sequence`` counts per stream)."""
-        return await self._subscribe(log_topic(agent_id), LogStreamMessage, agent_id)
+        """The agent's log chunks as they are published (``sequence`` counts per stream): in the
+        bin form where the server publishes it (a descartes_fast server), else the Rust form."""
+        topic = bin_topic(agent_id) if "bin" in (self.server_metadata or {}).get("log_forms", "").split(",") \
+            else log_topic(agent_id)
+        return await self._subscribe(topic, LogStreamMessage, agent_id)
 
     async def follow_logs(self, agent_id: uuid.UUID, *, from_line: int | None = None,
                           from_sequence: int | None = None, from_now: bool = False,
@@ -575,7 +579,7 @@ class AsyncClient:
             frame = sock.recv(zmq.NOBLOCK)
             try:
                 topic, payload = parse_pub_frame(frame)
-                message = codec.decode(payload)
+                message = decode_chunk(payload) if topic.startswith(BIN_PREFIX) else codec.decode(payload)
             except ProtocolError:
                 continue
             for prefix, subs in self._subs.items():

@@ -125,7 +125,8 @@ class AgentServer:
         #: the backends a spawn may ask for here (told in heartbeats and health)
         self._offered = [n for n in config.backends.names() if allowed is None or n in allowed]
         self.stats = {"spawned": 0, "spawn_failures": 0, "spawns_refused": 0, "pub_overflows": 0,
-                      "log_chunks_unsent": 0, "status_updates_unsent": 0, "disconnects": 0, "handshake_failures": 0}
+                      "log_chunks_unsent": 0, "log_chunks_rust_form": 0,
+                      "log_chunks_bin_form": 0, "status_updates_unsent": 0, "disconnects": 0, "handshake_failures": 0}
         self._ctx = zmq.Context()
         self.events = EventPublisher(self._ctx.socket(zmq.XPUB) if config.pub else None, self.codec.encode,
                                      self.stats)
@@ -504,7 +505,8 @@ class AgentServer:
                     "max_agents": str(self.config.max_agents), "descartes_fast": descartes_fast.__version__,
                     "implementation": self.config.implementation, "version": descartes_fast.__version__,
                     "libzmq_direct": "yes" if d.direct else "no", "dispatch": self.dispatch_path,
-                    "pub_endpoint": self.endpoints.get("pub", ""), "security": "curve" if z else "none",
+                    "pub_endpoint": self.endpoints.get("pub", ""), "log_forms": "rust,bin",
+                    "security": "curve" if z else "none",
                     "requests": str(d.received), "decode_errors": str(d.decode_errors),
                     "bad_frames": str(d.bad_frames), "rate_limited": str(g.rate_limited),
                     "failures": str(d.failures), "replies_dropped": str(d.replies_dropped),

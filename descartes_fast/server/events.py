@@ -2,8 +2,9 @@
 
 Every message is one frame, ``topic + b"\\x00" + msgpack`` (docs/protocol.md §5): log chunks on
 the agent's UUID with a ``sequence`` counting per agent and stream from 0 (the chunk's number in
-the output store, so a follower can refill what it missed), status updates on
-``status.<uuid>``, heartbeats about the nil UUID. Subscribers are plain SUB sockets (XPUB is
+the output store, so a follower can refill what it missed), and the same chunks in the bin form
+on ``logb.<uuid>`` for descartes_fast clients (each form only while someone subscribes to it),
+status updates on ``status.<uuid>``, heartbeats about the nil UUID. Subscribers are plain SUB sockets (XPUB is
 PUB on the wire). Each subscriber has a queue of ``--pub-buffer`` bytes (as many of the largest
 events as fit). An event that finds a subscriber's queue full is dropped for that subscriber only,
 as are the events after it until the subscriber has caught up (libzmq takes the queue out of the
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from descartes_fast.server.metrics import Metrics  # (imported only with --metrics)
 from descartes_fast.wire.constants import MAX_MESSAGE_SIZE
 from descartes_fast.wire.frames import HEARTBEAT_TOPIC, log_topic, pub_frame, status_topic
+from descartes_fast.wire.logchunks import BIN_PREFIX, bin_topic, chunk_frame
 from descartes_fast.wire.schema import LogStreamMessage, LogStreamType, Message, StatusUpdate, StatusUpdateType
 
 __all__ = ["EventPublisher", "NIL"]
@@ -57,7 +59,7 @@ class EventPublisher:
         self.topics: set[bytes] = set()
         self._wanted: dict[bytes, bool] = {}  # log topic -> whether a prefix in topics matches it (cleared on change)
         self._left = False  # a subscription has ended since the last heartbeat
-        self._topics: dict[uuid.UUID, tuple[bytes, bytes]] = {}  # agent id -> its topics (see _topics_of)
+        self._topics: dict[uuid.UUID, tuple[bytes, bytes, bytes]] = {}  # agent id -> its topics (see _topics_of)
         self._looked_ns = 0  # when _wants last read the subscriptions (time.monotonic_ns)
         #: the server's metrics (--metrics), told of restarts and session usage; None when off
         self.metrics: Metrics | None = None
@@ -87,23 +89,30 @@ class EventPublisher:
 
     def on_output(self, agent: Agent, stream: LogStreamType, data: bytes, sequence: int) -> None:
         """A chunk the output store has just stored as number *sequence* of its stream: published
-        if someone subscribes to its topic, else neither encoded nor sent (counted in
-        ``log_chunks_unsent``; the store has it for whoever asks later)."""
+        in each form someone subscribes to (the Rust form on the agent's UUID, the bin form on
+        ``logb.<uuid>``, :mod:`~descartes_fast.wire.logchunks`); in none, neither encoded nor sent
+        (counted in ``log_chunks_unsent``; the store has it for whoever asks later)."""
         if self.sock is None:
             return
-        topic = self._topics_of(agent.id)[0]
-        if not self._wants(topic):
+        rust, _, binary = self._topics_of(agent.id)
+        if self._wants(rust):
+            self.publish(rust, LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
+            self._stats["log_chunks_rust_form"] += 1
+        elif not self._is_wanted(binary):
             self._stats["log_chunks_unsent"] += 1
             return
-        self.publish(topic, LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
+        if self._is_wanted(binary):
+            self._send(chunk_frame(binary, agent.id, stream, data, time.time_ns(), sequence))
+            self._stats["log_chunks_bin_form"] += 1
 
-    def _topics_of(self, agent_id: uuid.UUID) -> tuple[bytes, bytes]:
-        """The topics of the agent's log chunks and of its status updates (made once)."""
+    def _topics_of(self, agent_id: uuid.UUID) -> tuple[bytes, bytes, bytes]:
+        """The topics of the agent's log chunks in the Rust form, of its status updates and of its
+        log chunks in the bin form (made once)."""
         topics = self._topics.get(agent_id)
         if topics is None:
             if len(self._topics) >= 4096:  # (agents long gone)
                 self._topics.clear()
-            topics = self._topics[agent_id] = (log_topic(agent_id), status_topic(agent_id))
+            topics = self._topics[agent_id] = (log_topic(agent_id), status_topic(agent_id), bin_topic(agent_id))
         return topics
 
     def _wants(self, topic: bytes) -> bool:
@@ -120,11 +129,15 @@ class EventPublisher:
         return self._is_wanted(topic)
 
     def _is_wanted(self, topic: bytes) -> bool:
+        """Whether a subscription matches *topic*; for the bin form, one that names its family
+        (``logb.`` or more: a subscriber to everything, ``""``, is not asked to decode two forms)."""
         wanted = self._wanted.get(topic)
         if wanted is None:
             if len(self._wanted) >= 4096:  # (topics of agents long gone)
                 self._wanted.clear()
-            wanted = self._wanted[topic] = any(topic.startswith(prefix) for prefix in self.topics)
+            least = len(BIN_PREFIX) if topic.startswith(BIN_PREFIX) else 0
+            wanted = self._wanted[topic] = any(topic.startswith(prefix) and len(prefix) >= least
+                                               for prefix in self.topics)
         return wanted
 
     def on_status(self, agent: Agent, kind: StatusUpdateType, message: str | None,
@@ -158,9 +171,12 @@ class EventPublisher:
                                        usage["cached_input_tokens"], usage.get("cost_usd", 0.0))
 
     def publish(self, topic: bytes, message: Message) -> None:
+        if self.sock is not None and not self.sock.closed:
+            self._send(pub_frame(topic, self._encode(message)))
+
+    def _send(self, frame: bytes) -> None:
         if self.sock is None or self.sock.closed:
             return
-        frame = pub_frame(topic, self._encode(message))
         try:
             self.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:  # a subscriber's queue is full: it loses this (and more) events, the others get it
