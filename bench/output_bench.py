@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import Row, machine, print_targets
+from report import Row, machine, print_targets, settle
 from server_bench import OurServer, _port
 
 from descartes_fast.wire.schema import (
@@ -325,19 +325,6 @@ def session_parsing(tmp: Path, megabytes: int, rounds: int) -> dict:
     finally:
         ours.close()
     return {"megabytes": blocks * block / MB, "parsed_mb_s": rates["parsed"], "plain_mb_s": rates["plain"]}
-
-
-def settle(state_dir: Path) -> None:
-    """Every round starts alike: the earlier rounds' output written back (sync) and out of the page
-    cache (the later of equal rounds ran at a third of the first one's rate while it filled up)."""
-    os.sync()
-    for path in state_dir.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def _fresh(path: Path) -> Path:

@@ -58,3 +58,17 @@ def print_targets(rows: list[Row], measured: str = "measured") -> None:
         print("| " + " | ".join(cells) + " |")
         if i == 0:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def settle(state_dir: Path) -> None:
+    """Every round starts alike: the earlier rounds' output under *state_dir* written back (sync)
+    and out of the page cache (in output_bench, later rounds ran at a third of the first one's
+    rate while it filled up)."""
+    os.sync()
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
