@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -244,5 +245,25 @@ def test_an_agent_whose_restart_was_due_when_the_server_was_killed_is_lost_and_s
         back = state(new, agent)
         assert back["agent_status"] == AgentStatus.FAILED and back["exit_code"] == 3
         assert back["reason"] == "lost: the server stopped before its next process started"
+    finally:
+        new.close()
+
+
+def test_an_agent_adopted_after_a_kill_9_keeps_the_restart_policy_it_was_spawned_with(main_implementation,
+                                                                                      tmp_path: Path) -> None:
+    old = Server(tmp_path, main_implementation)  # (the sh backend restarts never; the spawn says otherwise)
+    agent = spawn(old, "sh", "sleep 300", restart="on-failure", restart_backoff="0.2")
+    pid = state(old, agent)["pid"]
+    old.proc.send_signal(signal.SIGKILL)
+    old.proc.wait(10)
+    old.ctx.destroy(linger=0)
+    new = Server(tmp_path, main_implementation)
+    try:
+        assert state(new, agent)["pid"] == pid
+        os.kill(pid, signal.SIGKILL)  # it fails: restarted, as its spawn asked
+        until(lambda: state(new, agent)["restarts"] == 1 and state(new, agent)["agent_status"] == AgentStatus.RUNNING
+              and state(new, agent)["pid"] != pid, timeout=20, seen=lambda: state(new, agent))
+        new.control(agent, C.STOP)
+        until(lambda: state(new, agent)["agent_status"] == AgentStatus.TERMINATED)
     finally:
         new.close()

@@ -227,10 +227,12 @@ class Agent:
                            self.process.cpu_secs, self.process.max_rss_kib, self._session_state(), self._config_json)
 
     def _session_state(self) -> dict[str, Any] | None:
-        if self.session is None and not self.restarts:
+        restart = self.launch.restart if self.launch is not None else None
+        if self.session is None and not self.restarts and (restart is None or restart.mode == "never"):
             return None
         session = {"dialect": self.session.dialect.name, **self.session.state()} if self.session else None
-        return {"restarts": self.restarts, "session": session}
+        return {"restarts": self.restarts, "session": session,
+                "restart": restart.as_dict() if restart is not None else None}
 
     def restore(self, state: dict[str, Any] | None) -> None:
         """What the records kept of its restarts and session (see _session_state)."""
@@ -418,6 +420,18 @@ class Supervisor:
         if self.keeper.held:
             log.info("adopted %d agent(s) from the keeper", sum(isinstance(a.process, AgentProcess) for a in back))
 
+    @staticmethod
+    def _as_spawned(launch: Launch, record: AgentRecord) -> Launch:
+        """*launch* with the restart policy the agent was spawned with (its spawn metadata may have
+        set one), as the records keep it."""
+        kept = (record.session or {}).get("restart")
+        if not isinstance(kept, dict):
+            return launch
+        try:
+            return dataclasses.replace(launch, restart=launch.restart.with_values(kept, "the records"))
+        except ValueError:
+            return launch
+
     def _waiting_again(self, record: AgentRecord) -> Agent | None:
         """A session of an earlier run that waited for its next turn (``idle``, no process: a CLI
         that runs one process per turn) waits again, its session and totals as they were; None
@@ -430,7 +444,7 @@ class Supervisor:
             return None
         if launch.turns != "process":
             return None
-        agent = Agent(record.id, record.config, launch,
+        agent = Agent(record.id, record.config, self._as_spawned(launch, record),
                       EndedProcess(record.pid, record.exit_code, record.cpu_secs, record.max_rss_kib),
                       record.started_at, self.state.store.open(record.id, ended=True), None,
                       Limits.of(self.policy, None), record.owner, status=record.status, reason=record.reason)
@@ -443,11 +457,12 @@ class Supervisor:
 
     def _adopt(self, record: AgentRecord, held: Held) -> Agent:
         """An agent of an earlier run that its keeper still holds: running, or ended since."""
+        launch: Launch | None
         try:
-            launch: Launch | None = self.backends.resolve(record.config.model_backend, allow_program_cli=True) \
-                .build(record.config)
+            launch = self._as_spawned(self.backends.resolve(record.config.model_backend, allow_program_cli=True)
+                                      .build(record.config), record)
         except (BackendError, ProgramCliDisabled):
-            launch = None  # (only its cooperative pause depends on it)
+            launch = None  # (its cooperative pause and its restarts depend on it)
         process = AgentProcess(held, self.keeper)
         agent = Agent(record.id, record.config, launch, process, record.started_at,
                       self.state.store.open(record.id, ended=False), None, Limits.of(self.policy, None),
