@@ -252,6 +252,17 @@ def test_freeze_round_trip(agents: Agents) -> None:
     until(lambda: busy_cpu(cg, "a") > thawed_at + 10_000)
 
 
+def _names(pids: list[int]) -> dict[int, str]:
+    """Each of *pids* that still runs, with its program's name (``/proc/PID/comm``)."""
+    names = {}
+    for pid in pids:
+        try:
+            names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            pass
+    return names
+
+
 def test_signal_reaches_every_process(agents: Agents, tmp_path: Path) -> None:
     cg = agents.cg
     out = tmp_path / "terminated"
@@ -259,8 +270,10 @@ def test_signal_reaches_every_process(agents: Agents, tmp_path: Path) -> None:
     script.write_text('trap \'echo $$ >> "$1"; exit 0\' TERM\nsleep 30 &\nwait\n')
     child = agents.spawn("a", ["sh", "-c", 'sh "$0" "$1" & setsid sh "$0" "$1" & exec sh "$0" "$1"',
                                str(script), str(out)])
-    until(lambda: cg.count("a") == 6, seen=lambda: cg.count("a"))   # 3 shells, 3 sleeps
-    shells = {pid for pid in cg._pids("a") if Path(f"/proc/{pid}/comm").read_text().strip() == "sh"}
+    # 3 shells, 3 sleeps (a shell's child is "sh" too until it has exec'd sleep: wait for the names)
+    until(lambda: sorted(_names(cg._pids("a")).values()) == ["sh"] * 3 + ["sleep"] * 3,
+          seen=lambda: _names(cg._pids("a")))
+    shells = {pid for pid, name in _names(cg._pids("a")).items() if name == "sh"}
     assert len(shells) == 3
     assert cg.signal("a", signal.SIGTERM) == 6
     until(lambda: not cg.populated("a"), seen=lambda: cg._pids("a"))
