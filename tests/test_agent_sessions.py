@@ -210,9 +210,7 @@ def test_a_session_waiting_for_its_next_turn_outlives_the_server(main_implementa
     agent = spawn(old, "codex-session", "first turn", env={"DESCARTES_FAKE_STATE_DIR": str(tmp_path / "fake")})
     first = turns_done(old, agent, 1)
     if how == "kill -9":
-        old.proc.send_signal(signal.SIGKILL)
-        old.proc.wait(10)
-        old.ctx.destroy(linger=0)
+        old.kill9()
     else:
         assert old.close() == 0
     new = Server(tmp_path, main_implementation, config_tables=fakes())
@@ -237,9 +235,7 @@ def test_an_agent_whose_restart_was_due_when_the_server_was_killed_is_lost_and_s
     old = Server(tmp_path, main_implementation)
     agent = spawn(old, "sh", "exit 3", restart="on-failure", restart_backoff="60")
     until(lambda: state(old, agent)["restarts"] == 1, seen=lambda: state(old, agent))
-    old.proc.send_signal(signal.SIGKILL)
-    old.proc.wait(10)
-    old.ctx.destroy(linger=0)
+    old.kill9()
     new = Server(tmp_path, main_implementation)
     try:
         back = state(new, agent)
@@ -254,9 +250,7 @@ def test_an_agent_adopted_after_a_kill_9_keeps_the_restart_policy_it_was_spawned
     old = Server(tmp_path, main_implementation)  # (the sh backend restarts never; the spawn says otherwise)
     agent = spawn(old, "sh", "sleep 300", restart="on-failure", restart_backoff="0.2")
     pid = state(old, agent)["pid"]
-    old.proc.send_signal(signal.SIGKILL)
-    old.proc.wait(10)
-    old.ctx.destroy(linger=0)
+    old.kill9()
     new = Server(tmp_path, main_implementation)
     try:
         assert state(new, agent)["pid"] == pid

@@ -92,12 +92,6 @@ def keeper_pid(state_dir: Path) -> int:
     return int((state_dir / "keeper.lock").read_text().strip() or 0)
 
 
-def kill9(server: Server) -> None:
-    server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait(10)
-    server.ctx.destroy(linger=0)
-
-
 def restart(server: Server, tmp_path: Path, *flags: str) -> Server:
     """A new server on the same state directory and endpoints."""
     return Server(tmp_path, server.implementation, *flags)
@@ -140,7 +134,7 @@ def test_kill_9_of_the_server_loses_no_agent_and_no_output(implementation, tmp_p
     for name in ("chatty", "nodejs"):
         writing(first, kinds[name])
 
-    kill9(first)  # in the middle of the chatty ones' output
+    first.kill9()  # in the middle of the chatty ones' output
     crashed = time.time_ns()
     gate.touch()
     assert all(alive(pids[n]) for n in ("chatty", "nodejs", "silent", "stubborn", "setsid", "stdin"))
@@ -222,7 +216,7 @@ def test_with_agents_die_with_server_nothing_survives_kill_9(implementation, tmp
               server.spawn("sh", "sleep 300 & sleep 300")]
     pids = [status_data(server, a)["pid"] for a in agents]
     keeper, cgroups = facts(server)
-    kill9(server)
+    server.kill9()
     nothing_left(pids, keeper, cgroups)  # SIGTERM ignored: SIGKILL after the keeper's grace
     again = restart(server, tmp_path)
     try:
@@ -309,7 +303,7 @@ def test_a_follower_across_a_crash_and_restart_gets_every_line_once(main_impleme
                 assert chunk.stream_type == LogStreamType.STDOUT
                 got += chunk.data
                 if crashed_at is None and len(got) > 200_000:
-                    kill9(first)  # in the middle of its output
+                    first.kill9()  # in the middle of its output
                     crashed_at = time.monotonic()
                     gate.touch()
                     while client.is_connected():  # within two heartbeat intervals of the crash

@@ -6,7 +6,6 @@ ending stdin is Ctrl-D, and the terminal outlives a server killed with SIGKILL."
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import uuid
 from pathlib import Path
@@ -147,9 +146,7 @@ def test_the_terminal_outlives_a_server_killed_with_sigkill(main_implementation,
     first = Server(tmp_path, main_implementation, config_tables=tables(tmp_path))
     agent = spawn(first)
     until(lambda: said(first, agent))
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(10)
-    first.ctx.destroy(linger=0)
+    first.kill9()
     again = Server(tmp_path, main_implementation, config_tables=tables(tmp_path))
     try:
         assert again.control(agent, C.GET_STATUS).data["terminal"] == {"rows": 30, "cols": 100}

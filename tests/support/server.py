@@ -128,6 +128,12 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def kill9(self) -> None:
+        """``kill -9`` of the server (its agents stay with their keeper, unless told otherwise)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.ctx.destroy(linger=0)
+
     def close(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
