@@ -420,10 +420,14 @@ class Supervisor:
         if self.keeper.held:
             log.info("adopted %d agent(s) from the keeper", sum(isinstance(a.process, AgentProcess) for a in back))
 
-    @staticmethod
-    def _as_spawned(launch: Launch, record: AgentRecord) -> Launch:
-        """*launch* with the restart policy the agent was spawned with (its spawn metadata may have
-        set one), as the records keep it."""
+    def _launch_of(self, record: AgentRecord) -> Launch | None:
+        """How the agent of an earlier run was launched: its backend's command for its config, with
+        the restart policy it was spawned with (its spawn metadata may have set one, the records
+        keep it); None if its backend is gone or no longer allowed."""
+        try:
+            launch = self.backends.resolve(record.config.model_backend, allow_program_cli=True).build(record.config)
+        except (BackendError, ProgramCliDisabled):
+            return None
         kept = (record.session or {}).get("restart")
         if not isinstance(kept, dict):
             return launch
@@ -436,20 +440,16 @@ class Supervisor:
         """A session of an earlier run that waited for its next turn (``idle``, no process: a CLI
         that runs one process per turn) waits again, its session and totals as they were; None
         for anything else (or a backend that no longer runs one process per turn)."""
-        if record.status != AgentStatus.IDLE:
+        launch = self._launch_of(record) if record.status == AgentStatus.IDLE else None
+        if launch is None or launch.turns != "process":
             return None
-        try:
-            launch = self.backends.resolve(record.config.model_backend, allow_program_cli=True).build(record.config)
-        except (BackendError, ProgramCliDisabled):
-            return None
-        if launch.turns != "process":
-            return None
-        agent = Agent(record.id, record.config, self._as_spawned(launch, record),
+        agent = Agent(record.id, record.config, launch,
                       EndedProcess(record.pid, record.exit_code, record.cpu_secs, record.max_rss_kib),
                       record.started_at, self.state.store.open(record.id, ended=True), None,
                       Limits.of(self.policy, None), record.owner, status=record.status, reason=record.reason)
         agent.restore(record.session)
         if agent.session is None:
+            self.state.store.release(record.id)  # (its output is opened again if it is kept)
             return None
         log.info("agent %s (%s) waits again for its next turn in session %s", agent.id, record.config.model_backend,
                  agent.session.session_id)
@@ -457,12 +457,7 @@ class Supervisor:
 
     def _adopt(self, record: AgentRecord, held: Held) -> Agent:
         """An agent of an earlier run that its keeper still holds: running, or ended since."""
-        launch: Launch | None
-        try:
-            launch = self._as_spawned(self.backends.resolve(record.config.model_backend, allow_program_cli=True)
-                                      .build(record.config), record)
-        except (BackendError, ProgramCliDisabled):
-            launch = None  # (its cooperative pause and its restarts depend on it)
+        launch = self._launch_of(record)  # (None: no cooperative pause, no restarts)
         process = AgentProcess(held, self.keeper)
         agent = Agent(record.id, record.config, launch, process, record.started_at,
                       self.state.store.open(record.id, ended=False), None, Limits.of(self.policy, None),

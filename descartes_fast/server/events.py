@@ -1,16 +1,16 @@
 """The server's event socket (XPUB): agents' log chunks and status updates as they happen, and heartbeats.
 
-Every message is one frame, ``topic + b"\\x00" + msgpack`` (docs/protocol.md §5): log chunks on
-the agent's UUID with a ``sequence`` counting per agent and stream from 0 (the chunk's number in
-the output store, so a follower can refill what it missed), and the same chunks in the bin form
-on ``logb.<uuid>`` for descartes_fast clients (each form only while someone subscribes to it),
-status updates on ``status.<uuid>``, heartbeats about the nil UUID. Subscribers are plain SUB sockets (XPUB is
-PUB on the wire). Each subscriber has a queue of ``--pub-buffer`` bytes (as many of the largest
-events as fit). An event that finds a subscriber's queue full is dropped for that subscriber only,
-as are the events after it until the subscriber has caught up (libzmq takes the queue out of the
-fan-out until then); each such overflow is counted in ``pub_overflows``, where libzmq's PUB would
-say nothing. descartes_fast followers see the gap in the sequence numbers and refill it from the
-output store. The server never waits."""
+Every message is one frame, ``topic + b"\\x00" + msgpack`` (docs/protocol.md §5): log chunks on the
+agent's UUID with a ``sequence`` counting per agent and stream from 0 (the chunk's number in the
+output store, so a follower can refill what it missed), and the same chunks in the bin form on
+``logb.<uuid>`` for descartes_fast clients (each form only while someone subscribes to it), status
+updates on ``status.<uuid>``, heartbeats about the nil UUID. Subscribers are plain SUB sockets
+(XPUB is PUB on the wire). Each subscriber has a queue of ``--pub-buffer`` bytes (as many of the
+largest events as fit). An event that finds a subscriber's queue full is dropped for that
+subscriber only, as are the events after it until the subscriber has caught up (libzmq takes the
+queue out of the fan-out until then); each such overflow is counted in ``pub_overflows``, where
+libzmq's PUB would say nothing. descartes_fast followers see the gap in the sequence numbers and
+refill it from the output store. The server never waits."""
 
 from __future__ import annotations
 
@@ -95,14 +95,17 @@ class EventPublisher:
         if self.sock is None:
             return
         rust, _, binary = self._topics_of(agent.id)
-        if self._wants(rust):
-            self.publish(rust, LogStreamMessage(agent.id, stream, data, time.time_ns(), sequence))
-            self._stats["log_chunks_rust_form"] += 1
-        elif not self._is_wanted(binary):
+        in_rust = self._wants(rust)
+        in_bin = self._is_wanted(binary)  # (_wants has just read the subscriptions if it could)
+        if not (in_rust or in_bin):
             self._stats["log_chunks_unsent"] += 1
             return
-        if self._is_wanted(binary):
-            self._send(chunk_frame(binary, agent.id, stream, data, time.time_ns(), sequence))
+        now = time.time_ns()
+        if in_rust:
+            self.publish(rust, LogStreamMessage(agent.id, stream, data, now, sequence))
+            self._stats["log_chunks_rust_form"] += 1
+        if in_bin:
+            self._send(chunk_frame(binary, agent.id, stream, data, now, sequence))
             self._stats["log_chunks_bin_form"] += 1
 
     def _topics_of(self, agent_id: uuid.UUID) -> tuple[bytes, bytes, bytes]:
